@@ -1,0 +1,74 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"runtime"
+
+	"github.com/clipagiqa/clipagiqa/torch"
+	"github.com/urfave/cli/v2"
+)
+
+type info struct {
+	Version     string `json:"version"`
+	Go          string `json:"go"`
+	Torch       string `json:"libtorch"`
+	Shim        string `json:"shim"`
+	ShimOK      bool   `json:"shim_ok"`
+	CUDA        bool   `json:"cuda_available"`
+	CUDADevices int    `json:"cuda_devices"`
+	FusedAttn   bool   `json:"fused_attention"`
+	Threads     int    `json:"threads"`
+}
+
+func runtimeInfo() info {
+	return info{
+		Version: version, Go: runtime.Version(), Torch: torch.TorchVersion(),
+		Shim: torch.NativeShimVersion(), ShimOK: torch.CheckRuntime() == nil,
+		CUDA: torch.CUDAAvailable(), CUDADevices: torch.CUDADeviceCount(),
+		FusedAttn: torch.HasFusedAttention(), Threads: torch.NumThreads(),
+	}
+}
+
+var threadsFlag = &cli.IntFlag{Name: "threads", Usage: "CPU threads for libtorch (0 keeps libtorch's default)"}
+
+func applyThreads(c *cli.Context) error {
+	if n := c.Int("threads"); n > 0 {
+		return torch.SetNumThreads(n)
+	}
+	return nil
+}
+
+func infoCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "info",
+		Usage: "print Go, libtorch and shim versions, CUDA availability and thread count",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+			threadsFlag,
+		},
+		Action: func(c *cli.Context) error {
+			if err := applyThreads(c); err != nil {
+				return err
+			}
+			in := runtimeInfo()
+			if c.Bool("json") {
+				enc := json.NewEncoder(c.App.Writer)
+				enc.SetIndent("", "  ")
+				return enc.Encode(in)
+			}
+			w := c.App.Writer
+			fmt.Fprintf(w, "clipagiqa       %s\n", in.Version)
+			fmt.Fprintf(w, "go              %s\n", in.Go)
+			fmt.Fprintf(w, "libtorch        %s\n", in.Torch)
+			fmt.Fprintf(w, "shim            %s (expected %s, ok=%v)\n", in.Shim, torch.ShimVersion, in.ShimOK)
+			fmt.Fprintf(w, "cuda            %v (%d devices)\n", in.CUDA, in.CUDADevices)
+			fmt.Fprintf(w, "fused attention %v\n", in.FusedAttn)
+			fmt.Fprintf(w, "threads         %d\n", in.Threads)
+			if !in.ShimOK {
+				return torch.CheckRuntime()
+			}
+			return nil
+		},
+	}
+}
