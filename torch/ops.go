@@ -573,6 +573,16 @@ func (s *Scope) FromInt64(data []int64, shape ...int64) *Tensor {
 	return s.fromHost(fromSliceOn(data, Int64, shape, s.device))
 }
 
+// FromFloat32On copies host values into a scope-owned tensor on device d.
+func (s *Scope) FromFloat32On(d Device, data []float32, shape ...int64) *Tensor {
+	return s.fromHost(fromSliceOn(data, Float32, shape, d))
+}
+
+// FromInt64On copies host ids into a scope-owned int64 tensor on device d.
+func (s *Scope) FromInt64On(d Device, data []int64, shape ...int64) *Tensor {
+	return s.fromHost(fromSliceOn(data, Int64, shape, d))
+}
+
 func (s *Scope) fromHost(t *Tensor, err error) *Tensor {
 	if s.err != nil {
 		t.Close()
