@@ -63,7 +63,7 @@ func (r refTensor) i64() []int64 {
 }
 
 func attrF(c refCase, k string) float64 { return c.Attrs[k].(float64) }
-func attrI(c refCase, k string) int64  { return int64(c.Attrs[k].(float64)) }
+func attrI(c refCase, k string) int64   { return int64(c.Attrs[k].(float64)) }
 func attrInts(c refCase, k string) []int64 {
 	var out []int64
 	for _, v := range c.Attrs[k].([]any) {

@@ -172,3 +172,14 @@ func describe(ts []*Tensor) string {
 	}
 	return strings.Join(parts, ", ")
 }
+
+// ErrSafeDim returns dimension d of t's shape, or 0 (recording an error) when
+// t is unusable or has fewer dimensions.
+func (s *Scope) ErrSafeDim(t *Tensor, d int) int64 {
+	sh := t.Shape()
+	if d < 0 || d >= len(sh) {
+		s.Fail(fmt.Errorf("tensor has shape %v, no dimension %d", sh, d))
+		return 0
+	}
+	return sh[d]
+}

@@ -220,3 +220,20 @@ func FuzzUnpickle(f *testing.F) {
 		_, _ = unpickle(data, load, callClass)
 	})
 }
+
+// TestExpandedViewIsBounded: a stride-0 view may not blow one element up
+// into gigabytes; a small expanded view is fine.
+func TestExpandedViewIsBounded(t *testing.T) {
+	st := &Storage{DType: Float32, Key: "0", Numel: 1, Data: []byte{0, 0, 0x80, 0x3f}}
+	small, err := rebuildTensor([]any{st, int64(0), Tuple{int64(2), int64(3)}, Tuple{int64(0), int64(0)}}, Invalid)
+	require.NoError(t, err)
+	v, err := small.Float32s()
+	require.NoError(t, err)
+	assert.Equal(t, []float32{1, 1, 1, 1, 1, 1}, v)
+	_, err = rebuildTensor([]any{st, int64(0), Tuple{int64(1) << 40}, Tuple{int64(0)}}, Invalid)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "too large")
+	_, err = rebuildTensor([]any{st, int64(1), Tuple{int64(1)}, Tuple{int64(1)}}, Invalid)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "exceeds storage")
+}

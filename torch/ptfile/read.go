@@ -12,7 +12,7 @@ import (
 
 // File is a loaded torch.save file or TorchScript archive.
 type File struct {
-	// Root is the unpickled data.pkl (see value.go for the Go types).
+	// Root is the unpickled data.pkl (see the package doc for its types).
 	Root any
 	// Prefix is the archive's top folder including the slash ("model.pth/").
 	Prefix string

@@ -471,3 +471,57 @@ func TestTorchScriptTinyCLIP(t *testing.T) {
 		}
 	}
 }
+
+// TestTruncatedReferenceCheckpoint cuts the real CLIP-AGIQA checkpoint in
+// half (the central directory is lost) and at 90 % (inside the last record).
+func TestTruncatedReferenceCheckpoint(t *testing.T) {
+	full, err := os.ReadFile(refFile(t, "prompt_learner/model.pth.tar-100"))
+	require.NoError(t, err)
+	dir := t.TempDir()
+	for _, frac := range []int{50, 90, 99} {
+		p := filepath.Join(dir, fmt.Sprintf("cut%d.pth", frac))
+		require.NoError(t, os.WriteFile(p, full[:len(full)*frac/100], 0o644))
+		f, err := Load(p)
+		require.Error(t, err, "cut at %d%%", frac)
+		assert.Nil(t, f)
+		assert.Contains(t, err.Error(), p)
+	}
+}
+
+func BenchmarkLoadRegressionCheckpoint(b *testing.B) {
+	var p string
+	for _, d := range refDirs {
+		if _, err := os.Stat(filepath.Join(d, "regression/model.pth.tar-100")); err == nil {
+			p = filepath.Join(d, "regression/model.pth.tar-100")
+			break
+		}
+	}
+	if p == "" {
+		b.Skip("reference fixture not found")
+	}
+	st, _ := os.Stat(p)
+	b.SetBytes(st.Size())
+	for i := 0; i < b.N; i++ {
+		if _, err := Load(p); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkSaveStateDict(b *testing.B) {
+	vals := make([]float32, 512*3584)
+	for i := range vals {
+		vals[i] = float32(i%1000) * 1e-3
+	}
+	w, err := FromFloat32s(Float32, []int64{512, 3584}, vals)
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := filepath.Join(b.TempDir(), "bench.pt")
+	b.SetBytes(int64(len(w.Data)))
+	for i := 0; i < b.N; i++ {
+		if err := SaveStateDict(p, []NamedTensor{{"1.weight", w}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -167,9 +167,17 @@ func rebuildTensor(args []any, dtype DType) (*Tensor, error) {
 		t.Data = st.Data[off*es : (off+n)*es : (off+n)*es]
 		return t, nil
 	}
+	// Zero strides (expand) let a tiny storage describe a huge view; bound
+	// what a crafted file can make us allocate.
+	if n > avail && n*es > maxExpandedBytes {
+		return nil, fmt.Errorf("view of %d elements over storage %s of %d elements is too large to materialise", n, st.Key, avail)
+	}
 	t.Data = gather(st.Data, int(es), off, shape, strides, n)
 	return t, nil
 }
+
+// maxExpandedBytes caps views larger than their storage (expanded tensors).
+const maxExpandedBytes = 1 << 30
 
 func isContiguous(shape, strides []int64) bool {
 	want := ContiguousStrides(shape)

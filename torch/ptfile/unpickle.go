@@ -8,6 +8,8 @@ import (
 	"math"
 	"math/big"
 	"strconv"
+	"strings"
+	"unicode/utf8"
 )
 
 // unpickler decodes a whole pickle held in memory. Every length read from
@@ -118,7 +120,8 @@ func (u *unpickler) popMark() ([]any, error) {
 	}
 	m := u.marks[len(u.marks)-1]
 	u.marks = u.marks[:len(u.marks)-1]
-	items := append([]any(nil), u.stack[m:]...)
+	items := make([]any, len(u.stack)-m)
+	copy(items, u.stack[m:])
 	u.stack = u.stack[:m]
 	return items, nil
 }
@@ -198,6 +201,33 @@ func unquote(s string) (string, error) {
 		return v, nil
 	}
 	return s[1 : len(s)-1], nil
+}
+
+// rawUnicodeUnescape decodes Python's raw-unicode-escape: bytes are
+// Latin-1 code points, except \uXXXX and \UXXXXXXXX escapes.
+func rawUnicodeUnescape(s string) (string, error) {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == '\\' && i+1 < len(s) && (s[i+1] == 'u' || s[i+1] == 'U') {
+			n := 4
+			if s[i+1] == 'U' {
+				n = 8
+			}
+			if i+2+n > len(s) {
+				return "", fmt.Errorf("truncated \\%c escape", s[i+1])
+			}
+			r, err := strconv.ParseUint(s[i+2:i+2+n], 16, 32)
+			if err != nil || r > utf8.MaxRune {
+				return "", fmt.Errorf("bad escape %q", s[i:i+2+n])
+			}
+			b.WriteRune(rune(r))
+			i += 1 + n
+			continue
+		}
+		b.WriteRune(rune(c))
+	}
+	return b.String(), nil
 }
 
 // asArgs converts a pickled argument tuple to a slice.
@@ -391,7 +421,11 @@ func (u *unpickler) step(op byte) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		u.push(s)
+		v, err := rawUnicodeUnescape(s)
+		if err != nil {
+			return false, err
+		}
+		u.push(v)
 	case 'X', 0x8c, 0x8d: // BINUNICODE, SHORT_BINUNICODE, BINUNICODE8
 		b, err := u.readSized(lengthBytes(op))
 		if err != nil {

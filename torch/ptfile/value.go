@@ -4,14 +4,6 @@ import (
 	"math/big"
 )
 
-// The unpickled tree (File.Root) is built from these Go types:
-//
-//	None → nil, bool → bool, int → int64 (or *big.Int when it does not fit),
-//	float → float64, str → string, bytes/bytearray → []byte,
-//	tuple → Tuple, list → *List, dict/OrderedDict/defaultdict → *Dict,
-//	set/frozenset → *Set, tensor/Parameter → *Tensor,
-//	a class reference → *Class, any other instance → *Object.
-
 // Tuple is a Python tuple.
 type Tuple []any
 

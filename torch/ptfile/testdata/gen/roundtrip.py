@@ -3,11 +3,13 @@
 
 Run with Debian's interpreter (torch 1.13 CPU):  /usr/bin/python3 testdata/gen/roundtrip.py
 Writes into testdata/: py_tensors.pt, py_checkpoint.pt, py_proto4.pt, py_script.pt,
-half_table.json and py_expected.json (what each file holds, values exact).
+half_table.json, pickles/proto{0..5}.pkl (one plain structure in every pickle
+protocol) and py_expected.json (what each file holds, values exact).
 """
 import collections
 import json
 import os
+import pickle
 
 import torch
 import torch.nn as nn
@@ -140,6 +142,28 @@ table = [{"f32": b & 0xFFFFFFFF, "f16": h & 0xFFFF, "bf16": bf & 0xFFFF,
          for b, h, bf, hu, bu in zip(bits, half_bits, bf16_bits, half_up, bf16_up)]
 with open(os.path.join(OUT, "half_table.json"), "w") as f:
     json.dump({"torch": torch.__version__, "entries": table}, f)
+
+
+# 6. Plain pickles of one fixed structure in every protocol, for the unpickler's opcode coverage.
+class Thing:
+    def __init__(self):
+        self.a = 1
+        self.name = "thing"
+
+
+shared = [7]
+plain_obj = {
+    "int": 5, "neg": -70000, "i32": 2**31 - 1, "big": 2**100, "negbig": -(2**65),
+    "float": 1.25, "str": "h\u00e9llo\n", "bytes": b"ab\x00\xff", "list": [1, [2, 3]],
+    "tuple": (1, "a"), "empty": (), "none": None, "t": True, "f": False,
+    "set": {1}, "frozenset": frozenset({2}),
+    "od": collections.OrderedDict([("b", 1), ("a", 2)]),
+    "obj": Thing(), "shared": [shared, shared],
+}
+os.makedirs(os.path.join(OUT, "pickles"), exist_ok=True)
+for proto in range(0, 6):
+    with open(os.path.join(OUT, "pickles", "proto%d.pkl" % proto), "wb") as f:
+        pickle.dump(plain_obj, f, protocol=proto)
 
 with open(os.path.join(OUT, "py_expected.json"), "w") as f:
     json.dump({"torch": torch.__version__, "files": expected}, f, indent=1)
