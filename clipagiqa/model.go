@@ -101,6 +101,8 @@ type Model struct {
 	EOT       []int64   // EOT position per prompt
 	NameLens  []int     // BPE tokens per category word
 	nCtx      int
+
+	disableSharedPrefix bool // tests compare both text paths
 }
 
 // New builds a CLIP-AGIQA model on clip with freshly initialised ctx
@@ -276,10 +278,31 @@ func (m *Model) PromptEmbeddings(s *torch.Scope) *torch.Tensor {
 }
 
 // TextFeatures returns the L2-normalised text features of the K prompts
-// [K, E]; gradients flow to ctx.
+// [K, E]; gradients flow to ctx. With one shared context at the end position
+// the SOT+ctx prefix is computed once for all prompts (same numbers, less
+// work); otherwise every prompt runs whole.
 func (m *Model) TextFeatures(s *torch.Scope) *torch.Tensor {
+	if m.sharedPrefix() {
+		return s.Normalize(m.textFeaturesShared(s), -1)
+	}
+	return s.Normalize(m.textFeaturesFull(s), -1)
+}
+
+func (m *Model) sharedPrefix() bool {
+	return !m.Config.CSC && m.Config.ClassTokenPosition == PositionEnd && !m.disableSharedPrefix
+}
+
+// textFeaturesFull runs every prompt through the whole text transformer.
+func (m *Model) textFeaturesFull(s *torch.Scope) *torch.Tensor {
 	emb := m.PromptEmbeddings(s)
-	return s.Normalize(m.CLIP.EncodeTextEmbeddings(s, s.Cast(emb, m.CLIP.DType()), m.EOT), -1)
+	return m.CLIP.EncodeTextEmbeddings(s, s.Cast(emb, m.CLIP.DType()), m.EOT)
+}
+
+// textFeaturesShared runs [SOT; ctx] once and each category's suffix against it.
+func (m *Model) textFeaturesShared(s *torch.Scope) *torch.Tensor {
+	dt := m.CLIP.DType()
+	prefix := s.Cat(1, s.Narrow(m.TokenPrefix, 0, 0, 1), s.Unsqueeze(m.Ctx, 0)) // [1, 1+M, D]
+	return m.CLIP.EncodeTextSharedPrefix(s, s.Cast(prefix, dt), s.Cast(m.TokenSuffix, dt), m.EOT)
 }
 
 // ImageFeatures returns L2-normalised image features [N, E] of pixels.
@@ -297,7 +320,7 @@ func (m *Model) Head(s *torch.Scope, img, text *torch.Tensor, train bool) *torch
 	}
 	n := shape[0]
 	txt := s.Expand(s.Reshape(s.Cast(text, torch.Float32), 1, -1), n, -1) // [N, K·E]
-	x := s.Cat(1, img, txt)                                                // [N, (1+K)·E]
+	x := s.Cat(1, img, txt)                                               // [N, (1+K)·E]
 	p := m.Config.Dropout
 	x = s.Relu(s.Linear(s.Dropout(x, p, train), m.W1, m.B1))
 	x = s.Linear(s.Dropout(x, p, train), m.W2, m.B2) // [N, 1]

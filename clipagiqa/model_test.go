@@ -199,3 +199,55 @@ func readCtxOnly(path string) (*ptfile.Tensor, error) {
 	}
 	return sd["ctx"], nil
 }
+
+// The shared-prefix text path must give the same features and ctx gradients
+// as running all 77 positions of every prompt.
+func TestSharedPrefixEqualsFullText(t *testing.T) {
+	f := loadFixture(t)
+	m, _ := officialModel(t, f, reffix.Dir())
+	run := func(shared bool, useFull77 bool) ([]float32, []float32) {
+		m.disableSharedPrefix = !shared
+		require.NoError(t, m.Ctx.ZeroGrad())
+		s := torch.NewScope()
+		defer s.Close()
+		var feats *torch.Tensor
+		if useFull77 {
+			// All 77 positions: EOT indices are passed as 76 for nothing to be cut.
+			emb := m.PromptEmbeddings(s)
+			full := m.CLIP.EncodeTextEmbeddingsAllPositions(s, emb, m.EOT)
+			feats = s.Normalize(full, -1)
+		} else {
+			feats = m.TextFeatures(s)
+		}
+		k, e := int64(m.NumCategories()), int64(m.CLIP.Config.EmbedDim)
+		weights := s.DivScalar(s.Reshape(s.Arange(k*e, torch.Float32), k, e), float64(k*e)) // breaks symmetry
+		loss := s.Sum(s.Mul(feats, weights), false)
+		require.NoError(t, s.Err())
+		require.NoError(t, loss.Backward())
+		fv, err := feats.Float32s()
+		require.NoError(t, err)
+		g, err := m.Ctx.Grad()
+		require.NoError(t, err)
+		defer g.Close()
+		gv, err := g.Float32s()
+		require.NoError(t, err)
+		return fv, gv
+	}
+	fullF, fullG := run(false, true)
+	for _, shared := range []bool{false, true} {
+		f2, g2 := run(shared, false)
+		want := make([]float64, len(fullF))
+		for i, v := range fullF {
+			want[i] = float64(v)
+		}
+		wantG := make([]float64, len(fullG))
+		for i, v := range fullG {
+			wantG[i] = float64(v)
+		}
+		fe, ge := reffix.RelErr(f2, want), reffix.RelErr(g2, wantG)
+		t.Logf("shared=%v: features rel err %.3g, ctx grad rel err %.3g vs the 77-position path", shared, fe, ge)
+		assert.Less(t, fe, 1e-5)
+		assert.Less(t, ge, 1e-5)
+	}
+	m.disableSharedPrefix = false
+}

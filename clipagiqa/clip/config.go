@@ -15,17 +15,17 @@ import (
 
 // Config holds CLIP's hyper-parameters.
 type Config struct {
-	EmbedDim          int `json:"embed_dim"`
-	ImageResolution   int `json:"image_resolution"`
-	VisionLayers      int `json:"vision_layers"`
-	VisionWidth       int `json:"vision_width"`
-	VisionHeads       int `json:"vision_heads"`
-	VisionPatchSize   int `json:"vision_patch_size"`
-	ContextLength     int `json:"context_length"`
-	VocabSize         int `json:"vocab_size"`
-	TransformerWidth  int `json:"transformer_width"`
-	TransformerHeads  int `json:"transformer_heads"`
-	TransformerLayers int `json:"transformer_layers"`
+	EmbedDim          int    `json:"embed_dim"`
+	ImageResolution   int    `json:"image_resolution"`
+	VisionLayers      int    `json:"vision_layers"`
+	VisionWidth       int    `json:"vision_width"`
+	VisionHeads       int    `json:"vision_heads"`
+	VisionPatchSize   int    `json:"vision_patch_size"`
+	ContextLength     int    `json:"context_length"`
+	VocabSize         int    `json:"vocab_size"`
+	TransformerWidth  int    `json:"transformer_width"`
+	TransformerHeads  int    `json:"transformer_heads"`
+	TransformerLayers int    `json:"transformer_layers"`
 	Backbone          string `json:"backbone"`
 }
 

@@ -271,6 +271,16 @@ func (m *Model) EncodeText(s *torch.Scope, ids [][]int64) *torch.Tensor {
 // mask a row's EOT feature depends only on positions up to its EOT, so only
 // the first max(eot)+1 positions are computed.
 func (m *Model) EncodeTextEmbeddings(s *torch.Scope, emb *torch.Tensor, eot []int64) *torch.Tensor {
+	return m.encodeTextEmbeddings(s, emb, eot, true)
+}
+
+// EncodeTextEmbeddingsAllPositions is EncodeTextEmbeddings computing every
+// position, as the reference does; it exists to check the shortcut.
+func (m *Model) EncodeTextEmbeddingsAllPositions(s *torch.Scope, emb *torch.Tensor, eot []int64) *torch.Tensor {
+	return m.encodeTextEmbeddings(s, emb, eot, false)
+}
+
+func (m *Model) encodeTextEmbeddings(s *torch.Scope, emb *torch.Tensor, eot []int64, truncate bool) *torch.Tensor {
 	shape := emb.Shape()
 	if len(shape) != 3 || shape[2] != int64(m.Config.TransformerWidth) || shape[1] > int64(m.Config.ContextLength) {
 		s.Fail(fmt.Errorf("encode text embeddings: shape %v, want [N ≤%d %d]", shape, m.Config.ContextLength, m.Config.TransformerWidth))
@@ -288,6 +298,9 @@ func (m *Model) EncodeTextEmbeddings(s *torch.Scope, emb *torch.Tensor, eot []in
 			return nil
 		}
 		l = max(l, e+1)
+	}
+	if !truncate {
+		l = shape[1]
 	}
 	x := s.Narrow(emb, 1, 0, l)
 	x = s.Add(x, s.Narrow(m.PositionalEmbedding, 0, 0, l))

@@ -51,9 +51,9 @@ func (v *VisionTransformer) Encode(s *torch.Scope, pixels *torch.Tensor) *torch.
 	n, w := shape[0], int64(v.cfg.VisionWidth)
 	x := s.Cast(pixels, v.dtype)
 	x = s.Conv2D(x, v.Conv1, nil, int64(v.cfg.VisionPatchSize), 0) // [N, W, G, G]
-	x = s.Permute(s.Reshape(x, n, w, -1), 0, 2, 1)                  // [N, G², W]
-	cls := s.Expand(s.Reshape(v.ClassEmbedding, 1, 1, w), n, 1, w)  // [N, 1, W]
-	x = s.Add(s.Cat(1, cls, x), v.PositionalEmbedding)              // [N, G²+1, W]
+	x = s.Permute(s.Reshape(x, n, w, -1), 0, 2, 1)                 // [N, G², W]
+	cls := s.Expand(s.Reshape(v.ClassEmbedding, 1, 1, w), n, 1, w) // [N, 1, W]
+	x = s.Add(s.Cat(1, cls, x), v.PositionalEmbedding)             // [N, G²+1, W]
 	x = layerNorm(s, x, v.LNPre, v.dtype)
 	x = v.Transformer.forward(s, x, nil, v.dtype)
 	x = layerNorm(s, s.Select(x, 1, 0), v.LNPost, v.dtype) // class token [N, W]
