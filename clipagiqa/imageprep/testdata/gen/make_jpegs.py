@@ -131,6 +131,16 @@ def main():
             cases,
             "CMYK with an Adobe APP14 marker (Pillow stores inverted CMYK)",
         )
+    # Garbage bytes before the SOS marker: libjpeg warns "extraneous bytes before marker"
+    # and Pillow decodes the image anyway.
+    base = save(Image.fromarray(pattern(37, 29, 2), "RGB"), quality=90, subsampling=0)
+    sos = base.index(b"\xff\xda")
+    record(
+        "rgb_37x29_444_extraneous.jpg",
+        base[:sos] + b"\x12\x34\x56\x78\x9a" + base[sos:],
+        cases,
+        "5 garbage bytes before SOS (a libjpeg warning, no error)",
+    )
     # A tall one, so the portrait branch of the resize is exercised through JPEG as well.
     tall = Image.fromarray(pattern(23, 51, 7), "RGB")
     record("rgb_23x51_420.jpg", save(tall, quality=90, subsampling=2), cases, "portrait 4:2:0")

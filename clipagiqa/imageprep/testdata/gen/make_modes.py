@@ -151,6 +151,14 @@ def handmade(w, h):
         [pack_bits(idx[y], 4) for y in range(h)],
         png_chunk(b"PLTE", pal.tobytes()) + png_chunk(b"tRNS", bytes([0, 128, 255])),
     )
+    # 8-bit palette whose pixels use indices past the 5-entry PLTE: Pillow's palette
+    # defaults those entries to the gray ramp (i, i, i).
+    pal5 = rs.randint(0, 256, (5, 3)).astype(np.uint8)
+    idx8 = (gray.astype(np.int32) * 7 // 255) * 30  # 0, 30, ..., 210
+    idx8[:, : w // 3] = idx8[:, : w // 3] % 5  # some valid indices too
+    files["png_p_short_plte.png"] = png_bytes(
+        w, h, 8, 3, [idx8[y].astype(np.uint8).tobytes() for y in range(h)], png_chunk(b"PLTE", pal5.tobytes())
+    )
     return files
 
 
