@@ -137,3 +137,15 @@ func EncodeFloat32(shape []int64, data []float32) []byte {
 	}
 	return buf.Bytes()
 }
+
+// F64OrF32 returns the values as float64 (from F64 when present, else F32).
+func (a *Array) F64OrF32() []float64 {
+	if a.F64 != nil {
+		return a.F64
+	}
+	out := make([]float64, len(a.F32))
+	for i, v := range a.F32 {
+		out[i] = float64(v)
+	}
+	return out
+}
