@@ -1,0 +1,228 @@
+package clipagiqa
+
+import (
+	"context"
+	"fmt"
+	"math"
+
+	"github.com/clipagiqa/clipagiqa/clipagiqa/clip"
+	"github.com/clipagiqa/clipagiqa/clipagiqa/imageprep"
+	"github.com/clipagiqa/clipagiqa/clipagiqa/metrics"
+	"github.com/clipagiqa/clipagiqa/data"
+	"github.com/clipagiqa/clipagiqa/torch"
+)
+
+// Prediction is the score of one image. Err is set (and Score is 0) when the
+// image could not be read.
+type Prediction struct {
+	Name  string  `json:"name"`
+	Path  string  `json:"path"`
+	MOS   float64 `json:"mos,omitempty"` // Evaluate only
+	Score float64 `json:"score"`
+	Err   string  `json:"error,omitempty"`
+}
+
+// EvalOptions configure Evaluate and Predict.
+type EvalOptions struct {
+	BatchSize int   // images per forward pass (0: 32)
+	Workers   int   // decoding goroutines (0: runtime.NumCPU())
+	MaxPixels int64 // largest image accepted (0: imageprep.DefaultMaxPixels)
+}
+
+// DefaultCLIPIQAPairs is CLIP-IQA's antonym pair.
+var DefaultCLIPIQAPairs = [][2]string{{"Good photo.", "Bad photo."}}
+
+// CLIPIQALogitScale is CLIP-IQA's fixed softmax temperature (not the model's
+// own logit_scale).
+const CLIPIQALogitScale = 100
+
+// Evaluate scores ds with m (centre transform, batched, inference mode) and
+// computes PLCC/SRCC/KRCC/RMSE against the MOS. Unreadable images are
+// listed with Err and excluded from the metrics; predictions are in dataset
+// order. The report's error (too few readable images, constant scores) is
+// returned alongside the predictions.
+func Evaluate(ctx context.Context, m *Model, ds *data.Dataset, opts EvalOptions) (metrics.Report, []Prediction, error) {
+	preds, err := scoreSamples(ctx, m.CLIP, ds.Samples, opts, agiqaScorer(m))
+	if err != nil {
+		return metrics.Report{}, preds, fmt.Errorf("evaluate %s: %w", ds.Name, err)
+	}
+	rep, err := reportOf(preds)
+	if err != nil {
+		return rep, preds, fmt.Errorf("evaluate %s: %w", ds.Name, err)
+	}
+	return rep, preds, nil
+}
+
+// Predict scores image files with m; a file that cannot be read gets Err
+// and does not stop the others. Name is the path as given.
+func Predict(ctx context.Context, m *Model, paths []string, opts EvalOptions) ([]Prediction, error) {
+	return scoreSamples(ctx, m.CLIP, pathSamples(paths), opts, agiqaScorer(m))
+}
+
+// EvaluateCLIPIQA is Evaluate with zero-shot CLIP-IQA scores (pairs nil:
+// DefaultCLIPIQAPairs).
+func EvaluateCLIPIQA(ctx context.Context, c *clip.Model, tok Tokenizer, pairs [][2]string, ds *data.Dataset, opts EvalOptions) (metrics.Report, []Prediction, error) {
+	preds, err := scoreSamples(ctx, c, ds.Samples, opts, clipIQAScorer(c, tok, pairs))
+	if err != nil {
+		return metrics.Report{}, preds, fmt.Errorf("evaluate %s: %w", ds.Name, err)
+	}
+	rep, err := reportOf(preds)
+	if err != nil {
+		return rep, preds, fmt.Errorf("evaluate %s: %w", ds.Name, err)
+	}
+	return rep, preds, nil
+}
+
+// PredictCLIPIQA is Predict with zero-shot CLIP-IQA scores.
+func PredictCLIPIQA(ctx context.Context, c *clip.Model, tok Tokenizer, pairs [][2]string, paths []string, opts EvalOptions) ([]Prediction, error) {
+	return scoreSamples(ctx, c, pathSamples(paths), opts, clipIQAScorer(c, tok, pairs))
+}
+
+func pathSamples(paths []string) []data.Sample {
+	out := make([]data.Sample, len(paths))
+	for i, p := range paths {
+		out[i] = data.Sample{Name: p, Path: p}
+	}
+	return out
+}
+
+func reportOf(preds []Prediction) (metrics.Report, error) {
+	var p, q []float64
+	for _, x := range preds {
+		if x.Err == "" {
+			p = append(p, x.Score)
+			q = append(q, x.MOS)
+		}
+	}
+	return metrics.Compute(p, q)
+}
+
+// batchScorer prepares once (text features) and scores pixel batches; the
+// returned tensor is owned by s.
+type batchScorer struct {
+	prepare func(s *torch.Scope) *torch.Tensor
+	score   func(s *torch.Scope, pixels, text *torch.Tensor) *torch.Tensor
+}
+
+func agiqaScorer(m *Model) batchScorer {
+	return batchScorer{
+		prepare: m.TextFeatures,
+		score: func(s *torch.Scope, px, text *torch.Tensor) *torch.Tensor {
+			return m.Head(s, m.ImageFeatures(s, px), text, false)
+		},
+	}
+}
+
+func clipIQAScorer(c *clip.Model, tok Tokenizer, pairs [][2]string) batchScorer {
+	return batchScorer{
+		prepare: func(s *torch.Scope) *torch.Tensor { return clipIQAText(s, c, tok, pairs) },
+		score: func(s *torch.Scope, px, text *torch.Tensor) *torch.Tensor {
+			return clipIQAFromText(s, c, px, text)
+		},
+	}
+}
+
+// scoreSamples runs the loader and the scorer in inference mode.
+func scoreSamples(ctx context.Context, c *clip.Model, samples []data.Sample, opts EvalOptions, sc batchScorer) ([]Prediction, error) {
+	if opts.BatchSize <= 0 {
+		opts.BatchSize = 32
+	}
+	dev := c.Device()
+	prep := imageprep.DefaultOptions(c.Config.ImageResolution)
+	if opts.MaxPixels > 0 {
+		prep.MaxPixels = opts.MaxPixels
+	}
+	preds := make([]Prediction, len(samples))
+	for i, s := range samples {
+		preds[i] = Prediction{Name: s.Name, Path: s.Path, MOS: s.MOS}
+	}
+	s := torch.NewScope().WithGrad(torch.InferenceMode).WithDevice(dev)
+	defer s.Close()
+	text := sc.prepare(s)
+	if err := s.Err(); err != nil {
+		return preds, fmt.Errorf("text features: %w", err)
+	}
+	r := int64(prep.Size)
+	lo := LoaderOptions{Prep: prep, BatchSize: opts.BatchSize, Workers: opts.Workers}
+	for b, err := range LoadBatches(ctx, samples, nil, lo) {
+		if err != nil {
+			return preds, err
+		}
+		for _, f := range b.Failed {
+			preds[f.Index].Err = f.Err.Error()
+		}
+		if b.Len() == 0 {
+			continue
+		}
+		scores, err := scoreBatch(s, sc, text, dev, b.Pixels, b.Len(), r)
+		if err != nil {
+			return preds, err
+		}
+		for k, i := range b.Indices {
+			preds[i].Score = scores[k]
+		}
+	}
+	return preds, nil
+}
+
+func scoreBatch(parent *torch.Scope, sc batchScorer, text *torch.Tensor, dev torch.Device, px []float32, n int, r int64) ([]float64, error) {
+	s := parent.Sub()
+	defer s.Close()
+	out := sc.score(s, s.FromFloat32On(dev, px, int64(n), 3, r, r), text)
+	if err := s.Err(); err != nil {
+		return nil, fmt.Errorf("score batch of %d: %w", n, err)
+	}
+	v, err := out.Float64s()
+	if err != nil {
+		return nil, fmt.Errorf("score batch of %d: %w", n, err)
+	}
+	for _, x := range v {
+		if math.IsNaN(x) {
+			return nil, fmt.Errorf("score batch of %d: NaN score", n)
+		}
+	}
+	return v, nil
+}
+
+// CLIPIQAScores is zero-shot CLIP-IQA on preprocessed pixels [N, 3, R, R]:
+// for each antonym pair (positive, negative), softmax(100·cos(image,
+// prompt)) over the two prompts; the score is the positive's probability,
+// averaged over the pairs (nil: DefaultCLIPIQAPairs). Returns [N] float32;
+// errors are in s.Err().
+func CLIPIQAScores(s *torch.Scope, c *clip.Model, tok Tokenizer, pixels *torch.Tensor, pairs [][2]string) *torch.Tensor {
+	return clipIQAFromText(s, c, pixels, clipIQAText(s, c, tok, pairs))
+}
+
+// clipIQAText returns the normalised text features [P, 2, E] of the pairs.
+func clipIQAText(s *torch.Scope, c *clip.Model, tok Tokenizer, pairs [][2]string) *torch.Tensor {
+	if len(pairs) == 0 {
+		pairs = DefaultCLIPIQAPairs
+	}
+	ids := make([][]int64, 0, 2*len(pairs))
+	for _, p := range pairs {
+		for _, t := range p {
+			row, err := tokenizeRow(tok, t, c.Config.ContextLength)
+			if err != nil {
+				s.Fail(fmt.Errorf("clip-iqa: %w", err))
+				return nil
+			}
+			ids = append(ids, row)
+		}
+	}
+	txt := s.Normalize(s.Cast(c.EncodeText(s, ids), torch.Float32), -1)
+	return s.Reshape(txt, int64(len(pairs)), 2, -1)
+}
+
+// clipIQAFromText scores pixels against text features [P, 2, E].
+func clipIQAFromText(s *torch.Scope, c *clip.Model, pixels, text *torch.Tensor) *torch.Tensor {
+	if s.Err() != nil {
+		return nil
+	}
+	shape := text.Shape()
+	p := shape[0]
+	img := s.Normalize(s.Cast(c.EncodeImage(s, pixels), torch.Float32), -1) // [N, E]
+	cos := s.MatMul(img, s.Transpose(s.Reshape(text, 2*p, shape[2]), 0, 1)) // [N, 2P]
+	n := s.ErrSafeDim(cos, 0)
+	prob := s.Softmax(s.Reshape(s.MulScalar(cos, CLIPIQALogitScale), n, p, 2), -1)
+	return s.Mean(s.Select(prob, 2, 0), false, 1) // [N]
+}
