@@ -1,0 +1,591 @@
+package clipagiqa
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"math"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/clipagiqa/clipagiqa/clipagiqa/clip"
+	"github.com/clipagiqa/clipagiqa/clipagiqa/imageprep"
+	"github.com/clipagiqa/clipagiqa/clipagiqa/tokenizer"
+	"github.com/clipagiqa/clipagiqa/torch"
+)
+
+// Scoring methods.
+const (
+	// MethodAGIQA is CLIP-AGIQA: learned prompts and a regressor (needs a checkpoint).
+	MethodAGIQA = "agiqa"
+	// MethodCLIPIQA is zero-shot CLIP-IQA: softmax(100·cos) against
+	// "Good photo." / "Bad photo.", probability of the first (no checkpoint).
+	MethodCLIPIQA = "clipiqa"
+)
+
+// Scorer errors; returned errors wrap them (test with errors.Is).
+var (
+	// ErrOverloaded: the bounded queue is full; retry later.
+	ErrOverloaded = errors.New("clipagiqa: scorer overloaded (queue full)")
+	// ErrClosed: the scorer was closed.
+	ErrClosed = errors.New("clipagiqa: scorer closed")
+	// ErrInvalidImage: the input could not be decoded or preprocessed. The error
+	// also wraps imageprep's cause (imageprep.ErrTooManyPixels, ErrTruncated, ...).
+	ErrInvalidImage = errors.New("clipagiqa: invalid image")
+)
+
+// Batching defaults.
+const (
+	DefaultMaxBatch = 32
+	DefaultMaxWait  = 5 * time.Millisecond
+)
+
+// CLIP-IQA's antonym prompts and fixed logit scale (from the CLIP-IQA paper).
+var clipIQAPrompts = []string{"Good photo.", "Bad photo."}
+
+const clipIQALogitScale = 100
+
+type scorerConfig struct {
+	device     torch.Device
+	precision  torch.DType
+	maxBatch   int
+	maxWait    time.Duration
+	queueSize  int
+	maxPixels  int64
+	threads    int
+	epoch      int
+	method     string
+	preprocess int
+	runHook    func(n int) // tests: called by the batcher before each batch
+}
+
+// ScorerOption configures LoadScorer.
+type ScorerOption func(*scorerConfig)
+
+// WithDevice picks the compute device (default CPU).
+func WithDevice(d torch.Device) ScorerOption { return func(c *scorerConfig) { c.device = d } }
+
+// WithPrecision sets CLIP's compute precision (default float32; fp16/bf16 on CUDA).
+func WithPrecision(dt torch.DType) ScorerOption { return func(c *scorerConfig) { c.precision = dt } }
+
+// WithMaxBatch caps the images per device batch (default 32).
+func WithMaxBatch(n int) ScorerOption { return func(c *scorerConfig) { c.maxBatch = n } }
+
+// WithMaxWait is how long the first request of a batch waits for company
+// (default 5ms; 0 takes only what is already queued).
+func WithMaxWait(d time.Duration) ScorerOption { return func(c *scorerConfig) { c.maxWait = d } }
+
+// WithQueueSize bounds the requests waiting for the device (default 8×max
+// batch); beyond it calls fail fast with ErrOverloaded.
+func WithQueueSize(n int) ScorerOption { return func(c *scorerConfig) { c.queueSize = n } }
+
+// WithMaxPixels refuses images whose header declares more pixels (default
+// imageprep.DefaultMaxPixels), before any pixel memory is allocated.
+func WithMaxPixels(n int64) ScorerOption { return func(c *scorerConfig) { c.maxPixels = n } }
+
+// WithThreads sets libtorch's intra-op threads (process-wide; 0 keeps the default).
+func WithThreads(n int) ScorerOption { return func(c *scorerConfig) { c.threads = n } }
+
+// WithEpoch picks the epoch of an official checkpoint directory (0: the last).
+func WithEpoch(n int) ScorerOption { return func(c *scorerConfig) { c.epoch = n } }
+
+// WithMethod picks MethodAGIQA (default) or MethodCLIPIQA.
+func WithMethod(m string) ScorerOption { return func(c *scorerConfig) { c.method = m } }
+
+// WithPreprocessWorkers bounds how many images are decoded and resized at once
+// (default 2×GOMAXPROCS), which bounds the memory decoding can take.
+func WithPreprocessWorkers(n int) ScorerOption { return func(c *scorerConfig) { c.preprocess = n } }
+
+// ScorerStats are cumulative counters of a Scorer.
+type ScorerStats struct {
+	MaxBatch     int      // configured max batch
+	Batches      uint64   // device batches run
+	Images       uint64   // images run on the device
+	BatchSizes   []uint64 // BatchSizes[n]: batches of n images (len MaxBatch+1)
+	BatchSeconds float64  // time spent in device batches
+	QueueDepth   int      // requests waiting for the device now
+	Overloaded   uint64   // requests refused with ErrOverloaded
+	Dropped      uint64   // requests dropped because their context ended first
+}
+
+// request is one caller's images waiting for the device.
+type request struct {
+	ctx    context.Context
+	pixels []float32 // n images, NCHW
+	n      int
+	enq    time.Time
+	state  atomic.Int32 // reqPending → reqTaken (batcher) or reqCancelled (caller)
+	res    chan result  // buffered: the batcher never blocks on a gone caller
+}
+
+const (
+	reqPending int32 = iota
+	reqTaken
+	reqCancelled
+)
+
+type result struct {
+	scores []float64
+	err    error
+}
+
+// Scorer scores images with a CLIP-AGIQA (or CLIP-IQA) model. It is safe for
+// concurrent use: callers preprocess in their own goroutines and one batching
+// goroutine groups their images into device batches.
+type Scorer struct {
+	cfg    scorerConfig
+	clip   *clip.Model
+	model  *Model        // nil for CLIP-IQA
+	text   *torch.Tensor // [K, E] L2-normalised text features, computed once
+	prep   imageprep.Options
+	per    int           // floats per image
+	decode chan struct{} // preprocessing slots
+
+	mu     sync.RWMutex // guards closed against sends on queue
+	closed bool
+	queue  chan *request
+	done   chan struct{}
+	once   sync.Once
+
+	depth      atomic.Int64
+	overloaded atomic.Uint64
+	dropped    atomic.Uint64
+	statsMu    sync.Mutex
+	batches    uint64
+	images     uint64
+	sizes      []uint64
+	batchSecs  float64
+}
+
+// LoadScorer loads a CLIP model and a CLIP-AGIQA checkpoint (ours or the
+// official layout; ignored for MethodCLIPIQA), computes the prompts' text
+// features once, and starts the batching goroutine. Close frees everything.
+func LoadScorer(clipPath, checkpointDir string, opts ...ScorerOption) (*Scorer, error) {
+	cfg := scorerConfig{device: torch.CPU, precision: torch.Float32, maxBatch: DefaultMaxBatch,
+		maxWait: DefaultMaxWait, method: MethodAGIQA, preprocess: 2 * runtime.GOMAXPROCS(0)}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.maxBatch <= 0 {
+		return nil, fmt.Errorf("load scorer: max batch %d must be positive", cfg.maxBatch)
+	}
+	if cfg.maxWait < 0 {
+		return nil, fmt.Errorf("load scorer: max wait %v is negative", cfg.maxWait)
+	}
+	if cfg.queueSize <= 0 {
+		cfg.queueSize = 8 * cfg.maxBatch
+	}
+	if cfg.maxPixels <= 0 {
+		cfg.maxPixels = imageprep.DefaultMaxPixels
+	}
+	if cfg.preprocess <= 0 {
+		cfg.preprocess = 1
+	}
+	if cfg.method != MethodAGIQA && cfg.method != MethodCLIPIQA {
+		return nil, fmt.Errorf("load scorer: method %q: want %s or %s", cfg.method, MethodAGIQA, MethodCLIPIQA)
+	}
+	if err := torch.CheckDevice(cfg.device); err != nil {
+		return nil, fmt.Errorf("load scorer: %w", err)
+	}
+	if cfg.threads > 0 {
+		if err := torch.SetNumThreads(cfg.threads); err != nil {
+			return nil, fmt.Errorf("load scorer: threads: %w", err)
+		}
+	}
+	tok, err := tokenizer.Default()
+	if err != nil {
+		return nil, fmt.Errorf("load scorer: %w", err)
+	}
+	// Read the checkpoint first: it is cheap and its errors are the likelier ones.
+	var ck *Checkpoint
+	if cfg.method == MethodAGIQA {
+		if checkpointDir == "" {
+			return nil, fmt.Errorf("load scorer: method %s needs a checkpoint", MethodAGIQA)
+		}
+		if ck, err = ReadCheckpoint(checkpointDir, cfg.epoch); err != nil {
+			return nil, fmt.Errorf("load scorer: %w", err)
+		}
+	}
+	c, err := clip.Load(clipPath, clip.Options{Device: cfg.device, Precision: cfg.precision})
+	if err != nil {
+		return nil, fmt.Errorf("load scorer: %w", err)
+	}
+	sc := &Scorer{cfg: cfg, clip: c}
+	if ck != nil {
+		if sc.model, err = FromCheckpoint(c, tok, ck); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("load scorer: %w", err)
+		}
+	}
+	if err := sc.initText(tok); err != nil {
+		sc.free()
+		return nil, fmt.Errorf("load scorer: text features: %w", err)
+	}
+	sc.prep = imageprep.DefaultOptions(c.Config.ImageResolution)
+	sc.prep.MaxPixels = cfg.maxPixels
+	sc.per = sc.prep.TensorLen()
+	sc.decode = make(chan struct{}, cfg.preprocess)
+	sc.queue = make(chan *request, cfg.queueSize)
+	sc.done = make(chan struct{})
+	sc.sizes = make([]uint64, cfg.maxBatch+1)
+	go sc.loop()
+	return sc, nil
+}
+
+// initText computes the [K, E] normalised text features that every batch reuses.
+func (sc *Scorer) initText(tok *tokenizer.Tokenizer) error {
+	s := torch.NewScope().WithGrad(torch.InferenceMode).WithDevice(sc.cfg.device)
+	defer s.Close()
+	var txt *torch.Tensor
+	if sc.model != nil {
+		txt = sc.model.TextFeatures(s)
+	} else {
+		ids, err := tok.Tokenize(clipIQAPrompts, sc.clip.Config.ContextLength, true)
+		if err != nil {
+			return err
+		}
+		txt = s.Normalize(s.Cast(sc.clip.EncodeText(s, ids), torch.Float32), -1)
+	}
+	if err := s.Err(); err != nil {
+		return err
+	}
+	sc.text = s.Keep(txt)
+	return nil
+}
+
+// Method is the scoring method in use.
+func (sc *Scorer) Method() string { return sc.cfg.method }
+
+// Resolution is the model's input size n_px.
+func (sc *Scorer) Resolution() int { return sc.clip.Config.ImageResolution }
+
+// MaxBatch is the configured device batch cap.
+func (sc *Scorer) MaxBatch() int { return sc.cfg.maxBatch }
+
+// CLIPConfig describes the loaded CLIP.
+func (sc *Scorer) CLIPConfig() clip.Config { return sc.clip.Config }
+
+// Score scores a Go image (converted the way Pillow would open the same pixels).
+func (sc *Scorer) Score(ctx context.Context, img image.Image) (float64, error) {
+	px, err := sc.preprocess(ctx, func() (*imageprep.Image, error) {
+		if img == nil {
+			return nil, fmt.Errorf("nil image")
+		}
+		b := img.Bounds()
+		if int64(b.Dx())*int64(b.Dy()) > sc.cfg.maxPixels {
+			return nil, fmt.Errorf("%w: %dx%d, limit %d", imageprep.ErrTooManyPixels, b.Dx(), b.Dy(), sc.cfg.maxPixels)
+		}
+		return imageprep.FromImage(img)
+	})
+	if err != nil {
+		return 0, err
+	}
+	out, err := sc.submit(ctx, px, 1)
+	if err != nil {
+		return 0, err
+	}
+	return out[0], nil
+}
+
+// ScoreBytes decodes an encoded image (JPEG, PNG, GIF, BMP, WebP) and scores
+// it; the pixel limit is checked from the header before decoding.
+func (sc *Scorer) ScoreBytes(ctx context.Context, data []byte) (float64, error) {
+	px, err := sc.preprocess(ctx, func() (*imageprep.Image, error) { return imageprep.Decode(data, sc.cfg.maxPixels) })
+	if err != nil {
+		return 0, err
+	}
+	out, err := sc.submit(ctx, px, 1)
+	if err != nil {
+		return 0, err
+	}
+	return out[0], nil
+}
+
+// ScoreBatch scores encoded images, decoding them in parallel; errs[i] is
+// the error of image i (nil when scores[i] is valid).
+func (sc *Scorer) ScoreBatch(ctx context.Context, images [][]byte) (scores []float64, errs []error) {
+	scores = make([]float64, len(images))
+	errs = make([]error, len(images))
+	var wg sync.WaitGroup
+	for i, data := range images {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			scores[i], errs[i] = sc.ScoreBytes(ctx, data)
+		}()
+	}
+	wg.Wait()
+	return scores, errs
+}
+
+// preprocess decodes and transforms one image in the caller's goroutine,
+// holding one of the bounded preprocessing slots.
+func (sc *Scorer) preprocess(ctx context.Context, decode func() (*imageprep.Image, error)) ([]float32, error) {
+	if sc.isClosed() {
+		return nil, ErrClosed
+	}
+	select {
+	case sc.decode <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-sc.decode }()
+	img, err := decode()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidImage, err)
+	}
+	px, err := imageprep.CenterTransform(img, sc.prep)
+	if err != nil {
+		return nil, fmt.Errorf("%w: preprocess: %w", ErrInvalidImage, err)
+	}
+	return px, nil
+}
+
+func (sc *Scorer) isClosed() bool {
+	sc.mu.RLock()
+	defer sc.mu.RUnlock()
+	return sc.closed
+}
+
+// submit queues n preprocessed images and waits for their scores.
+func (sc *Scorer) submit(ctx context.Context, px []float32, n int) ([]float64, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	req := &request{ctx: ctx, pixels: px, n: n, enq: time.Now(), res: make(chan result, 1)}
+	sc.mu.RLock()
+	if sc.closed {
+		sc.mu.RUnlock()
+		return nil, ErrClosed
+	}
+	select {
+	case sc.queue <- req:
+		sc.depth.Add(1)
+	default:
+		sc.mu.RUnlock()
+		sc.overloaded.Add(1)
+		return nil, ErrOverloaded
+	}
+	sc.mu.RUnlock()
+	select {
+	case r := <-req.res:
+		return r.scores, r.err
+	case <-ctx.Done():
+		// Not yet started: the batcher drops it. Started: its result is discarded.
+		req.state.CompareAndSwap(reqPending, reqCancelled)
+		return nil, ctx.Err()
+	}
+}
+
+// claim moves a dequeued request into a batch unless its caller gave up.
+func (sc *Scorer) claim(r *request) bool {
+	sc.depth.Add(-1)
+	if err := r.ctx.Err(); err != nil {
+		r.state.CompareAndSwap(reqPending, reqCancelled)
+		r.res <- result{err: err}
+		sc.dropped.Add(1)
+		return false
+	}
+	if !r.state.CompareAndSwap(reqPending, reqTaken) {
+		sc.dropped.Add(1)
+		return false
+	}
+	return true
+}
+
+// loop is the batching goroutine: it takes the oldest request, adds whatever
+// arrives until the batch is full or the oldest has waited max wait, and runs
+// the batch. After Close it still runs what was queued (a closed channel
+// yields its buffered requests first), then exits.
+func (sc *Scorer) loop() {
+	defer close(sc.done)
+	buf := make([]float32, sc.cfg.maxBatch*sc.per)
+	var carry *request
+	for {
+		first := carry
+		carry = nil
+		if first == nil {
+			r, ok := <-sc.queue
+			if !ok {
+				return
+			}
+			first = r
+		}
+		if !sc.claim(first) {
+			continue
+		}
+		batch, n := []*request{first}, first.n
+		deadline := first.enq.Add(sc.cfg.maxWait)
+		var timer *time.Timer
+		open := true
+	collect:
+		for n < sc.cfg.maxBatch {
+			var r *request
+			var ok bool
+			select {
+			case r, ok = <-sc.queue: // already waiting: take it even past the deadline
+			default:
+				wait := time.Until(deadline)
+				if wait <= 0 {
+					break collect
+				}
+				if timer == nil {
+					timer = time.NewTimer(wait)
+				}
+				select {
+				case r, ok = <-sc.queue:
+				case <-timer.C:
+					break collect
+				}
+			}
+			if !ok {
+				open = false
+				break collect
+			}
+			if n+r.n > sc.cfg.maxBatch {
+				carry = r
+				break collect
+			}
+			if sc.claim(r) {
+				batch = append(batch, r)
+				n += r.n
+			}
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		sc.run(batch, n, buf)
+		if !open {
+			return
+		}
+	}
+}
+
+// run scores one device batch and routes the results to the callers.
+func (sc *Scorer) run(batch []*request, n int, buf []float32) {
+	if sc.cfg.runHook != nil {
+		sc.cfg.runHook(n)
+	}
+	start := time.Now()
+	off := 0
+	for _, r := range batch {
+		copy(buf[off:], r.pixels)
+		off += len(r.pixels)
+	}
+	scores, err := sc.forward(buf[:off], n)
+	elapsed := time.Since(start)
+	// Count before answering, so a caller sees its batch in Stats.
+	sc.statsMu.Lock()
+	sc.batches++
+	sc.images += uint64(n)
+	if n < len(sc.sizes) {
+		sc.sizes[n]++
+	}
+	sc.batchSecs += elapsed.Seconds()
+	sc.statsMu.Unlock()
+	i := 0
+	for _, r := range batch {
+		if err != nil {
+			r.res <- result{err: err}
+			continue
+		}
+		r.res <- result{scores: scores[i : i+r.n : i+r.n]}
+		i += r.n
+	}
+}
+
+// forward runs the model on n preprocessed images in one inference scope.
+func (sc *Scorer) forward(px []float32, n int) (out []float64, err error) {
+	defer func() {
+		// cgo ops report errors, but a bug here must not kill the batcher.
+		if r := recover(); r != nil {
+			out, err = nil, fmt.Errorf("score batch: panic: %v", r)
+		}
+	}()
+	res := int64(sc.clip.Config.ImageResolution)
+	s := torch.NewScope().WithGrad(torch.InferenceMode).WithDevice(sc.cfg.device)
+	defer s.Close()
+	pixels := s.FromFloat32On(sc.cfg.device, px, int64(n), 3, res, res)
+	var pred *torch.Tensor
+	if sc.model != nil {
+		img := sc.model.ImageFeatures(s, pixels)
+		pred = sc.model.Head(s, img, sc.text, false)
+	} else {
+		img := s.Normalize(s.Cast(sc.clip.EncodeImage(s, pixels), torch.Float32), -1)
+		logits := s.MulScalar(s.MatMul(img, s.Transpose(sc.text, 0, 1)), clipIQALogitScale)
+		pred = s.Select(s.Softmax(logits, -1), 1, 0)
+	}
+	if err := s.Err(); err != nil {
+		return nil, fmt.Errorf("score batch of %d: %w", n, err)
+	}
+	vals, err := pred.Float32s()
+	if err != nil {
+		return nil, fmt.Errorf("score batch of %d: %w", n, err)
+	}
+	out = make([]float64, n)
+	for i, v := range vals {
+		out[i] = float64(v)
+		if math.IsNaN(out[i]) {
+			return nil, fmt.Errorf("score batch of %d: NaN score", n)
+		}
+	}
+	return out, nil
+}
+
+// Warmup runs one full batch of blank images through the model so the first
+// real requests do not pay for libtorch's lazy initialisation.
+func (sc *Scorer) Warmup(ctx context.Context) error {
+	px := make([]float32, sc.cfg.maxBatch*sc.per)
+	for {
+		_, err := sc.submit(ctx, px, sc.cfg.maxBatch)
+		if !errors.Is(err, ErrOverloaded) {
+			if err != nil {
+				return fmt.Errorf("warm-up: %w", err)
+			}
+			return nil
+		}
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-ctx.Done():
+			return fmt.Errorf("warm-up: %w", ctx.Err())
+		}
+	}
+}
+
+// Stats returns a snapshot of the counters.
+func (sc *Scorer) Stats() ScorerStats {
+	sc.statsMu.Lock()
+	defer sc.statsMu.Unlock()
+	return ScorerStats{
+		MaxBatch: sc.cfg.maxBatch, Batches: sc.batches, Images: sc.images,
+		BatchSizes: append([]uint64(nil), sc.sizes...), BatchSeconds: sc.batchSecs,
+		QueueDepth: int(max(sc.depth.Load(), 0)), Overloaded: sc.overloaded.Load(), Dropped: sc.dropped.Load(),
+	}
+}
+
+// QueueDepth is the number of requests waiting for the device.
+func (sc *Scorer) QueueDepth() int { return int(max(sc.depth.Load(), 0)) }
+
+// Close stops accepting requests, lets queued and running batches finish,
+// and frees all libtorch memory. Calling it again is harmless.
+func (sc *Scorer) Close() error {
+	sc.once.Do(func() {
+		sc.mu.Lock()
+		sc.closed = true
+		close(sc.queue)
+		sc.mu.Unlock()
+		<-sc.done
+		sc.free()
+	})
+	return nil
+}
+
+func (sc *Scorer) free() {
+	sc.text.Close()
+	sc.text = nil
+	sc.model.Close()
+	sc.clip.Close()
+}
