@@ -43,10 +43,6 @@ const (
 	DefaultMaxWait  = 5 * time.Millisecond
 )
 
-// CLIP-IQA's antonym prompts and fixed logit scale (from the CLIP-IQA paper).
-var clipIQAPrompts = []string{"Good photo.", "Bad photo."}
-
-const clipIQALogitScale = 100
 
 type scorerConfig struct {
 	device     torch.Device
@@ -243,11 +239,7 @@ func (sc *Scorer) initText(tok *tokenizer.Tokenizer) error {
 	if sc.model != nil {
 		txt = sc.model.TextFeatures(s)
 	} else {
-		ids, err := tok.Tokenize(clipIQAPrompts, sc.clip.Config.ContextLength, true)
-		if err != nil {
-			return err
-		}
-		txt = s.Normalize(s.Cast(sc.clip.EncodeText(s, ids), torch.Float32), -1)
+		txt = clipIQAText(s, sc.clip, tok, DefaultCLIPIQAPairs)
 	}
 	if err := s.Err(); err != nil {
 		return err
@@ -514,9 +506,7 @@ func (sc *Scorer) forward(px []float32, n int) (out []float64, err error) {
 		img := sc.model.ImageFeatures(s, pixels)
 		pred = sc.model.Head(s, img, sc.text, false)
 	} else {
-		img := s.Normalize(s.Cast(sc.clip.EncodeImage(s, pixels), torch.Float32), -1)
-		logits := s.MulScalar(s.MatMul(img, s.Transpose(sc.text, 0, 1)), clipIQALogitScale)
-		pred = s.Select(s.Softmax(logits, -1), 1, 0)
+		pred = clipIQAFromText(s, sc.clip, pixels, sc.text)
 	}
 	if err := s.Err(); err != nil {
 		return nil, fmt.Errorf("score batch of %d: %w", n, err)
