@@ -5,5 +5,14 @@ import "github.com/urfave/cli/v2"
 func commands() []*cli.Command {
 	return []*cli.Command{
 		infoCommand(),
+		embedCommand(),
+		trainCommand(),
+		evalCommand(),
+		predictCommand(),
+		exportCommand(),
+		demoCommand(),
+		serveCommand(),
+		benchCommand(),
+		benchServeCommand(),
 	}
 }

@@ -1,0 +1,126 @@
+package benchkit
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+)
+
+// Reference drives bench/reference.py --serve: the PyTorch eager reference,
+// one JSON request and one JSON reply per line.
+type Reference struct {
+	cmd    *exec.Cmd
+	in     io.WriteCloser
+	out    *bufio.Reader
+	stderr *tailBuffer
+}
+
+// RefReply holds the fields any reply may carry.
+type RefReply struct {
+	OK       bool            `json:"ok"`
+	Error    string          `json:"error"`
+	Times    []float64       `json:"times"`
+	HWMKB    int64           `json:"hwm_kb"`
+	HWMReset bool            `json:"hwm_reset"`
+	Flops    float64         `json:"flops"`
+	Features []float64       `json:"features"`
+	Images   int             `json:"images"`
+	Threads  int             `json:"threads"`
+	Torch    string          `json:"torch"`
+	LoadS    float64         `json:"load_s"`
+	Config   json.RawMessage `json:"config"`
+	RSSKB    int64           `json:"rss_kb"`
+}
+
+// StartReference starts `python script --serve` with extra environment
+// variables (KEY=VALUE).
+func StartReference(python, script string, env []string) (*Reference, error) {
+	if _, err := os.Stat(script); err != nil {
+		return nil, fmt.Errorf("reference script: %w", err)
+	}
+	cmd := exec.Command(python, script, "--serve")
+	cmd.Env = append(os.Environ(), env...)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	tb := &tailBuffer{max: 8 << 10}
+	cmd.Stderr = tb
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s %s: %w", python, script, err)
+	}
+	return &Reference{cmd: cmd, in: in, out: bufio.NewReaderSize(out, 1<<20), stderr: tb}, nil
+}
+
+// Call sends req and decodes the reply into RefReply; a reply with ok=false
+// or a dead process is an error carrying the script's message.
+func (r *Reference) Call(req map[string]any) (*RefReply, error) {
+	line, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := r.in.Write(append(line, '\n')); err != nil {
+		return nil, fmt.Errorf("reference %v: write: %w (stderr: %s)", req["op"], err, r.stderr.String())
+	}
+	resp, err := r.out.ReadBytes('\n')
+	if err != nil {
+		return nil, fmt.Errorf("reference %v: no reply: %w (stderr: %s)", req["op"], err, r.stderr.String())
+	}
+	var rep RefReply
+	if err := json.Unmarshal(resp, &rep); err != nil {
+		return nil, fmt.Errorf("reference %v: bad reply %.200q: %w", req["op"], resp, err)
+	}
+	if !rep.OK {
+		return nil, fmt.Errorf("reference %v: %s", req["op"], rep.Error)
+	}
+	return &rep, nil
+}
+
+// Close asks the script to quit and waits for it.
+func (r *Reference) Close() error {
+	if r == nil || r.cmd == nil {
+		return nil
+	}
+	_, _ = r.in.Write([]byte(`{"op":"quit"}` + "\n"))
+	_ = r.in.Close()
+	err := r.cmd.Wait()
+	r.cmd = nil
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return fmt.Errorf("reference exited: %w (stderr: %s)", err, r.stderr.String())
+	}
+	return err
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	b   []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if len(t.b) > t.max {
+		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.TrimSpace(string(t.b))
+}
