@@ -17,6 +17,7 @@ import (
 	"github.com/clipagiqa/clipagiqa/clipagiqa"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/clip"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/imageprep"
+	"github.com/clipagiqa/clipagiqa/clipagiqa/tokenizer"
 	"github.com/clipagiqa/clipagiqa/data"
 	"github.com/clipagiqa/clipagiqa/torch"
 	"github.com/urfave/cli/v2"
@@ -102,6 +103,21 @@ func loadCLIP(c *cli.Context) (*clip.Model, error) {
 		return nil, err
 	}
 	return clip.Load(path, clip.Options{Device: dev, Precision: prec})
+}
+
+// loadCLIPAndTokenizer loads --clip and the BPE tokenizer that every model
+// command needs.
+func loadCLIPAndTokenizer(c *cli.Context) (*clip.Model, *tokenizer.Tokenizer, error) {
+	cm, err := loadCLIP(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	tok, err := tokenizer.Default()
+	if err != nil {
+		cm.Close()
+		return nil, nil, err
+	}
+	return cm, tok, nil
 }
 
 // writeJSON prints v indented, as people read and pipe it.

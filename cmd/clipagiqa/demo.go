@@ -11,7 +11,6 @@ import (
 	"github.com/clipagiqa/clipagiqa/clipagiqa"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/demo"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/metrics"
-	"github.com/clipagiqa/clipagiqa/clipagiqa/tokenizer"
 	"github.com/clipagiqa/clipagiqa/data"
 	"github.com/urfave/cli/v2"
 )
@@ -97,15 +96,11 @@ func runDemo(c *cli.Context) error {
 	fmt.Fprintf(w, "      MOS = 1 + 4·(1 − s/%d)^γ (γ: blur 1, noise 1.25, jpeg 0.8, colour 0.6); %s\n", opts.Levels-1, partSizes(parts))
 
 	// 2. Model.
-	cm, err := loadCLIP(c)
+	cm, tok, err := loadCLIPAndTokenizer(c)
 	if err != nil {
 		return err
 	}
 	defer cm.Close()
-	tok, err := tokenizer.Default()
-	if err != nil {
-		return err
-	}
 	cfg := clipagiqa.DefaultConfig()
 	cfg.Dropout = c.Float64("dropout")
 	tc := clipagiqa.DefaultTrainConfig()

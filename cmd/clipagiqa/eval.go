@@ -10,7 +10,6 @@ import (
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/metrics"
-	"github.com/clipagiqa/clipagiqa/clipagiqa/tokenizer"
 	"github.com/clipagiqa/clipagiqa/data"
 	"github.com/clipagiqa/clipagiqa/internal/plot"
 	"github.com/urfave/cli/v2"
@@ -107,15 +106,11 @@ func runEval(c *cli.Context) error {
 			return err
 		}
 	}
-	cm, err := loadCLIP(c)
+	cm, tok, err := loadCLIPAndTokenizer(c)
 	if err != nil {
 		return err
 	}
 	defer cm.Close()
-	tok, err := tokenizer.Default()
-	if err != nil {
-		return err
-	}
 	ctx, stop := interruptible(c)
 	defer stop()
 	opts := clipagiqa.EvalOptions{BatchSize: c.Int("batch-size"), Workers: c.Int("workers"), MaxPixels: c.Int64("max-pixels")}

@@ -5,7 +5,6 @@ import (
 	"path/filepath"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa"
-	"github.com/clipagiqa/clipagiqa/clipagiqa/tokenizer"
 	"github.com/clipagiqa/clipagiqa/torch"
 	"github.com/urfave/cli/v2"
 )
@@ -40,15 +39,11 @@ func runExport(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	cm, err := loadCLIP(c)
+	cm, tok, err := loadCLIPAndTokenizer(c)
 	if err != nil {
 		return err
 	}
 	defer cm.Close()
-	tok, err := tokenizer.Default()
-	if err != nil {
-		return err
-	}
 	m, err := clipagiqa.FromCheckpoint(cm, tok, ck)
 	if err != nil {
 		return fmt.Errorf("export: %w", err)

@@ -30,13 +30,16 @@ func runtimeInfo() info {
 	}
 }
 
-var threadsFlag = &cli.IntFlag{Name: "threads", Usage: "CPU threads for libtorch (0 keeps libtorch's default)"}
+var threadsFlag = &cli.IntFlag{Name: "threads", Usage: "CPU threads for libtorch (0: one per core)"}
 
+// applyThreads sets libtorch's thread count: --threads, else one per core
+// (libtorch's own default can be a single thread on small VMs).
 func applyThreads(c *cli.Context) error {
-	if n := c.Int("threads"); n > 0 {
-		return torch.SetNumThreads(n)
+	n := c.Int("threads")
+	if n <= 0 {
+		n = runtime.NumCPU()
 	}
-	return nil
+	return torch.SetNumThreads(n)
 }
 
 func infoCommand() *cli.Command {

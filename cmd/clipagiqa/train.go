@@ -182,15 +182,11 @@ func runTrain(c *cli.Context) error {
 			}
 		}
 	}
-	cm, err := loadCLIP(c)
+	cm, tok, err := loadCLIPAndTokenizer(c)
 	if err != nil {
 		return err
 	}
 	defer cm.Close()
-	tok, err := tokenizer.Default()
-	if err != nil {
-		return err
-	}
 	ctx, stop := interruptible(c)
 	defer stop()
 	run := trainRun{clip: cm, tok: tok, model: modelConfig(c), protocol: c.String("protocol"),
