@@ -14,7 +14,8 @@ Protocol (--serve): one JSON object per line on stdin, one JSON reply per line
 on stdout. Every reply has "ok" and, for timed ops, "times" (seconds per
 iteration after warm-up) and "hwm_kb" (peak RSS during the op: VmHWM after
 resetting it through /proc/self/clear_refs; "hwm_reset" says if that worked).
-Ops: load, encoder, features, text, score, train_step, matmul, rss, quit.
+Ops: load, encoder, features, text_features, text, score, train_step, matmul,
+rss, quit.
 """
 
 import argparse
@@ -274,6 +275,9 @@ class Server:
         load_s = time.perf_counter() - t
         if req.get("token_ids"):
             self.prompts = PromptLearner(self.clip, req["token_ids"], int(req.get("n_ctx", 16)))
+            if req.get("ctx"):  # the Go side's context, to compare text features
+                with torch.no_grad():
+                    self.prompts.ctx.copy_(torch.tensor(req["ctx"]).view_as(self.prompts.ctx))
             k = len(req["token_ids"])
             self.head = regressor((1 + k) * self.clip.cfg["embed_dim"])
         return {"config": self.clip.cfg, "load_s": load_s, "threads": torch.get_num_threads(),
@@ -298,6 +302,11 @@ class Server:
         with torch.no_grad():
             f = self.clip.visual(x)
         return {"features": f.flatten().tolist(), "shape": list(f.shape)}
+
+    def op_text_features(self, req):
+        with torch.no_grad():
+            f = F.normalize(self.text_features(), dim=-1)
+        return {"features": f.flatten().tolist()}
 
     def text_features(self):
         return encode_prompts(self.clip, self.prompts(), self.prompts.eot)

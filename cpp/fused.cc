@@ -1,7 +1,7 @@
-// Fused CPU inference of CLIP's Vision Transformer: see fused.h.
+// Fused CPU paths for CLIP: see fused.h.
 //
-// Why it is faster than running the same ops one by one (as the Go plain
-// path and PyTorch eager do):
+// Image encoder (inference). Why it is faster than running the same ops one
+// by one (as the Go plain path and PyTorch eager do):
 //  * one thread pool: libtorch's intra-op threads split every matrix
 //    multiply by output columns and call BLAS single-threaded, instead of
 //    OpenBLAS's own pthreads and OpenMP's spinning workers taking turns on
@@ -16,23 +16,28 @@
 // The arithmetic is the plain path's (same libtorch kernels for sigmoid and
 // softmax, bias added before the product as addmm does), so results agree to
 // float32 rounding; clipagiqa/clip/fast_test.go checks it.
+//
+// Text path with a shared prefix (training): see TextFn below.
 #include "fused.h"
 
 #include <dlfcn.h>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
-#include <chrono>
-#include <cstdio>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <limits>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -100,6 +105,16 @@ class SingleThreadedBlas {
   SingleThreadedBlas &operator=(const SingleThreadedBlas &) = delete;
 };
 
+using dnnl_sgemm_fn = int (*)(char, char, int64_t, int64_t, int64_t, float, const float *, int64_t, const float *,
+                              int64_t, float, float *, int64_t);
+
+dnnl_sgemm_fn dnnl_sgemm() {
+  static const dnnl_sgemm_fn f = std::getenv("CLIPAGIQA_FUSED_NO_DNNL") != nullptr
+                                     ? nullptr
+                                     : reinterpret_cast<dnnl_sgemm_fn>(dlsym(RTLD_DEFAULT, "dnnl_sgemm"));
+  return f;
+}
+
 at::Tensor view2d(const float *p, int64_t rows, int64_t cols, int64_t ld) {
   return at::from_blob(const_cast<float *>(p), {rows, cols}, {ld, 1}, at::TensorOptions().dtype(at::kFloat));
 }
@@ -109,6 +124,12 @@ at::Tensor view2d(const float *p, int64_t rows, int64_t cols, int64_t ld) {
 void gemm(bool transA, bool transB, int64_t m, int64_t n, int64_t k, const float *A, int64_t lda,
           const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
   if (m <= 0 || n <= 0) return;
+  // oneDNN's sgemm (libtorch's oneDNN, when its symbols are visible) beats
+  // BLAS by 2-3× on products with few rows and an untransposed second
+  // operand: the text path's.
+  if (!transA && !transB && m <= 128 && dnnl_sgemm() != nullptr &&
+      dnnl_sgemm()('N', 'N', m, n, k, 1.0f, A, lda, B, ldb, beta, C, ldc) == 0)
+    return;
   if (blas().sgemm != nullptr) {
     // Column-major BLAS sees the transposes: Cᵀ = op(B)ᵀ · op(A)ᵀ.
     const char ta = transB ? 'T' : 'N', tb = transA ? 'T' : 'N';
@@ -192,18 +213,69 @@ void quick_gelu_tile(float *C, int64_t ldc, int64_t r0, int64_t r1, int64_t c0, 
   }
 }
 
-// Runs f(i, thread) for i in [0, n) on libtorch's intra-op threads. Tasks are
-// handed out one at a time, so a thread the OS preempts delays only the task
-// it holds, not a fixed share of the work.
+// libtorch's intra-op pool. With OpenMP (libtorch 1.x), at::parallel_for is
+// a header template whose `#pragma omp parallel` only takes effect in code
+// compiled with -fopenmp; this file is not, so it calls the OpenMP runtime's
+// entry point for a parallel region (what the pragma compiles to, also
+// provided by Intel's runtime) found in the process. Elsewhere
+// at::parallel_for is out of line and used as is.
+using gomp_parallel_fn = void (*)(void (*)(void *), void *, unsigned, unsigned);
+using omp_int_fn = int (*)(void);
+
+struct OpenMP {
+  gomp_parallel_fn parallel = nullptr;
+  omp_int_fn thread_num = nullptr;
+};
+
+const OpenMP &openmp() {
+  static const OpenMP o = [] {
+    OpenMP r;
+    r.parallel = reinterpret_cast<gomp_parallel_fn>(dlsym(RTLD_DEFAULT, "GOMP_parallel"));
+    r.thread_num = reinterpret_cast<omp_int_fn>(dlsym(RTLD_DEFAULT, "omp_get_thread_num"));
+    if (r.parallel == nullptr || r.thread_num == nullptr) r = OpenMP();
+    return r;
+  }();
+  return o;
+}
+
+// Runs f(i, thread) for i in [0, n) on libtorch's intra-op threads (thread <
+// at::get_num_threads()). Tasks are handed out one at a time, so a thread the
+// OS preempts delays only the task it holds, not a fixed share of the work.
+// libtorch ops called from f run single-threaded (they see a parallel region).
 template <class F>
 void run_tasks(int64_t n, const F &f) {
   if (n <= 0) return;
   std::atomic<int64_t> next{0};
+  std::atomic_flag failed = ATOMIC_FLAG_INIT;
+  std::exception_ptr error;
   const int64_t T = std::min<int64_t>(at::get_num_threads(), n);
-  at::parallel_for(0, T, 1, [&](int64_t, int64_t) {
-    const int tid = at::get_thread_num();
-    for (int64_t i; (i = next.fetch_add(1)) < n;) f(i, tid);
-  });
+  auto body = [&](int tid) {
+    try {
+      at::internal::ThreadIdGuard guard(tid);
+      for (int64_t i; (i = next.fetch_add(1)) < n;) f(i, tid);
+    } catch (...) {
+      if (!failed.test_and_set()) error = std::current_exception();
+      next = n;  // the others stop at their next task
+    }
+  };
+  if (T <= 1 || at::in_parallel_region()) {
+    body(0);
+  } else if (openmp().parallel != nullptr) {
+    struct Region {
+      decltype(body) *run;
+      int64_t T;
+    } region{&body, T};
+    openmp().parallel(
+        [](void *p) {
+          auto *r = static_cast<Region *>(p);
+          const int tid = openmp().thread_num();
+          if (tid < r->T) (*r->run)(tid);
+        },
+        &region, static_cast<unsigned>(T), 0);
+  } else {
+    at::parallel_for(0, T, 1, [&](int64_t b, int64_t) { body(static_cast<int>(b)); });
+  }
+  if (error) std::rethrow_exception(error);
 }
 
 // Tiles of a product with m rows and n output columns: row chunks of about
@@ -214,7 +286,8 @@ struct Tiling {
   Tiling(int64_t m, int64_t n, int64_t threads) : rows(m), cols(n) {
     nr = std::max<int64_t>(1, (m + 1023) / 1024);
     rchunk = (m + nr - 1) / nr;
-    nc = std::max<int64_t>(1, (4 * threads + nr - 1) / nr);
+    const int64_t per = nr == 1 ? 3 : 4;  // small products: fewer tiles, less repacking
+    nc = std::max<int64_t>(1, (per * threads + nr - 1) / nr);
     cwidth = std::max<int64_t>(64, ((n + nc - 1) / nc + 15) / 16 * 16);
     nc = (n + cwidth - 1) / cwidth;
   }
@@ -227,6 +300,33 @@ struct Tiling {
     *c1 = std::min(cols, *c0 + cwidth);
   }
 };
+
+// C[m, n] = bias + A[m, k] · Wᵀ (W [n, k]) in tiles over the threads;
+// post(thread, r0, r1, c0, c1) runs on each tile right after its product.
+template <class Post>
+void linear_tiled(const float *A, int64_t m, int64_t k, const at::Tensor &W, const at::Tensor &bias, float *C,
+                  int64_t n, const Post &post) {
+  const float *w = W.data_ptr<float>(), *bp = bias.data_ptr<float>();
+  const Tiling tl(m, n, at::get_num_threads());
+  run_tasks(tl.count(), [&](int64_t i, int tid) {
+    int64_t r0, r1, c0, c1;
+    tl.tile(i, &r0, &r1, &c0, &c1);
+    fill_bias(C, n, r0, r1, c0, c1, bp);
+    gemm(false, true, r1 - r0, c1 - c0, k, A + r0 * k, k, w + c0 * k, k, 1.0f, C + r0 * n + c0, n);
+    post(tid, r0, r1, c0, c1);
+  });
+}
+
+// dA[m, k] = dC[m, n] · W (W [n, k]): a linear layer's input gradient.
+void linear_grad_tiled(const float *dC, int64_t m, int64_t n, const at::Tensor &W, float *dA, int64_t k) {
+  const float *w = W.data_ptr<float>();
+  const Tiling tl(m, k, at::get_num_threads());
+  run_tasks(tl.count(), [&](int64_t i, int) {
+    int64_t r0, r1, c0, c1;
+    tl.tile(i, &r0, &r1, &c0, &c1);
+    gemm(false, false, r1 - r0, c1 - c0, n, dC + r0 * n, n, w + c0, k, 0.0f, dA + r0 * k + c0, k);
+  });
+}
 
 // ---------------------------------------------------------------- model
 
@@ -305,20 +405,10 @@ struct ViT {
     });
   }
 
-  // C[m, n] = bias + A[m, k] · Wᵀ in tiles; post(thread, r0, r1, c0, c1)
-  // runs on each tile right after its product.
   template <class Post>
   void linear(const float *A, int64_t m, int64_t k, const at::Tensor &W, const at::Tensor &bias, float *C,
               int64_t n, const Post &post) {
-    const float *w = W.data_ptr<float>(), *bp = bias.data_ptr<float>();
-    const Tiling tl(m, n, at::get_num_threads());
-    run_tasks(tl.count(), [&](int64_t i, int tid) {
-      int64_t r0, r1, c0, c1;
-      tl.tile(i, &r0, &r1, &c0, &c1);
-      fill_bias(C, n, r0, r1, c0, c1, bp);
-      gemm(false, true, r1 - r0, c1 - c0, k, A + r0 * k, k, w + c0 * k, k, 1.0f, C + r0 * n + c0, n);
-      post(tid, r0, r1, c0, c1);
-    });
+    linear_tiled(A, m, k, W, bias, C, n, post);
   }
 
   void attention(int64_t n) {
@@ -349,22 +439,19 @@ struct ViT {
     run_tasks(n, [&](int64_t i, int tid) { embed(pix, i, buf.patches[tid]); });
     norm(x, x, m, ln_pre_w, ln_pre_b);
     auto none = [](int, int64_t, int64_t, int64_t, int64_t) {};
-    static bool prof = std::getenv("FUSED_PROF") != nullptr;
-    double acc[8] = {0};
-    auto now = [] { return std::chrono::steady_clock::now(); };
-    auto tick = [&](int i, decltype(now()) &t0) { auto t1 = now(); acc[i] += std::chrono::duration<double>(t1 - t0).count(); t0 = t1; };
     for (const Block &b : blocks) {
-      auto t0 = now();
-      norm(x, h, m, b.ln1_w, b.ln1_b); tick(0, t0);
-      linear(h, m, w, b.in_w, b.in_b, f, 3 * w, none);  tick(1, t0);
-      attention(n); tick(2, t0);
-      linear(o, m, w, b.out_w, b.out_b, h, w, [&](int, int64_t r0, int64_t r1, int64_t c0, int64_t c1) { add_tile(x, h, w, r0, r1, c0, c1); }); tick(3, t0);
-      norm(x, h, m, b.ln2_w, b.ln2_b); tick(4, t0);
-      linear(h, m, w, b.fc_w, b.fc_b, f, 4 * w,
-             [&](int t, int64_t r0, int64_t r1, int64_t c0, int64_t c1) { quick_gelu_tile(f, 4 * w, r0, r1, c0, c1, buf.gelu[t]); }); tick(5, t0);
-      linear(f, m, 4 * w, b.proj_w, b.proj_b, o, w, [&](int, int64_t r0, int64_t r1, int64_t c0, int64_t c1) { add_tile(x, o, w, r0, r1, c0, c1); }); tick(6, t0);
+      norm(x, h, m, b.ln1_w, b.ln1_b);
+      linear(h, m, w, b.in_w, b.in_b, f, 3 * w, none);  // f holds qkv [m, 3W]
+      attention(n);
+      linear(o, m, w, b.out_w, b.out_b, h, w,
+             [&](int, int64_t r0, int64_t r1, int64_t c0, int64_t c1) { add_tile(x, h, w, r0, r1, c0, c1); });
+      norm(x, h, m, b.ln2_w, b.ln2_b);
+      linear(h, m, w, b.fc_w, b.fc_b, f, 4 * w, [&](int t, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+        quick_gelu_tile(f, 4 * w, r0, r1, c0, c1, buf.gelu[t]);
+      });
+      linear(f, m, 4 * w, b.proj_w, b.proj_b, o, w,
+             [&](int, int64_t r0, int64_t r1, int64_t c0, int64_t c1) { add_tile(x, o, w, r0, r1, c0, c1); });
     }
-    if (prof) fprintf(stderr, "ln1 %.3f qkv %.3f att %.3f out %.3f ln2 %.3f fc %.3f proj %.3f\n", acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6]);
     at::Tensor cls_rows = buf.x.narrow(0, 0, m).view({n, L, w}).select(1, 0);
     at::Tensor y = at::layer_norm(cls_rows, {w}, ln_post_w, ln_post_b, 1e-5);
     return at::matmul(y, proj);
@@ -387,6 +474,248 @@ void expect_shape(const at::Tensor &t, std::vector<int64_t> want, const char *wh
     throw std::invalid_argument(msg);
   }
 }
+
+
+// ------------------------------------------- text path with a shared prefix
+//
+// CLIP-AGIQA's prompts share their first P token embeddings (SOT + context):
+// the prefix runs once and each prompt's remaining L tokens attend to the
+// prefix's keys and values. TextPrefix computes the features forward and,
+// as an autograd function, the gradients to both inputs backward, by hand:
+// the weights are frozen, so only input gradients are needed, and one native
+// call per direction replaces hundreds of small autograd ops. All rows
+// (prefix, then each prompt's suffix) share every linear layer as one
+// product split over the threads.
+
+struct TextWeights {
+  at::Tensor pos, lnf_w, lnf_b, tproj;
+  std::vector<Block> blocks;
+  int64_t width = 0, heads = 0;
+  // Transposed copies of each block's in, out, fc and proj weights, made on
+  // the first differentiable call when oneDNN is there (training runs the
+  // text path every step; scoring once, without them).
+  mutable std::once_flag once;
+  mutable std::vector<std::array<at::Tensor, 4>> wt;
+
+  const std::vector<std::array<at::Tensor, 4>> *transposed() const {
+    if (dnnl_sgemm() == nullptr) return nullptr;
+    std::call_once(once, [this] {
+      for (const Block &b : blocks)
+        wt.push_back({b.in_w.t().contiguous(), b.out_w.t().contiguous(), b.fc_w.t().contiguous(),
+                      b.proj_w.t().contiguous()});
+    });
+    return &wt;
+  }
+};
+
+// Activations a backward pass needs, kept by the autograd graph.
+struct TextRun {
+  std::shared_ptr<const TextWeights> tw;
+  int64_t P = 0, K = 0, L = 0, S = 0;
+  at::Tensor rows;  // int64 [K]: each prompt's EOT row
+  std::vector<at::Tensor> xin, m1, r1, qkv, pp, ps, xmid, m2, r2, a;
+  at::Tensor xf, mf, rf;
+};
+
+at::Tensor text_linear(const at::Tensor &x, const at::Tensor &W, const at::Tensor &b) {
+  at::Tensor y = at::empty({x.size(0), W.size(0)}, x.options());
+  linear_tiled(x.data_ptr<float>(), x.size(0), x.size(1), W, b, y.data_ptr<float>(), W.size(0),
+               [](int, int64_t, int64_t, int64_t, int64_t) {});
+  return y;
+}
+
+// The same with Wᵀ [k, n] stored: y = x · Wt + b (a product whose second
+// operand is not transposed, which oneDNN's sgemm runs fastest for few rows).
+at::Tensor text_linear_t(const at::Tensor &x, const at::Tensor &Wt, const at::Tensor &b) {
+  const int64_t m = x.size(0), k = x.size(1), n = Wt.size(1);
+  at::Tensor y = at::empty({m, n}, x.options());
+  const float *xp = x.data_ptr<float>(), *wp = Wt.data_ptr<float>(), *bp = b.data_ptr<float>();
+  float *yp = y.data_ptr<float>();
+  const Tiling tl(m, n, at::get_num_threads());
+  run_tasks(tl.count(), [&](int64_t i, int) {
+    int64_t r0, r1, c0, c1;
+    tl.tile(i, &r0, &r1, &c0, &c1);
+    fill_bias(yp, n, r0, r1, c0, c1, bp);
+    gemm(false, false, r1 - r0, c1 - c0, k, xp + r0 * k, k, wp + c0, n, 1.0f, yp + r0 * n + c0, n);
+  });
+  return y;
+}
+
+at::Tensor text_linear_grad(const at::Tensor &dy, const at::Tensor &W) {
+  at::Tensor dx = at::empty({dy.size(0), W.size(1)}, dy.options());
+  linear_grad_tiled(dy.data_ptr<float>(), dy.size(0), dy.size(1), W, dx.data_ptr<float>(), W.size(1));
+  return dx;
+}
+
+// Additive masks: causal over the prefix [P, P]; a suffix row sees the whole
+// prefix and its own prompt's tokens up to itself [L, P+L].
+std::pair<at::Tensor, at::Tensor> text_masks(int64_t P, int64_t L, const at::TensorOptions &o) {
+  const double inf = std::numeric_limits<double>::infinity();
+  at::Tensor mp = at::full({P, P}, -inf, o).triu(1);
+  at::Tensor ms = at::zeros({L, P + L}, o);
+  ms.narrow(1, P, L).copy_(at::full({L, L}, -inf, o).triu(1));
+  return {mp, ms};
+}
+
+at::Tensor text_forward(const std::shared_ptr<const TextWeights> &tw, const at::Tensor &prefix,
+                        const at::Tensor &suffix, const std::vector<int64_t> &eot, TextRun *run) {
+  const int64_t D = tw->width, H = tw->heads, hd = D / H;
+  const int64_t P = prefix.size(1), K = suffix.size(0);
+  int64_t last = 0;
+  for (int64_t e : eot) last = std::max(last, e);
+  const int64_t L = last + 1 - P, R = P + K * L;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  auto o = prefix.options();
+  at::Tensor x = at::empty({R, D}, o);
+  x.narrow(0, 0, P).copy_(prefix[0] + tw->pos.narrow(0, 0, P));
+  x.narrow(0, P, K * L).view({K, L, D}).copy_(suffix.narrow(1, 0, L) + tw->pos.narrow(0, P, L));
+  auto masks = text_masks(P, L, o);
+  std::vector<int64_t> rows(K);
+  for (int64_t k = 0; k < K; k++) rows[k] = P + k * L + (eot[k] - P);
+  at::Tensor rows_t = at::tensor(rows, at::TensorOptions().dtype(at::kLong));
+  if (run != nullptr) {
+    run->tw = tw;
+    run->P = P, run->K = K, run->L = L, run->S = suffix.size(1);
+    run->rows = rows_t;
+  }
+  const auto *wt = run != nullptr ? tw->transposed() : nullptr;
+  for (size_t l = 0; l < tw->blocks.size(); l++) {
+    const Block &b = tw->blocks[l];
+    auto lin = [&](const at::Tensor &in, int j, const at::Tensor &W, const at::Tensor &bias) {
+      return wt != nullptr ? text_linear_t(in, (*wt)[l][j], bias) : text_linear(in, W, bias);
+    };
+    auto ln1 = at::native_layer_norm(x, {D}, b.ln1_w, b.ln1_b, 1e-5);
+    at::Tensor qkv = lin(std::get<0>(ln1), 0, b.in_w, b.in_b);
+    at::Tensor qp = qkv.narrow(0, 0, P).view({P, 3, H, hd}).permute({1, 2, 0, 3});  // [3, H, P, hd]
+    at::Tensor q = qp[0], k = qp[1], v = qp[2];
+    at::Tensor pp = at::softmax(at::matmul(q, k.transpose(1, 2)).mul_(scale).add_(masks.first), -1);
+    at::Tensor op = at::matmul(pp, v);                                                           // [H, P, hd]
+    at::Tensor qs = qkv.narrow(0, P, K * L).view({K, L, 3, H, hd}).permute({2, 0, 3, 1, 4});  // [3, K, H, L, hd]
+    at::Tensor keys = at::cat({k.unsqueeze(0).expand({K, H, P, hd}), qs[1]}, 2);               // [K, H, P+L, hd]
+    at::Tensor vals = at::cat({v.unsqueeze(0).expand({K, H, P, hd}), qs[2]}, 2);
+    at::Tensor ps = at::softmax(at::matmul(qs[0], keys.transpose(2, 3)).mul_(scale).add_(masks.second), -1);
+    at::Tensor os = at::matmul(ps, vals);  // [K, H, L, hd]
+    at::Tensor att = at::empty({R, D}, o);
+    att.narrow(0, 0, P).view({P, H, hd}).copy_(op.permute({1, 0, 2}));
+    att.narrow(0, P, K * L).view({K, L, H, hd}).copy_(os.permute({0, 2, 1, 3}));
+    at::Tensor xmid = x + lin(att, 1, b.out_w, b.out_b);
+    auto ln2 = at::native_layer_norm(xmid, {D}, b.ln2_w, b.ln2_b, 1e-5);
+    at::Tensor a = lin(std::get<0>(ln2), 2, b.fc_w, b.fc_b);
+    at::Tensor g = a * at::sigmoid(a * 1.702);
+    at::Tensor xout = xmid + lin(g, 3, b.proj_w, b.proj_b);
+    if (run != nullptr) {
+      run->xin.push_back(x);
+      run->m1.push_back(std::get<1>(ln1));
+      run->r1.push_back(std::get<2>(ln1));
+      run->qkv.push_back(qkv);
+      run->pp.push_back(pp);
+      run->ps.push_back(ps);
+      run->xmid.push_back(xmid);
+      run->m2.push_back(std::get<1>(ln2));
+      run->r2.push_back(std::get<2>(ln2));
+      run->a.push_back(a);
+    }
+    x = xout;
+  }
+  at::Tensor xf = x.index_select(0, rows_t);
+  auto lnf = at::native_layer_norm(xf, {D}, tw->lnf_w, tw->lnf_b, 1e-5);
+  if (run != nullptr) {
+    run->xf = xf;
+    run->mf = std::get<1>(lnf);
+    run->rf = std::get<2>(lnf);
+  }
+  return at::matmul(std::get<0>(lnf), tw->tproj);
+}
+
+at::Tensor ln_grad(const at::Tensor &dy, const at::Tensor &x, const at::Tensor &mean, const at::Tensor &rstd,
+                   const at::Tensor &w, const at::Tensor &b) {
+  return std::get<0>(at::native_layer_norm_backward(dy, x, {x.size(-1)}, mean, rstd, w, b, {true, false, false}));
+}
+
+// Gradients of the features with respect to prefix [1, P, D] and suffix
+// [K, S, D] (zero beyond the computed positions).
+std::pair<at::Tensor, at::Tensor> text_backward(const TextRun &run, const at::Tensor &dfeat) {
+  const TextWeights &tw = *run.tw;
+  const int64_t D = tw.width, H = tw.heads, hd = D / H, P = run.P, K = run.K, L = run.L, R = P + K * L;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  auto o = run.xf.options();
+  at::Tensor dy = at::matmul(dfeat.contiguous(), tw.tproj.t());
+  at::Tensor dX = at::zeros({R, D}, o);
+  dX.index_add_(0, run.rows, ln_grad(dy, run.xf, run.mf, run.rf, tw.lnf_w, tw.lnf_b));
+  for (int64_t l = static_cast<int64_t>(tw.blocks.size()) - 1; l >= 0; l--) {
+    const Block &b = tw.blocks[l];
+    // MLP: x_out = x_mid + proj(QuickGELU(fc(LN2(x_mid)))).
+    at::Tensor dg = text_linear_grad(dX, b.proj_w);
+    const at::Tensor &a = run.a[l];
+    at::Tensor sg = at::sigmoid(a * 1.702);
+    at::Tensor da = dg * (sg + a * 1.702 * sg * (1 - sg));
+    at::Tensor dxmid = dX + ln_grad(text_linear_grad(da, b.fc_w), run.xmid[l], run.m2[l], run.r2[l], b.ln2_w, b.ln2_b);
+    // Attention: x_mid = x_in + out(attention(LN1(x_in))).
+    at::Tensor datt = text_linear_grad(dxmid, b.out_w);
+    const at::Tensor &qkv = run.qkv[l], &pp = run.pp[l], &ps = run.ps[l];
+    at::Tensor qp = qkv.narrow(0, 0, P).view({P, 3, H, hd}).permute({1, 2, 0, 3});
+    at::Tensor q = qp[0], k = qp[1], v = qp[2];
+    at::Tensor qs = qkv.narrow(0, P, K * L).view({K, L, 3, H, hd}).permute({2, 0, 3, 1, 4});
+    at::Tensor keys = at::cat({k.unsqueeze(0).expand({K, H, P, hd}), qs[1]}, 2);
+    at::Tensor vals = at::cat({v.unsqueeze(0).expand({K, H, P, hd}), qs[2]}, 2);
+    at::Tensor dos = datt.narrow(0, P, K * L).view({K, L, H, hd}).permute({0, 2, 1, 3});  // [K, H, L, hd]
+    at::Tensor dop = datt.narrow(0, 0, P).view({P, H, hd}).permute({1, 0, 2});         // [H, P, hd]
+    // Suffix rows.
+    at::Tensor dps = at::matmul(dos, vals.transpose(2, 3));
+    at::Tensor dvals = at::matmul(ps.transpose(2, 3), dos);
+    at::Tensor dss = ps * (dps - (dps * ps).sum(-1, true));
+    at::Tensor dqs = at::matmul(dss, keys).mul_(scale);
+    at::Tensor dkeys = at::matmul(dss.transpose(2, 3), qs[0]).mul_(scale);
+    // Prefix rows, plus what every prompt's attention sent to their keys and values.
+    at::Tensor dpp = at::matmul(dop, v.transpose(1, 2));
+    at::Tensor dv = at::matmul(pp.transpose(1, 2), dop) + dvals.narrow(2, 0, P).sum(0);
+    at::Tensor dsp = pp * (dpp - (dpp * pp).sum(-1, true));
+    at::Tensor dq = at::matmul(dsp, k).mul_(scale);
+    at::Tensor dk = at::matmul(dsp.transpose(1, 2), q).mul_(scale) + dkeys.narrow(2, 0, P).sum(0);
+    at::Tensor dqkv = at::empty({R, 3 * D}, o);
+    dqkv.narrow(0, 0, P).view({P, 3, H, hd}).copy_(at::stack({dq, dk, dv}).permute({2, 0, 1, 3}));
+    dqkv.narrow(0, P, K * L).view({K, L, 3, H, hd})
+        .copy_(at::stack({dqs, dkeys.narrow(2, P, L), dvals.narrow(2, P, L)}).permute({1, 3, 0, 2, 4}));
+    dX = dxmid + ln_grad(text_linear_grad(dqkv, b.in_w), run.xin[l], run.m1[l], run.r1[l], b.ln1_w, b.ln1_b);
+  }
+  at::Tensor dprefix = dX.narrow(0, 0, P).unsqueeze(0).contiguous();
+  at::Tensor dsuffix = at::zeros({K, run.S, D}, o);
+  dsuffix.narrow(1, 0, L).copy_(dX.narrow(0, P, K * L).view({K, L, D}));
+  return {dprefix, dsuffix};
+}
+
+// Keeps a C++ object alive for as long as a tensor (saved in an autograd
+// context) is.
+template <class T>
+at::Tensor holder(std::shared_ptr<T> p) {
+  void *raw = p.get();
+  return at::from_blob(raw, {1}, [p](void *) mutable { p.reset(); }, at::TensorOptions().dtype(at::kByte));
+}
+
+struct TextFn : public torch::autograd::Function<TextFn> {
+  static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &prefix, const at::Tensor &suffix,
+                            std::shared_ptr<const TextWeights> tw, std::vector<int64_t> eot) {
+    auto run = std::make_shared<TextRun>();
+    at::Tensor out;
+    {
+      SingleThreadedBlas single;
+      out = text_forward(tw, prefix, suffix, eot, run.get());
+    }
+    ctx->saved_data["run"] = holder(run);
+    return out;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
+                                                 torch::autograd::variable_list grads) {
+    at::Tensor keep = ctx->saved_data["run"].toTensor();
+    const TextRun &run = *static_cast<const TextRun *>(keep.data_ptr());
+    std::pair<at::Tensor, at::Tensor> g;
+    {
+      SingleThreadedBlas single;
+      g = text_backward(run, grads[0]);
+    }
+    return {g.first, g.second, at::Tensor(), at::Tensor()};
+  }
+};
 
 }  // namespace
 
@@ -484,7 +813,96 @@ ct_error ct_vit_forward(ct_vit v, ct_tensor pixels, ct_tensor *out) {
   FUSED_CATCH
 }
 
+int64_t ct_text_weight_count(int64_t layers) { return 4 + 12 * layers; }
+
+namespace {
+struct TextHandle {
+  std::shared_ptr<const TextWeights> tw;
+  int64_t context = 0;
+};
+}  // namespace
+
+ct_error ct_text_new(const ct_tensor *ws, int64_t n, int64_t layers, int64_t heads, ct_text *out) {
+  FUSED_TRY
+  if (layers < 1 || n != ct_text_weight_count(layers))
+    throw std::invalid_argument("fused text: " + std::to_string(n) + " weights for " + std::to_string(layers) +
+                                " layers, want " + std::to_string(ct_text_weight_count(layers)));
+  auto tw = std::make_shared<TextWeights>();
+  tw->pos = weight(ws, 0, "positional_embedding");
+  tw->lnf_w = weight(ws, 1, "ln_final.weight");
+  tw->lnf_b = weight(ws, 2, "ln_final.bias");
+  tw->tproj = weight(ws, 3, "text_projection");
+  if (tw->pos.dim() != 2) throw std::invalid_argument("fused text: positional_embedding has shape " + c10::str(tw->pos.sizes()));
+  const int64_t w = tw->pos.size(1);
+  tw->width = w;
+  tw->heads = heads;
+  if (heads < 1 || w % heads != 0) throw std::invalid_argument("fused text: width not divisible by heads");
+  expect_shape(tw->lnf_w, {w}, "ln_final.weight");
+  expect_shape(tw->lnf_b, {w}, "ln_final.bias");
+  if (tw->tproj.dim() != 2 || tw->tproj.size(0) != w)
+    throw std::invalid_argument("fused text: text_projection has shape " + c10::str(tw->tproj.sizes()));
+  static const char *names[12] = {"in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias",
+                                  "ln_1.weight",    "ln_1.bias",    "c_fc.weight",     "c_fc.bias",
+                                  "c_proj.weight",  "c_proj.bias",  "ln_2.weight",     "ln_2.bias"};
+  const std::vector<std::vector<int64_t>> shapes = {{3 * w, w}, {3 * w}, {w, w},     {w}, {w}, {w},
+                                                    {4 * w, w}, {4 * w}, {w, 4 * w}, {w}, {w}, {w}};
+  for (int64_t l = 0; l < layers; l++) {
+    at::Tensor t[12];
+    for (int j = 0; j < 12; j++) {
+      t[j] = weight(ws, 4 + 12 * l + j, names[j]);
+      expect_shape(t[j], shapes[j], names[j]);
+    }
+    tw->blocks.push_back(Block{t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10], t[11]});
+  }
+  auto *h = new TextHandle();
+  h->context = tw->pos.size(0);
+  h->tw = std::move(tw);
+  *out = h;
+  FUSED_CATCH
+}
+
+void ct_text_free(ct_text t) { delete static_cast<TextHandle *>(t); }
+
+ct_error ct_text_forward(ct_text t, int32_t grad, ct_tensor prefix, ct_tensor suffix, const int64_t *eot, int64_t k,
+                         ct_tensor *out) {
+  FUSED_TRY
+  auto *h = static_cast<TextHandle *>(t);
+  if (prefix == nullptr || suffix == nullptr) throw std::invalid_argument("fused text: nil input");
+  const at::Tensor &pre = *static_cast<at::Tensor *>(prefix);
+  const at::Tensor &suf = *static_cast<at::Tensor *>(suffix);
+  const int64_t D = h->tw->width;
+  if (!is_cpu_f32(pre) || !is_cpu_f32(suf)) throw std::invalid_argument("fused text: inputs must be CPU float32 tensors");
+  if (pre.dim() != 3 || pre.size(0) != 1 || pre.size(2) != D || suf.dim() != 3 || suf.size(2) != D || suf.size(0) != k ||
+      pre.size(1) < 1 || suf.size(1) < 1)
+    throw std::invalid_argument("fused text: prefix " + c10::str(pre.sizes()) + " and suffix " + c10::str(suf.sizes()) +
+                                ", want [1 P " + std::to_string(D) + "] and [" + std::to_string(k) + " S " +
+                                std::to_string(D) + "]");
+  const int64_t P = pre.size(1), S = suf.size(1);
+  std::vector<int64_t> e(eot, eot + k);
+  for (int64_t x : e)
+    if (x < P || x >= P + S) throw std::invalid_argument("fused text: EOT " + std::to_string(x) + " outside the suffix");
+  const int64_t last = *std::max_element(e.begin(), e.end());
+  if (last + 1 > h->context) throw std::invalid_argument("fused text: positions exceed the context length");
+  if (grad == CT_GRAD_ENABLED && (pre.requires_grad() || suf.requires_grad())) {
+    at::AutoGradMode on(true);
+    *out = new at::Tensor(TextFn::apply(pre, suf, h->tw, e));
+  } else {
+    std::optional<c10::InferenceMode> inference;
+    std::optional<at::NoGradGuard> no_grad;
+    if (grad == CT_INFERENCE) {
+      inference.emplace(true);
+    } else {
+      no_grad.emplace();
+    }
+    SingleThreadedBlas single;
+    *out = new at::Tensor(text_forward(h->tw, pre, suf, e, nullptr));
+  }
+  FUSED_CATCH
+}
+
 int32_t ct_fused_direct_blas(void) { return blas().sgemm != nullptr ? 1 : 0; }
+
+int32_t ct_fused_dnnl(void) { return dnnl_sgemm() != nullptr ? 1 : 0; }
 
 int32_t ct_blas_get_threads(void) { return blas().get_threads != nullptr ? blas().get_threads() : -1; }
 

@@ -78,9 +78,22 @@ func (e *FusedEncoder) Close() {
 	e.ViT.Close()
 }
 
-// EnableFused switches EncodeImage to the fused native forward when the model
-// is a ViT computing in float32 on the CPU, and reports whether it did. It is
-// opt-in because the fused forward is inference-only.
+// EnableFused switches EncodeImage to the fused native forward, and
+// EncodeTextSharedPrefix to the fused text path (forward and a hand-written
+// backward, torch.FusedText), when the model is a ViT computing in float32 on
+// the CPU, and reports whether it did. Both give the plain paths' numbers to
+// float32 rounding. It is opt-in because the image forward is inference-only
+// (pixels that need gradients still take the plain path), it keeps activation
+// buffers between calls (about 140 MB at batch 32 for ViT-B/16; see
+// FusedEncoder.Trim), and the first differentiable text call makes transposed
+// copies of the text blocks' weights (about 150 MB for ViT-B/16) when
+// libtorch's oneDNN is reachable, for its faster few-row products.
+//
+// It also shrinks an OpenBLAS thread pool, if the process has one, to one
+// thread (torch.SetBLASThreads): the fused forward parallelises its products
+// on libtorch's threads, and with a second pool on the same cores the small
+// ops of the text path and the regressor run several times slower (both
+// pools' idle threads spin).
 func (m *Model) EnableFused() (bool, error) {
 	if _, ok := m.Visual.(*FusedEncoder); ok {
 		return true, nil
@@ -93,16 +106,52 @@ func (m *Model) EnableFused() (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	m.Visual = f
+	text, err := m.newFusedText()
+	if err != nil {
+		f.fused.Close()
+		return false, err
+	}
+	m.Visual, m.text = f, text
+	torch.SetBLASThreads(1)
 	return true, nil
 }
 
-// DisableFused returns EncodeImage to the plain op-by-op path.
+func (m *Model) newFusedText() (*torch.FusedText, error) {
+	ws := []*torch.Tensor{m.PositionalEmbedding, m.LNFinal.Weight, m.LNFinal.Bias, m.TextProjection}
+	for _, b := range m.Transformer.Blocks {
+		if b == nil {
+			return nil, fmt.Errorf("fused text: missing block")
+		}
+		ws = append(ws, b.Attn.InProjWeight, b.Attn.InProjBias, b.Attn.OutProj.Weight, b.Attn.OutProj.Bias,
+			b.LN1.Weight, b.LN1.Bias, b.MLP.FC.Weight, b.MLP.FC.Bias, b.MLP.Proj.Weight, b.MLP.Proj.Bias,
+			b.LN2.Weight, b.LN2.Bias)
+	}
+	t, err := torch.NewFusedText(ws, len(m.Transformer.Blocks), m.Transformer.Heads)
+	if err != nil {
+		return nil, fmt.Errorf("fused text: %w", err)
+	}
+	return t, nil
+}
+
+// fusedTextInputs reports whether the fused text path takes these inputs.
+func fusedTextInputs(prefix, suffix *torch.Tensor) bool {
+	for _, t := range []*torch.Tensor{prefix, suffix} {
+		if !t.Valid() || t.Device().Type != torch.CPUDevice || t.DType() != torch.Float32 {
+			return false
+		}
+	}
+	return true
+}
+
+// DisableFused returns EncodeImage and EncodeTextSharedPrefix to the plain
+// op-by-op paths.
 func (m *Model) DisableFused() {
 	if f, ok := m.Visual.(*FusedEncoder); ok {
 		f.fused.Close()
 		m.Visual = f.ViT
 	}
+	m.text.Close()
+	m.text = nil
 }
 
 // Fused reports whether EncodeImage uses the fused forward.

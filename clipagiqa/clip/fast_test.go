@@ -2,6 +2,7 @@ package clip
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"testing"
 
 	"github.com/clipagiqa/clipagiqa/internal/reffix"
@@ -151,4 +152,164 @@ func BenchmarkEncodeImageTiny(b *testing.B) {
 			require.NoError(b, s.Err())
 		})
 	}
+}
+
+// randomCLIP builds a small CLIP with random weights whose text tower has
+// two heads (the fixture's has one), to cover multi-head attention.
+func randomCLIP(t *testing.T, textWidth, textLayers int64) *Model {
+	t.Helper()
+	require.NoError(t, torch.ManualSeed(3))
+	s := torch.NewScope().WithGrad(torch.NoGrad)
+	defer s.Close()
+	sd := torch.NewStateDict()
+	defer sd.Close()
+	put := func(name string, std float64, shape ...int64) {
+		sd.Set(name, s.Keep(s.MulScalar(s.Randn(torch.Float32, shape...), std)))
+	}
+	ln := func(prefix string, w int64) {
+		sd.Set(prefix+".weight", s.Keep(s.AddScalar(s.MulScalar(s.Randn(torch.Float32, w), 0.1), 1)))
+		put(prefix+".bias", 0.05, w)
+	}
+	block := func(prefix string, w int64) {
+		put(prefix+".attn.in_proj_weight", 0.05, 3*w, w)
+		put(prefix+".attn.in_proj_bias", 0.02, 3*w)
+		put(prefix+".attn.out_proj.weight", 0.05, w, w)
+		put(prefix+".attn.out_proj.bias", 0.02, w)
+		ln(prefix+".ln_1", w)
+		put(prefix+".mlp.c_fc.weight", 0.05, 4*w, w)
+		put(prefix+".mlp.c_fc.bias", 0.02, 4*w)
+		put(prefix+".mlp.c_proj.weight", 0.03, w, 4*w)
+		put(prefix+".mlp.c_proj.bias", 0.02, w)
+		ln(prefix+".ln_2", w)
+	}
+	const vw, embed = 64, 32
+	put("visual.conv1.weight", 0.05, vw, 3, 32, 32)
+	put("visual.class_embedding", 0.1, vw)
+	put("visual.positional_embedding", 0.1, 5, vw)
+	ln("visual.ln_pre", vw)
+	block("visual.transformer.resblocks.0", vw)
+	ln("visual.ln_post", vw)
+	put("visual.proj", 0.1, vw, embed)
+	put("token_embedding.weight", 0.02, 49408, textWidth)
+	put("positional_embedding", 0.01, 77, textWidth)
+	for i := int64(0); i < textLayers; i++ {
+		block(fmt.Sprintf("transformer.resblocks.%d", i), textWidth)
+	}
+	ln("ln_final", textWidth)
+	put("text_projection", 0.1, textWidth, embed)
+	require.NoError(t, s.Err())
+	m, err := FromStateDict(sd, Options{})
+	require.NoError(t, err)
+	t.Cleanup(m.Close)
+	return m
+}
+
+// textRun computes Σ features·V of the shared-prefix text path and the
+// gradients to both inputs.
+func textRun(t *testing.T, m *Model, prefix, suffix []float32, pShape, sShape []int64, eot []int64, v []float32) (feat, gp, gs []float32) {
+	t.Helper()
+	s := torch.NewScope()
+	defer s.Close()
+	p := s.FromFloat32(prefix, pShape...)
+	x := s.FromFloat32(suffix, sShape...)
+	require.NoError(t, p.SetRequiresGrad(true))
+	require.NoError(t, x.SetRequiresGrad(true))
+	f := m.EncodeTextSharedPrefix(s, p, x, eot)
+	loss := s.Sum(s.Mul(f, s.FromFloat32(v, f.Shape()...)), false)
+	require.NoError(t, s.Err())
+	require.NoError(t, loss.Backward())
+	var err error
+	feat, err = f.Float32s()
+	require.NoError(t, err)
+	for i, in := range []*torch.Tensor{p, x} {
+		g, err := in.Grad()
+		require.NoError(t, err)
+		require.NotNil(t, g, "input %d has no gradient", i)
+		vals, err := g.Float32s()
+		g.Close()
+		require.NoError(t, err)
+		if i == 0 {
+			gp = vals
+		} else {
+			gs = vals
+		}
+	}
+	return feat, gp, gs
+}
+
+func randFloats(rng *rand.Rand, n int, std float32) []float32 {
+	out := make([]float32, n)
+	for i := range out {
+		out[i] = std * float32(rng.NormFloat64())
+	}
+	return out
+}
+
+// The fused text path (forward and hand-written backward) gives the plain
+// autograd path's features and input gradients.
+func TestFusedTextMatchesPlain(t *testing.T) {
+	models := map[string]*Model{
+		"fixture-1-head":  loadTiny(t, "tiny_clip_vit.pt"),
+		"random-2-heads":  randomCLIP(t, 128, 2),
+		"random-3-layers": randomCLIP(t, 64, 3),
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for name, m := range models {
+		t.Run(name, func(t *testing.T) {
+			d := int64(m.Config.TransformerWidth)
+			const p, k, sLen = 17, 4, 60 // SOT + 16 context; 4 prompts
+			eot := []int64{19, 17, 22, 18}
+			prefix := randFloats(rng, p*int(d), 0.05)
+			suffix := randFloats(rng, k*sLen*int(d), 0.05)
+			v := randFloats(rng, k*m.Config.EmbedDim, 1)
+			start := torch.LiveTensors()
+			m.DisableFused()
+			f1, gp1, gs1 := textRun(t, m, prefix, suffix, []int64{1, p, d}, []int64{k, sLen, d}, eot, v)
+			ok, err := m.EnableFused()
+			require.NoError(t, err)
+			require.True(t, ok)
+			f2, gp2, gs2 := textRun(t, m, prefix, suffix, []int64{1, p, d}, []int64{k, sLen, d}, eot, v)
+			fe, pe, se := reffix.RelErr(f2, toF64(f1)), reffix.RelErr(gp2, toF64(gp1)), reffix.RelErr(gs2, toF64(gs1))
+			t.Logf("rel err: features %.3g, prefix grad %.3g, suffix grad %.3g", fe, pe, se)
+			assert.Less(t, fe, fusedRelTol)
+			assert.Less(t, pe, 1e-4)
+			assert.Less(t, se, 1e-4)
+			// Positions after the last EOT get no gradient.
+			for i := 0; i < k; i++ {
+				for j := 23 - p; j < sLen; j++ {
+					row := gs2[(i*sLen+j)*int(d) : (i*sLen+j+1)*int(d)]
+					require.Equal(t, make([]float32, d), row, "prompt %d position %d", i, j)
+				}
+			}
+			// Without grad the same features come out (to rounding: training
+			// may use transposed weights with another product kernel).
+			s := torch.NewScope().WithGrad(torch.InferenceMode)
+			f3 := m.EncodeTextSharedPrefix(s, s.FromFloat32(prefix, 1, p, d), s.FromFloat32(suffix, k, sLen, d), eot)
+			require.NoError(t, s.Err())
+			v3, err := f3.Float32s()
+			require.NoError(t, err)
+			s.Close()
+			assert.Less(t, reffix.RelErr(v3, toF64(f2)), fusedRelTol)
+			m.DisableFused()
+			assert.Equal(t, start, torch.LiveTensors(), "tensor handles leaked")
+		})
+	}
+}
+
+func TestFusedTextRejectsBadInput(t *testing.T) {
+	m := loadTiny(t, "tiny_clip_vit.pt")
+	ok, err := m.EnableFused()
+	require.NoError(t, err)
+	require.True(t, ok)
+	s := torch.NewScope()
+	defer s.Close()
+	prefix, suffix := s.Zeros(torch.Float32, 1, 17, 64), s.Zeros(torch.Float32, 2, 10, 64)
+	m.text.Forward(s, prefix, suffix, []int64{18, 30})
+	require.ErrorContains(t, s.Err(), "outside the suffix")
+	s2 := torch.NewScope()
+	defer s2.Close()
+	m.text.Forward(s2, s2.Zeros(torch.Float32, 1, 17, 32), suffix, []int64{18, 19})
+	require.ErrorContains(t, s2.Err(), "want [1 P 64]")
+	_, err = torch.NewFusedText(nil, 1, 1)
+	require.ErrorContains(t, err, "0 weights for 1 layers")
 }

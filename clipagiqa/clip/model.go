@@ -28,7 +28,8 @@ type Model struct {
 	TextProjection      *torch.Tensor `torch:"text_projection"` // [D, E]
 	LogitScale          *torch.Tensor `torch:"logit_scale,optional"`
 
-	mask   *torch.Tensor // [C, C] causal, -inf above the diagonal
+	mask   *torch.Tensor    // [C, C] causal, -inf above the diagonal
+	text   *torch.FusedText // EnableFused's text path (fast.go), or nil
 	device torch.Device
 	dtype  torch.DType
 	path   string
@@ -202,6 +203,7 @@ func (m *Model) Close() {
 	if m.Visual != nil {
 		m.Visual.Close()
 	}
+	m.text.Close()
 	m.mask.Close()
 	torch.CloseAll(m)
 }

@@ -36,6 +36,9 @@ func (m *Model) EncodeTextSharedPrefix(s *torch.Scope, prefix, suffix *torch.Ten
 		s.Fail(fmt.Errorf("encode shared prefix: %d positions exceed the context length %d", p+l, m.Config.ContextLength))
 		return nil
 	}
+	if m.text != nil && fusedTextInputs(prefix, suffix) {
+		return m.text.Forward(s, prefix, suffix, eot)
+	}
 	xp := s.Add(prefix, s.Narrow(m.PositionalEmbedding, 0, 0, p))                    // [1, P, D]
 	xs := s.Add(s.Narrow(suffix, 1, 0, l), s.Narrow(m.PositionalEmbedding, 0, p, l)) // [K, L, D]
 	prefMask := s.Narrow(s.Narrow(m.mask, 0, 0, p), 1, 0, p)                         // [P, P] causal

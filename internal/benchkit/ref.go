@@ -15,10 +15,12 @@ import (
 // Reference drives bench/reference.py --serve: the PyTorch eager reference,
 // one JSON request and one JSON reply per line.
 type Reference struct {
-	cmd    *exec.Cmd
-	in     io.WriteCloser
-	out    *bufio.Reader
-	stderr *tailBuffer
+	cmd     *exec.Cmd
+	in      io.WriteCloser
+	out     *bufio.Reader
+	stderr  *tailBuffer
+	exitErr error // set once the process was waited for
+	exited  bool
 }
 
 // RefReply holds the fields any reply may carry.
@@ -69,11 +71,16 @@ func (r *Reference) Call(req map[string]any) (*RefReply, error) {
 	if err != nil {
 		return nil, err
 	}
+	if r.exited {
+		return nil, fmt.Errorf("reference %v: the script has exited: %v", req["op"], r.exitErr)
+	}
 	if _, err := r.in.Write(append(line, '\n')); err != nil {
+		r.wait()
 		return nil, fmt.Errorf("reference %v: write: %w (stderr: %s)", req["op"], err, r.stderr.String())
 	}
 	resp, err := r.out.ReadBytes('\n')
 	if err != nil {
+		r.wait() // collects the whole stderr
 		return nil, fmt.Errorf("reference %v: no reply: %w (stderr: %s)", req["op"], err, r.stderr.String())
 	}
 	var rep RefReply
@@ -86,14 +93,27 @@ func (r *Reference) Call(req map[string]any) (*RefReply, error) {
 	return &rep, nil
 }
 
-// Close asks the script to quit and waits for it.
+// wait closes stdin and reaps the process once.
+func (r *Reference) wait() {
+	if r.exited {
+		return
+	}
+	_ = r.in.Close()
+	r.exitErr = r.cmd.Wait()
+	r.exited = true
+}
+
+// Close asks the script to quit and waits for it; an abnormal exit (now or
+// earlier) is an error with the script's stderr. Closing twice is harmless.
 func (r *Reference) Close() error {
 	if r == nil || r.cmd == nil {
 		return nil
 	}
-	_, _ = r.in.Write([]byte(`{"op":"quit"}` + "\n"))
-	_ = r.in.Close()
-	err := r.cmd.Wait()
+	if !r.exited {
+		_, _ = r.in.Write([]byte(`{"op":"quit"}` + "\n"))
+	}
+	r.wait()
+	err := r.exitErr
 	r.cmd = nil
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
@@ -109,6 +129,7 @@ type tailBuffer struct {
 	b   []byte
 }
 
+// Write keeps the tail of what was written.
 func (t *tailBuffer) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -119,6 +140,7 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// String is the kept tail, trimmed.
 func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()

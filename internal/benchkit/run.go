@@ -93,7 +93,7 @@ type plan struct {
 	batches     []int
 	warm        int
 	iters       map[int]int
-	textIters   int
+	textIters   int // per block; three blocks per side
 	refSteps    int
 	offSteps    int
 	cachedEpoch int // epochs of the cached (center) timing run
@@ -104,10 +104,10 @@ type plan struct {
 func planFor(quick bool) plan {
 	if quick {
 		return plan{batches: []int{1, 8, 32}, warm: 1, iters: map[int]int{1: 5, 8: 5, 32: 3},
-			textIters: 10, refSteps: 3, offSteps: 0, cachedEpoch: 100, matmulIters: 20}
+			textIters: 4, refSteps: 3, offSteps: 8, cachedEpoch: 3, cachedN: 512, matmulIters: 20}
 	}
 	return plan{batches: []int{1, 8, 32}, warm: 1, iters: map[int]int{1: 3, 8: 2, 32: 2},
-		textIters: 5, refSteps: 2, offSteps: 4, cachedEpoch: 3, cachedN: 96, matmulIters: 20}
+		textIters: 3, refSteps: 2, offSteps: 4, cachedEpoch: 3, cachedN: 96, matmulIters: 20}
 }
 
 func logf(o *Options, format string, args ...any) {
@@ -131,8 +131,8 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	torch.SetBLASThreads(o.Threads)
-	rep.Machine.BLASThreads = torch.BLASThreads()
 	rep.Machine.DirectBLAS = torch.FusedDirectBLAS()
+	rep.Machine.DNNL = torch.FusedDNNL()
 
 	if o.CLIP == "" {
 		path, err := EnsureViTB16(o)
@@ -156,6 +156,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if ok, err := cm.EnableFused(); err != nil || !ok {
 		return nil, fmt.Errorf("fused encoder unavailable (ok=%v): %v", ok, err)
 	}
+	rep.Machine.BLASThreads = torch.BLASThreads()
 	tok, err := tokenizer.Default()
 	if err != nil {
 		return nil, err
@@ -170,42 +171,89 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	defer model.Close()
 	rep.Model = ModelInfo{Path: o.CLIP, Config: cm.Config, FLOPsPerImage: cm.Config.FLOPsPerImage()}
 
-	ref, err := StartReference(o.Python, filepath.Join(o.Root, "bench", "reference.py"), refEnv(o.Threads))
+	// The reference as the official code runs it, and the same with idle
+	// OpenMP threads sleeping instead of spinning (OMP_WAIT_POLICY=PASSIVE),
+	// which helps PyTorch's small ops on few cores.
+	script := filepath.Join(o.Root, "bench", "reference.py")
+	ctxVals, err := model.Ctx.Float32s()
+	if err != nil {
+		return nil, err
+	}
+	load := map[string]any{"op": "load", "clip": o.CLIP, "threads": o.Threads, "token_ids": model.Tokenized,
+		"n_ctx": model.NCtx(), "ctx": ctxVals}
+	ref, err := StartReference(o.Python, script, refEnv(o.Threads))
 	if err != nil {
 		return nil, err
 	}
 	defer ref.Close()
-	lr, err := ref.Call(map[string]any{"op": "load", "clip": o.CLIP, "threads": o.Threads, "token_ids": model.Tokenized, "n_ctx": model.NCtx()})
+	lr, err := ref.Call(load)
 	if err != nil {
 		return nil, err
 	}
 	rep.Machine.PyTorch = lr.Torch
+	tuned, err := StartReference(o.Python, script, append(refEnv(o.Threads), "OMP_WAIT_POLICY=PASSIVE"))
+	if err != nil {
+		return nil, err
+	}
+	defer tuned.Close()
+	if _, err := tuned.Call(load); err != nil {
+		return nil, err
+	}
+	refs := []*Reference{ref, tuned}
 
 	if rep.Agreement, err = agreement(cm, ref); err != nil {
 		return nil, err
 	}
-	logf(&o, "features agree to %.2g (relative L2)", rep.Agreement)
+	if rep.TextAgreement, err = textAgreement(model, ref); err != nil {
+		return nil, err
+	}
+	logf(&o, "features agree to %.2g, text features to %.2g (relative L2)", rep.Agreement, rep.TextAgreement)
 
-	if rep.Floor, err = measureFloor(ref, p.matmulIters); err != nil {
+	// The floor is the machine's, measured with a full OpenBLAS pool (the
+	// fused encoder runs with a single-threaded one).
+	torch.SetBLASThreads(o.Threads)
+	rep.Floor, err = measureFloor(ref, p.matmulIters)
+	torch.SetBLASThreads(1)
+	if err != nil {
 		return nil, err
 	}
 	rep.Floor.ImgPerSec = rep.Floor.GoGFLOPS * 1e9 / rep.Model.FLOPsPerImage
 	logf(&o, "matmul floor: Go %.1f GFLOP/s, reference %.1f GFLOP/s → %.2f img/s", rep.Floor.GoGFLOPS, rep.Floor.RefGFLOPS, rep.Floor.ImgPerSec)
 
-	for _, b := range p.batches {
-		row, err := measureEncoder(cm, ref, b, p.warm, p.iters[b])
+	for i, b := range p.batches {
+		if i == len(p.batches)-1 {
+			// Once more mid-run: the floor is the best the machine showed.
+			torch.SetBLASThreads(o.Threads)
+			again, err := measureFloor(ref, p.matmulIters)
+			torch.SetBLASThreads(1)
+			if err != nil {
+				return nil, err
+			}
+			if again.GoGFLOPS > rep.Floor.GoGFLOPS {
+				again.ImgPerSec = again.GoGFLOPS * 1e9 / rep.Model.FLOPsPerImage
+				rep.Floor = again
+				for j := range rep.Encoder {
+					rep.Encoder[j].PctFloor = rep.Encoder[j].FusedRate / rep.Floor.ImgPerSec
+				}
+			}
+		}
+		row, err := measureEncoder(cm, refs, b, p.warm, p.iters[b], o.Threads)
 		if err != nil {
 			return nil, err
 		}
 		row.PctFloor = row.FusedRate / rep.Floor.ImgPerSec
 		rep.Encoder = append(rep.Encoder, row)
-		logf(&o, "encoder batch %d: fused %.2f, plain %.2f, reference %.2f img/s", b, row.FusedRate, row.PlainRate, row.RefRate)
+		logf(&o, "encoder batch %d: fused %.2f, plain %.2f, reference %.2f (passive %.2f) img/s", b, row.FusedRate, row.PlainRate, row.RefRate, row.TunedRate)
 	}
 
-	if rep.Text, err = measureText(model, ref, p.warm+1, p.textIters); err != nil {
+	if rep.Text, err = measureText(model, refs, p.textIters); err != nil {
 		return nil, err
 	}
-	logf(&o, "text path: Go %.4f s, reference %.4f s", rep.Text.Go.Median, rep.Text.Ref.Median)
+	logf(&o, "text path: Go %.4f s, reference %.4f s (passive %.4f s)", rep.Text.Go.Median, rep.Text.Ref.Median, rep.Text.Tuned.Median)
+	if err := tuned.Close(); err != nil {
+		return nil, err
+	}
+	tuned = nil
 
 	if rep.Training, err = measureTraining(ctx, &o, p, model, ref, set); err != nil {
 		return nil, err
@@ -331,6 +379,29 @@ func agreement(cm *clip.Model, ref *Reference) (float64, error) {
 	return relErr(gv, rr.Features), nil
 }
 
+// textAgreement compares the normalised text features of the prompts (the
+// reference got the same context vectors at load).
+func textAgreement(m *clipagiqa.Model, ref *Reference) (float64, error) {
+	s := torch.NewScope().WithGrad(torch.NoGrad)
+	defer s.Close()
+	f := m.TextFeatures(s)
+	if err := s.Err(); err != nil {
+		return 0, err
+	}
+	gv, err := f.Float32s()
+	if err != nil {
+		return 0, err
+	}
+	rr, err := ref.Call(map[string]any{"op": "text_features"})
+	if err != nil {
+		return 0, err
+	}
+	if len(rr.Features) != len(gv) {
+		return 0, fmt.Errorf("reference returned %d text feature values, Go %d", len(rr.Features), len(gv))
+	}
+	return relErr(gv, rr.Features), nil
+}
+
 func relErr(got []float32, want []float64) float64 {
 	var num, den float64
 	for i, w := range want {
@@ -390,7 +461,9 @@ func timeEncode(cm *clip.Model, px *torch.Tensor) (float64, error) {
 	return d, s.Err()
 }
 
-func measureEncoder(cm *clip.Model, ref *Reference, batch, warm, iters int) (EncoderRow, error) {
+// measureEncoder times the image encoder at one batch size: Go fused, Go
+// plain and each reference, interleaved round by round.
+func measureEncoder(cm *clip.Model, refs []*Reference, batch, warm, iters, blasThreads int) (EncoderRow, error) {
 	row := EncoderRow{Batch: batch}
 	r := int64(cm.Config.ImageResolution)
 	s := torch.NewScope().WithGrad(torch.InferenceMode)
@@ -400,7 +473,8 @@ func measureEncoder(cm *clip.Model, ref *Reference, batch, warm, iters int) (Enc
 		return row, err
 	}
 	defer func() { _, _ = cm.EnableFused() }()
-	var fused, plain, refT []float64
+	var fused, plain []float64
+	refT := make([][]float64, len(refs))
 	for round := 0; round < warm+iters; round++ {
 		if _, err := cm.EnableFused(); err != nil {
 			return row, err
@@ -409,44 +483,75 @@ func measureEncoder(cm *clip.Model, ref *Reference, batch, warm, iters int) (Enc
 		if err != nil {
 			return row, err
 		}
+		// The plain path gets an OpenBLAS pool of its own, as without fusion.
 		cm.DisableFused()
+		torch.SetBLASThreads(blasThreads)
 		dp, err := timeEncode(cm, px)
-		if err != nil {
-			return row, err
-		}
-		rr, err := ref.Call(map[string]any{"op": "encoder", "batch": batch, "iters": 1, "warmup": 0})
+		torch.SetBLASThreads(1)
 		if err != nil {
 			return row, err
 		}
 		if round >= warm {
-			fused, plain, refT = append(fused, df), append(plain, dp), append(refT, rr.Times...)
+			fused, plain = append(fused, df), append(plain, dp)
+		}
+		for i, ref := range refs {
+			rr, err := ref.Call(map[string]any{"op": "encoder", "batch": batch, "iters": 1, "warmup": 0})
+			if err != nil {
+				return row, err
+			}
+			if round >= warm {
+				refT[i] = append(refT[i], rr.Times...)
+			}
 		}
 	}
-	row.Fused, row.Plain, row.Ref = NewStat(fused), NewStat(plain), NewStat(refT)
+	row.Fused, row.Plain, row.Ref = NewStat(fused), NewStat(plain), NewStat(refT[0])
 	b := float64(batch)
 	row.FusedRate, row.PlainRate, row.RefRate = row.Fused.Rate(b), row.Plain.Rate(b), row.Ref.Rate(b)
 	row.Ratio = Ratio(row.FusedRate, row.RefRate)
 	row.PlainRatio = Ratio(row.PlainRate, row.RefRate)
+	if len(refs) > 1 {
+		row.Tuned = NewStat(refT[1])
+		row.TunedRate = row.Tuned.Rate(b)
+		row.TunedRatio = Ratio(row.FusedRate, row.TunedRate)
+	}
 	return row, nil
 }
 
-func measureText(m *clipagiqa.Model, ref *Reference, warm, iters int) (*TextRow, error) {
-	var goT, refT []float64
-	for round := 0; round < warm+iters; round++ {
-		d, err := textStep(m)
-		if err != nil {
-			return nil, err
+// measureText times the text path (see textStep) on both sides.
+func measureText(m *clipagiqa.Model, refs []*Reference, iters int) (*TextRow, error) {
+	// Blocks of iterations per side, alternating, so that each side runs warm.
+	var goT []float64
+	refT := make([][]float64, len(refs))
+	for block := 0; block < 4; block++ {
+		for i := 0; i < iters; i++ {
+			d, err := textStep(m)
+			if err != nil {
+				return nil, err
+			}
+			if block > 0 {
+				goT = append(goT, d)
+			}
 		}
-		rr, err := ref.Call(map[string]any{"op": "text", "iters": 1, "warmup": 0})
-		if err != nil {
-			return nil, err
-		}
-		if round >= warm {
-			goT, refT = append(goT, d), append(refT, rr.Times...)
+		for k, ref := range refs {
+			n, warm := iters, 0
+			if block == 0 {
+				n, warm = 1, 1
+			}
+			rr, err := ref.Call(map[string]any{"op": "text", "iters": n, "warmup": warm})
+			if err != nil {
+				return nil, err
+			}
+			if block > 0 {
+				refT[k] = append(refT[k], rr.Times...)
+			}
 		}
 	}
-	row := &TextRow{Go: NewStat(goT), Ref: NewStat(refT)}
+	row := &TextRow{Go: NewStat(goT), Ref: NewStat(refT[0])}
 	row.Ratio = Ratio(row.Ref.Median, row.Go.Median)
+	if len(refs) > 1 {
+		row.Tuned = NewStat(refT[1])
+		row.TunedRatio = Ratio(row.Tuned.Median, row.Go.Median)
+	}
 	return row, nil
 }
 
@@ -481,36 +586,51 @@ func dataset(set *JPEGSet, n int) *data.Dataset {
 	return ds
 }
 
-// trainSteps runs Train and returns the step durations (differences of
-// StepInfo.Elapsed within each epoch, the first step of an epoch excluded)
-// and the result; maxSteps > 0 cancels the run after that many steps.
-func trainSteps(ctx context.Context, m *clipagiqa.Model, ds *data.Dataset, mode string, epochs, maxSteps int) ([]float64, *clipagiqa.TrainResult, float64, error) {
+// trainSteps runs Train and records its step times; maxSteps > 0 cancels
+// the run after that many steps.
+func trainSteps(ctx context.Context, m *clipagiqa.Model, ds *data.Dataset, mode string, epochs, maxSteps int) (*trainRun, error) {
 	cfg := clipagiqa.DefaultTrainConfig()
 	cfg.Epochs = epochs
 	cfg.FeatureCache = mode
 	cfg.Seed = 7
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var steps []float64
+	run := &trainRun{}
 	var last time.Duration
 	n := 0
-	cb := clipagiqa.Callbacks{OnStep: func(si clipagiqa.StepInfo) {
-		if si.Step > 1 {
-			steps = append(steps, (si.Elapsed - last).Seconds())
-		}
-		last = si.Elapsed
-		n++
-		if maxSteps > 0 && n >= maxSteps {
-			cancel()
-		}
-	}}
+	cb := clipagiqa.Callbacks{
+		OnStep: func(si clipagiqa.StepInfo) {
+			if si.Step > 1 {
+				run.steps = append(run.steps, (si.Elapsed - last).Seconds())
+			}
+			last = si.Elapsed
+			n++
+			if maxSteps > 0 && n >= maxSteps {
+				cancel()
+			}
+		},
+		OnEpoch: func(e clipagiqa.EpochReport) {
+			if e.Steps > 0 {
+				run.stepPerEpoch = append(run.stepPerEpoch, e.Seconds/float64(e.Steps))
+			}
+		},
+	}
 	t := time.Now()
 	res, err := clipagiqa.Train(ctx, m, clipagiqa.Datasets{Train: ds}, cfg, cb)
-	wall := time.Since(t).Seconds()
+	run.wall = time.Since(t).Seconds()
 	if err != nil && !(maxSteps > 0 && errors.Is(err, context.Canceled) && res != nil && res.Interrupted) {
-		return nil, nil, 0, fmt.Errorf("train (%s): %w", mode, err)
+		return nil, fmt.Errorf("train (%s): %w", mode, err)
 	}
-	return steps, res, wall, nil
+	run.res = res
+	return run, nil
+}
+
+// trainRun is what trainSteps observed.
+type trainRun struct {
+	steps        []float64 // step-to-step times within epochs
+	stepPerEpoch []float64 // each epoch's seconds per step (its first step included)
+	wall         float64
+	res          *clipagiqa.TrainResult
 }
 
 func measureTraining(ctx context.Context, o *Options, p plan, m *clipagiqa.Model, ref *Reference, set *JPEGSet) (*TrainingRow, error) {
@@ -519,92 +639,81 @@ func measureTraining(ctx context.Context, o *Options, p plan, m *clipagiqa.Model
 	all := dataset(set, o.Images)
 
 	// `off`: the encoder and a fresh augmentation in every step.
-	logf(o, "training, off: Go steps")
-	var offSteps []float64
-	var offEpoch float64
-	if p.offSteps > 0 {
-		steps, _, _, err := trainSteps(ctx, m, all, clipagiqa.CacheOff, 1, p.offSteps)
-		if err != nil {
-			return nil, err
-		}
-		offSteps = steps
-		tr.OffStepGo = NewStat(offSteps)
-		offEpoch = tr.OffStepGo.Median * float64(tr.StepsPerEpoch)
-	} else {
-		steps, res, wall, err := trainSteps(ctx, m, all, clipagiqa.CacheOff, 1, 0)
-		if err != nil {
-			return nil, err
-		}
-		tr.OffStepGo = NewStat(steps)
-		offEpoch = wall
-		if len(res.History) > 0 {
-			offEpoch = res.History[0].Seconds
-		}
+	logf(o, "training, off: %d Go steps", p.offSteps)
+	off, err := trainSteps(ctx, m, all, clipagiqa.CacheOff, 1, p.offSteps)
+	if err != nil {
+		return nil, err
 	}
-	tr.OffEpochGo = offEpoch
-	tr.Off100Go = offEpoch * 100
+	tr.OffStepGo = NewStat(off.steps)
+	tr.OffEpochGo = mean(off.steps) * float64(tr.StepsPerEpoch)
+	tr.Off100Go = tr.OffEpochGo * 100
 
-	logf(o, "training, off: reference steps")
+	logf(o, "training, off: %d reference steps", p.refSteps)
 	files, mos := set.Paths[:o.Images], set.MOS[:o.Images]
 	rr, err := ref.Call(map[string]any{"op": "train_step", "files": files, "mos": mos, "batch": batch, "steps": p.refSteps, "warmup": 1})
 	if err != nil {
 		return nil, err
 	}
 	tr.OffStepRef = NewStat(rr.Times)
-	tr.OffEpochRef = tr.OffStepRef.Median * float64(tr.StepsPerEpoch)
+	tr.OffEpochRef = mean(rr.Times) * float64(tr.StepsPerEpoch)
 	tr.Ref100 = tr.OffEpochRef * 100
 	tr.OffEpochRatio = Ratio(tr.OffEpochRef, tr.OffEpochGo)
 
 	// `center`: one encoder pass, then cached steps.
-	n := o.Images
-	if p.cachedN > 0 {
-		n = min(p.cachedN, o.Images)
-	}
+	n := min(p.cachedN, o.Images)
 	logf(o, "training, center: %d epochs on %d images", p.cachedEpoch, n)
-	steps, res, wall, err := trainSteps(ctx, m, dataset(set, n), clipagiqa.CacheCenter, p.cachedEpoch, 0)
+	run, err := trainSteps(ctx, m, dataset(set, n), clipagiqa.CacheCenter, p.cachedEpoch, 0)
 	if err != nil {
 		return nil, err
 	}
-	tr.CachedStepGo = NewStat(steps)
+	tr.CachedStepGo = NewStat(run.stepPerEpoch)
+	logf(o, "training, center: cache build %.1f s, seconds per step by epoch %.4f, step-to-step median %.4f",
+		run.wall-sum(run.stepPerEpoch)*float64(n/batch), run.stepPerEpoch, NewStat(run.steps).Median)
 	enc := 0.0
-	if res.Cache != nil {
-		enc = res.Cache.EncodeSeconds + res.Cache.HashSeconds
+	if c := run.res.Cache; c != nil {
+		enc = c.EncodeSeconds + c.HashSeconds
 	}
-	perImage := enc / float64(n)
-	tr.EncodePassGo = perImage * float64(o.Images)
-	cachedTraining := tr.CachedStepGo.Median * float64(tr.StepsPerEpoch) * 100
+	tr.EncodePassGo = enc / float64(n) * float64(o.Images)
+	tr.CenterMeasured = &MeasuredRun{Images: n, Epochs: p.cachedEpoch, Seconds: run.wall, Encode: enc}
+	cachedTraining := mean(run.stepPerEpoch) * float64(tr.StepsPerEpoch) * 100
 	tr.Center100Go = tr.EncodePassGo + cachedTraining
 	tr.Views100Go = 8*tr.EncodePassGo + cachedTraining
 	tr.CenterVsPass = Ratio(tr.Center100Go, tr.EncodePassGo)
 	tr.CenterVsRef = Ratio(tr.Ref100, tr.Center100Go)
 	tr.ViewsVsRef = Ratio(tr.Ref100, tr.Views100Go)
-	if n == o.Images && p.cachedEpoch == 100 {
-		tr.CenterMeasured = &MeasuredRun{Images: n, Epochs: p.cachedEpoch, Seconds: wall, Encode: enc}
-		tr.Center100Go = wall // measured beats projected
-		tr.CenterVsPass = Ratio(tr.Center100Go, tr.EncodePassGo)
-		tr.CenterVsRef = Ratio(tr.Ref100, tr.Center100Go)
-	}
 	tr.Method = trainingMethod(o, p, n)
 	return tr, nil
 }
 
+func sum(v []float64) float64 {
+	t := 0.0
+	for _, x := range v {
+		t += x
+	}
+	return t
+}
+
+func mean(v []float64) float64 {
+	if len(v) == 0 {
+		return math.NaN()
+	}
+	t := 0.0
+	for _, x := range v {
+		t += x
+	}
+	return t / float64(len(v))
+}
+
 func trainingMethod(o *Options, p plan, n int) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "Method: Go numbers come from `clipagiqa.Train` itself (paper schedule, batch 32, fused encoder). ")
-	if p.offSteps > 0 {
-		fmt.Fprintf(&b, "`off`: %d steps of a real run on all %d images, then cancelled; per-epoch = median step × steps per epoch. ", p.offSteps, o.Images)
-	} else {
-		fmt.Fprintf(&b, "`off`: one whole epoch measured. ")
-	}
-	fmt.Fprintf(&b, "`center`: a real run of %d epochs on %d images; one encoder pass = its cache build (hash + decode + centre transform + encode) per image × %d; "+
-		"100 epochs = that pass + 100 × steps per epoch × the median cached step. `views=8` = 8 passes (augmented views cost the same encoder work) + the same cached steps. ",
-		p.cachedEpoch, n, o.Images)
-	if n == o.Images && p.cachedEpoch == 100 {
-		fmt.Fprintf(&b, "The `center` 100-epoch figure is the measured wall time of that run. ")
-	}
-	fmt.Fprintf(&b, "Reference: bench/reference.py's `train_step` (PIL decode + RandomResizedCrop + flip, eager encoder, 6 prompts × 77 tokens "+
-		"forward + backward, regressor, SGD) timed over %d steps after one warm-up; 100 epochs = median step × steps per epoch × 100.", p.refSteps)
-	return b.String()
+	return fmt.Sprintf("Method: Go numbers come from `clipagiqa.Train` itself (paper schedule, batch 32, fused encoder). "+
+		"`off`: a real run on all %d images, cancelled after %d steps; per epoch = mean step-to-step time × steps per epoch. "+
+		"`center`: a real run of %d epochs on %d images; one encoder pass = its cache build (hash + decode + centre transform + encode) "+
+		"per image × %d; 100 epochs = that pass + 100 × steps per epoch × the mean cached step (epoch seconds ÷ steps). "+
+		"`views=8` = 8 passes (augmented views cost the same encoder work) + the same cached steps. "+
+		"Reference: bench/reference.py's `train_step` (PIL decode + RandomResizedCrop + flip, eager encoder, 6 prompts × 77 tokens "+
+		"forward + backward, regressor, SGD), %d steps after one warm-up; 100 epochs = mean step × steps per epoch × 100. "+
+		"Projections assume the measured step times hold for the whole run.",
+		o.Images, p.offSteps, p.cachedEpoch, n, o.Images, p.refSteps)
 }
 
 // ScoreResult is what a scoring child reports.
