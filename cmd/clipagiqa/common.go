@@ -102,7 +102,17 @@ func loadCLIP(c *cli.Context) (*clip.Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	return clip.Load(path, clip.Options{Device: dev, Precision: prec})
+	m, err := clip.Load(path, clip.Options{Device: dev, Precision: prec})
+	if err != nil {
+		return nil, err
+	}
+	if !c.Bool("no-fused") {
+		if _, err := m.EnableFused(); err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
+	return m, nil
 }
 
 // loadCLIPAndTokenizer loads --clip and the BPE tokenizer that every model

@@ -100,7 +100,7 @@ func runPredict(c *cli.Context) error {
 	sc, err := clipagiqa.LoadScorer(c.String("clip"), ckDir,
 		clipagiqa.WithMethod(method), clipagiqa.WithEpoch(c.Int("epoch")),
 		clipagiqa.WithDevice(dev), clipagiqa.WithPrecision(prec), clipagiqa.WithMaxBatch(batch),
-		clipagiqa.WithMaxPixels(c.Int64("max-pixels")), clipagiqa.WithThreads(c.Int("threads")))
+		clipagiqa.WithMaxPixels(c.Int64("max-pixels")), clipagiqa.WithThreads(c.Int("threads")), clipagiqa.WithFused(!c.Bool("no-fused")))
 	if err != nil {
 		return err
 	}

@@ -47,7 +47,7 @@ func serveScorerOptions(c *cli.Context) ([]clipagiqa.ScorerOption, error) {
 		clipagiqa.WithDevice(dev), clipagiqa.WithPrecision(prec), clipagiqa.WithEpoch(c.Int("epoch")),
 		clipagiqa.WithMethod(c.String("method")), clipagiqa.WithMaxBatch(c.Int("max-batch")),
 		clipagiqa.WithMaxWait(c.Duration("max-wait")), clipagiqa.WithQueueSize(c.Int("queue")),
-		clipagiqa.WithMaxPixels(c.Int64("max-pixels")), clipagiqa.WithThreads(c.Int("threads")),
+		clipagiqa.WithMaxPixels(c.Int64("max-pixels")), clipagiqa.WithThreads(c.Int("threads")), clipagiqa.WithFused(!c.Bool("no-fused")),
 	}, nil
 }
 
