@@ -800,6 +800,7 @@ int64_t ct_vit_buffer_bytes(ct_vit v) {
 
 ct_error ct_vit_forward(ct_vit v, ct_tensor pixels, ct_tensor *out) {
   FUSED_TRY
+  ct_apply_num_threads();
   auto *p = static_cast<ViT *>(v);
   if (pixels == nullptr) throw std::invalid_argument("fused ViT: nil pixels");
   const at::Tensor &px = *static_cast<at::Tensor *>(pixels);
@@ -866,6 +867,7 @@ void ct_text_free(ct_text t) { delete static_cast<TextHandle *>(t); }
 ct_error ct_text_forward(ct_text t, int32_t grad, ct_tensor prefix, ct_tensor suffix, const int64_t *eot, int64_t k,
                          ct_tensor *out) {
   FUSED_TRY
+  ct_apply_num_threads();
   auto *h = static_cast<TextHandle *>(t);
   if (prefix == nullptr || suffix == nullptr) throw std::invalid_argument("fused text: nil input");
   const at::Tensor &pre = *static_cast<at::Tensor *>(prefix);

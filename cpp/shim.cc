@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -57,10 +58,21 @@ at::ScalarType scalar_type(int32_t code) {
   return static_cast<at::ScalarType>(code);
 }
 
+// The thread count asked for through ct_set_num_threads. libtorch keeps it per
+// OS thread (OpenMP's nthreads ICV), and goroutines run on many OS threads, so
+// every op re-applies it on the thread it runs on.
+std::atomic<int32_t> g_num_threads{0};
+
+void apply_num_threads() {
+  int32_t n = g_num_threads.load(std::memory_order_relaxed);
+  if (n > 0 && at::get_num_threads() != n) at::set_num_threads(n);
+}
+
 // Sets grad mode and autocast for the duration of one call.
 class ModeGuard {
  public:
   explicit ModeGuard(ct_mode m) {
+    apply_num_threads();
     if (m.grad == CT_INFERENCE) {
       inference_.emplace(true);
     } else {
@@ -165,11 +177,22 @@ ct_error ct_cuda_synchronize(int32_t device) {
 ct_error ct_set_num_threads(int32_t n) {
   CT_TRY
   if (n < 1) throw std::invalid_argument("thread count must be at least 1");
+  g_num_threads.store(n);
   at::set_num_threads(n);
   CT_CATCH
 }
 
-int32_t ct_get_num_threads(void) { return at::get_num_threads(); }
+void ct_apply_num_threads(void) {
+  try {
+    apply_num_threads();
+  } catch (...) {
+  }
+}
+
+int32_t ct_get_num_threads(void) {
+  int32_t n = g_num_threads.load();
+  return n > 0 ? n : at::get_num_threads();
+}
 
 ct_error ct_manual_seed(uint64_t seed) {
   CT_TRY
@@ -526,6 +549,7 @@ ct_error ct_triu(ct_mode m, ct_tensor x, int64_t diagonal, ct_tensor *out) {
 
 ct_error ct_backward(ct_tensor loss) {
   CT_TRY
+  apply_num_threads();
   at::AutoGradMode on(true);
   T(loss).backward();
   CT_CATCH

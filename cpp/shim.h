@@ -45,6 +45,9 @@ int32_t ct_cuda_device_count(void);
 ct_error ct_cuda_synchronize(int32_t device);
 ct_error ct_set_num_threads(int32_t n);
 int32_t ct_get_num_threads(void);
+/* Re-applies the ct_set_num_threads count on the calling OS thread (libtorch
+ * keeps it per thread); every op of this library does so itself. */
+void ct_apply_num_threads(void);
 ct_error ct_manual_seed(uint64_t seed);
 int32_t ct_has_fused_attention(void);
 
