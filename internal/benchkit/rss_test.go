@@ -47,6 +47,8 @@ func TestPeakRSSFollowsAllocation(t *testing.T) {
 	assert.GreaterOrEqual(t, after-before, int64(60<<10), "peak grew by %d KiB", after-before)
 	rss, err := RSSKB()
 	require.NoError(t, err)
-	assert.LessOrEqual(t, rss, after)
+	// The kernel updates VmHWM lazily, so a later VmRSS reading may pass the
+	// peak by a few pages; 1 MiB of slack is far below the 64 MiB tested.
+	assert.LessOrEqual(t, rss, after+1024)
 	assert.Equal(t, byte(1), buf[len(buf)-4096])
 }
