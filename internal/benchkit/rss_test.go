@@ -2,6 +2,7 @@ package benchkit
 
 import (
 	"bufio"
+	"runtime/debug"
 	"strings"
 	"testing"
 
@@ -33,6 +34,7 @@ func TestParseStatusKB(t *testing.T) {
 
 // Touching 64 MiB raises the peak by about that much after a reset.
 func TestPeakRSSFollowsAllocation(t *testing.T) {
+	debug.FreeOSMemory() // so the buffer below needs fresh pages, also with -count > 1
 	if !ResetPeakRSS() {
 		t.Skip("kernel does not allow resetting VmHWM")
 	}
