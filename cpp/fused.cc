@@ -476,6 +476,26 @@ void expect_shape(const at::Tensor &t, std::vector<int64_t> want, const char *wh
 }
 
 
+// Reads `layers` residual blocks of width w, 12 weights each in the order of
+// ct_vit_new, starting at ws[first], checking every shape.
+std::vector<Block> read_blocks(const ct_tensor *ws, int64_t first, int64_t layers, int64_t w) {
+  static const char *names[12] = {"in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias",
+                                  "ln_1.weight",    "ln_1.bias",    "c_fc.weight",     "c_fc.bias",
+                                  "c_proj.weight",  "c_proj.bias",  "ln_2.weight",     "ln_2.bias"};
+  const std::vector<std::vector<int64_t>> shapes = {{3 * w, w}, {3 * w}, {w, w},     {w}, {w}, {w},
+                                                    {4 * w, w}, {4 * w}, {w, 4 * w}, {w}, {w}, {w}};
+  std::vector<Block> blocks;
+  for (int64_t l = 0; l < layers; l++) {
+    at::Tensor t[12];
+    for (int j = 0; j < 12; j++) {
+      t[j] = weight(ws, first + 12 * l + j, names[j]);
+      expect_shape(t[j], shapes[j], names[j]);
+    }
+    blocks.push_back(Block{t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10], t[11]});
+  }
+  return blocks;
+}
+
 // ------------------------------------------- text path with a shared prefix
 //
 // CLIP-AGIQA's prompts share their first P token embeddings (SOT + context):
@@ -767,19 +787,7 @@ ct_error ct_vit_new(const ct_tensor *ws, int64_t n, int64_t layers, int64_t head
   expect_shape(v->pos, {v->tokens, w}, "positional_embedding");
   for (const at::Tensor *t : {&v->ln_pre_w, &v->ln_pre_b, &v->ln_post_w, &v->ln_post_b}) expect_shape(*t, {w}, "ln_pre/ln_post");
   if (v->proj.dim() != 2 || v->proj.size(0) != w) throw std::invalid_argument("fused ViT: proj has shape " + c10::str(v->proj.sizes()));
-  static const char *names[12] = {"in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias",
-                                  "ln_1.weight",    "ln_1.bias",    "c_fc.weight",     "c_fc.bias",
-                                  "c_proj.weight",  "c_proj.bias",  "ln_2.weight",     "ln_2.bias"};
-  const std::vector<std::vector<int64_t>> shapes = {{3 * w, w}, {3 * w}, {w, w},     {w}, {w}, {w},
-                                                    {4 * w, w}, {4 * w}, {w, 4 * w}, {w}, {w}, {w}};
-  for (int64_t l = 0; l < layers; l++) {
-    at::Tensor t[12];
-    for (int j = 0; j < 12; j++) {
-      t[j] = weight(ws, 8 + 12 * l + j, names[j]);
-      expect_shape(t[j], shapes[j], names[j]);
-    }
-    v->blocks.push_back(Block{t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10], t[11]});
-  }
+  v->blocks = read_blocks(ws, 8, layers, w);
   *out = v.release();
   FUSED_CATCH
 }
@@ -842,19 +850,7 @@ ct_error ct_text_new(const ct_tensor *ws, int64_t n, int64_t layers, int64_t hea
   expect_shape(tw->lnf_b, {w}, "ln_final.bias");
   if (tw->tproj.dim() != 2 || tw->tproj.size(0) != w)
     throw std::invalid_argument("fused text: text_projection has shape " + c10::str(tw->tproj.sizes()));
-  static const char *names[12] = {"in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias",
-                                  "ln_1.weight",    "ln_1.bias",    "c_fc.weight",     "c_fc.bias",
-                                  "c_proj.weight",  "c_proj.bias",  "ln_2.weight",     "ln_2.bias"};
-  const std::vector<std::vector<int64_t>> shapes = {{3 * w, w}, {3 * w}, {w, w},     {w}, {w}, {w},
-                                                    {4 * w, w}, {4 * w}, {w, 4 * w}, {w}, {w}, {w}};
-  for (int64_t l = 0; l < layers; l++) {
-    at::Tensor t[12];
-    for (int j = 0; j < 12; j++) {
-      t[j] = weight(ws, 4 + 12 * l + j, names[j]);
-      expect_shape(t[j], shapes[j], names[j]);
-    }
-    tw->blocks.push_back(Block{t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10], t[11]});
-  }
+  tw->blocks = read_blocks(ws, 4, layers, w);
   auto *h = new TextHandle();
   h->context = tw->pos.size(0);
   h->tw = std::move(tw);
