@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -17,9 +18,24 @@ import (
 
 // Reference trajectories of PyTorch 1.13's torch.optim, written by
 // testdata/gen/make_ref.py. The update is the same ATen ops in the same
-// order, so parameters must agree to the bit; the stated tolerance is
-// paramAtol (max abs), and the test logs the measured figures.
-const paramAtol = 1e-6
+// order, so on the libtorch the references came from (1.13) parameters and
+// state must agree to the bit (a wrong op order shows as 1-4 ulps); on other
+// libtorch versions the stated tolerance is paramAtol (max abs) and maxUlps.
+// The tests log the measured figures.
+const (
+	paramAtol = 1e-6
+	maxUlps   = 4
+)
+
+// check asserts d within the tolerance for this libtorch.
+func (d diff) check(t *testing.T, what string) {
+	t.Helper()
+	assert.LessOrEqual(t, d.maxAbs, paramAtol, what)
+	assert.LessOrEqual(t, d.maxUlps, int64(maxUlps), what)
+	if strings.HasPrefix(torch.TorchVersion(), "1.13.") {
+		assert.Zero(t, d.differ, "%s: values not bit-identical to PyTorch %s", what, torch.TorchVersion())
+	}
+}
 
 // lrRtol bounds schedule values against PyTorch's recursive schedulers.
 const lrRtol = 1e-12
@@ -264,7 +280,7 @@ func TestMatchesPyTorchOverSteps(t *testing.T) {
 			d.merge(runSteps(t, r, c, opt, sched, ps, 1, r.Steps))
 			assert.Equal(t, live, torch.LiveTensors(), "later steps keep no tensors")
 			t.Logf("%s, %d steps: %v", name, r.Steps, d)
-			assert.LessOrEqual(t, d.maxAbs, paramAtol, "parameters after each step")
+			d.check(t, "parameters after each step")
 			if sched != nil {
 				Apply(opt, sched, r.Steps) // PyTorch's scheduler stepped after the last step
 			}
@@ -348,5 +364,5 @@ func checkStateDict(t *testing.T, want map[string]any, opt Optimizer) {
 		}
 	}
 	t.Logf("final state: %v", d)
-	assert.LessOrEqual(t, d.maxAbs, paramAtol, "state tensors")
+	d.check(t, "state tensors")
 }

@@ -3,10 +3,11 @@ torch/optim's tests.
 
     /usr/bin/python3 torch/optim/testdata/gen/make_ref.py
         writes ../ref.json and ../resume_<case>.pt
-    /usr/bin/python3 torch/optim/testdata/gen/make_ref.py continue CASE FILE
-        loads {"optimizer", "params"} from FILE (written by the Go side after
-        RESUME_AT steps), runs the remaining steps with the recorded gradients
-        and prints the parameters after each as JSON.
+    /usr/bin/python3 torch/optim/testdata/gen/make_ref.py continue DIR
+        for each case with a DIR/<case>.pt ({"optimizer", "params"}, written
+        by the Go side after RESUME_AT steps), loads it, runs the remaining
+        steps with the recorded gradients and prints {case: {"steps": [...]}}
+        (the parameters after each step) as JSON.
 
 Each case optimises the same six named tensors for STEPS steps; gradients are
 seeded random tensors given directly as .grad, so no autograd is involved.
@@ -111,10 +112,14 @@ def values(t):
     return [float(v) for v in t.detach().reshape(-1).tolist()]
 
 
-def run(case, params, opt, sched, grads, start, stop):
-    """Steps start..stop-1; returns per step the lrs used and the params after."""
+def run(case, params, opt, sched, grads, start, stop, lrs_at=None):
+    """Steps start..stop-1; returns per step the lrs used and the params after.
+    lrs_at[k], when given, sets the groups' lrs of step k instead of sched."""
     out = []
     for k in range(start, stop):
+        if lrs_at is not None:
+            for g, lr in zip(opt.param_groups, lrs_at[k]):
+                g["lr"] = lr
         lrs = [g["lr"] for g in opt.param_groups]
         for n, p in params.items():
             p.grad = grads[k][n].clone()
@@ -160,28 +165,36 @@ def make():
         json.dump(ref, f)
 
 
-def cont(name, path):
-    with open(os.path.join(OUT, "ref.json")) as f:
-        ref = json.load(f)
+def cont(name, path, ref):
     case = CASES[name]
     ci = list(CASES).index(name)
     saved = torch.load(path)
     params = OrderedDict((n, saved["params"][n].clone().requires_grad_(True)) for n in SHAPES)
-    opt, sched = build(case, params)
+    opt, _ = build(case, params)
     opt.load_state_dict(saved["optimizer"])
-    if sched is not None:
-        # A resumed schedule: advance it to where the run stopped.
-        for _ in range(RESUME_AT):
-            sched.step()
+    # The schedule is checked by the full runs; here the recorded lrs are set
+    # so that only the optimizer's resumed state decides the result.
+    lrs_at = [s["lrs"] for s in ref["cases"][name]["steps"]]
     grads = [{n: torch.tensor(v, dtype=torch.float32).reshape(SHAPES[n]) for n, v in g.items()}
              for g in ref["cases"][name]["grads"]]
-    steps = run(case, params, opt, sched, grads, RESUME_AT, STEPS)
-    json.dump(dict(steps=steps, state_dict=jsonable(opt.state_dict())), sys.stdout)
+    steps = run(case, params, opt, None, grads, RESUME_AT, STEPS, lrs_at)
+    return dict(steps=steps)
+
+
+def cont_all(folder):
+    with open(os.path.join(OUT, "ref.json")) as f:
+        ref = json.load(f)
+    out = {}
+    for name in CASES:
+        path = os.path.join(folder, name + ".pt")
+        if os.path.exists(path):
+            out[name] = cont(name, path, ref)
+    json.dump(out, sys.stdout)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "continue":
-        cont(sys.argv[2], sys.argv[3])
+    if len(sys.argv) == 3 and sys.argv[1] == "continue":
+        cont_all(sys.argv[2])
     elif len(sys.argv) == 1:
         make()
     else:
