@@ -131,6 +131,37 @@ func (o *Optimizer) StateDicts() (map[string]*ptfile.Dict, error) {
 	return map[string]*ptfile.Dict{"prompt_learner": c, "regression": r}, nil
 }
 
+// LoadStateDicts loads the two optimisers' state dicts (torch.optim.SGD
+// layout, e.g. the "optimizer" entry of the official
+// prompt_learner/regression checkpoints), momentum buffers and
+// hyper-parameters (lr, initial_lr, ...), keyed as StateDicts returns them.
+// On error neither optimiser has changed.
+func (o *Optimizer) LoadStateDicts(sds map[string]*ptfile.Dict) error {
+	for k := range sds {
+		if k != "prompt_learner" && k != "regression" {
+			return fmt.Errorf("optimiser state for unknown module %q", k)
+		}
+	}
+	c, r := sds["prompt_learner"], sds["regression"]
+	if c == nil || r == nil {
+		return fmt.Errorf("optimiser state needs both prompt_learner and regression")
+	}
+	prev, err := o.ctx.StateDict()
+	if err != nil {
+		return err
+	}
+	if err := o.ctx.LoadStateDict(c); err != nil {
+		return fmt.Errorf("prompt_learner optimiser: %w", err)
+	}
+	if err := o.reg.LoadStateDict(r); err != nil {
+		if rerr := o.ctx.LoadStateDict(prev); rerr != nil {
+			return fmt.Errorf("regression optimiser: %w (and restoring prompt_learner's: %v)", err, rerr)
+		}
+		return fmt.Errorf("regression optimiser: %w", err)
+	}
+	return nil
+}
+
 // RestoreMomentum loads momentum buffers from a checkpoint (for --resume),
 // by parameter name.
 func (o *Optimizer) RestoreMomentum(m *Model, ck *Checkpoint) error {
