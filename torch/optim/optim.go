@@ -266,10 +266,11 @@ func (g *loadedGroup) base(params []Param, lr float64) (groupBase, error) {
 	return b, nil
 }
 
-// stateTensor converts one loaded state entry to a tensor on p's device;
-// floating state takes p's dtype unless keepDType (PyTorch keeps "step"
-// as saved). Python numbers (old "step" values) become float32 scalars.
-func stateTensor(v any, p Param, key string, keepDType bool) (*torch.Tensor, error) {
+// stateTensor converts one loaded state entry to a tensor on p's device,
+// floating state in p's dtype, unless asSaved (PyTorch's load_state_dict
+// leaves "step" as saved: a CPU float32 scalar). Python numbers (old "step"
+// values) become float32 scalars.
+func stateTensor(v any, p Param, key string, asSaved bool) (*torch.Tensor, error) {
 	var t *torch.Tensor
 	var err error
 	switch x := v.(type) {
@@ -293,8 +294,11 @@ func stateTensor(v any, p Param, key string, keepDType bool) (*torch.Tensor, err
 	if err != nil {
 		return nil, fmt.Errorf("state %s of %s: %w", key, p.Name, err)
 	}
+	if asSaved {
+		return t, nil
+	}
 	dt, dev := t.DType(), p.Tensor.Device()
-	if !keepDType && dt.IsFloat() {
+	if dt.IsFloat() {
 		dt = p.Tensor.DType()
 	}
 	if dt == t.DType() && dev == t.Device() {
