@@ -28,11 +28,11 @@ const (
 // (the model owns them).
 func (m *Model) NamedParams() []optim.Param {
 	return []optim.Param{
-		{Name: "prompt_learner.ctx", Tensor: m.Ctx},
-		{Name: "regression.1.weight", Tensor: m.W1},
-		{Name: "regression.1.bias", Tensor: m.B1},
-		{Name: "regression.4.weight", Tensor: m.W2},
-		{Name: "regression.4.bias", Tensor: m.B2},
+		{Name: "prompt_learner.ctx", T: m.Ctx},
+		{Name: "regression.1.weight", T: m.W1},
+		{Name: "regression.1.bias", T: m.B1},
+		{Name: "regression.4.weight", T: m.W2},
+		{Name: "regression.4.bias", T: m.B2},
 	}
 }
 

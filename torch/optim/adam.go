@@ -130,7 +130,7 @@ func (o *Adam) Step() error {
 			return err
 		}
 		for _, p := range g.params {
-			if _, err := torch.AdamUpdate(p.Tensor, &o.state[i], g.LR, g.Betas[0], g.Betas[1], g.Eps,
+			if _, err := torch.AdamUpdate(p.T, &o.state[i], g.LR, g.Betas[0], g.Betas[1], g.Eps,
 				g.WeightDecay, o.decoupled, g.Maximize); err != nil {
 				return fmt.Errorf("adam step of %s: %w", p.Name, err)
 			}

@@ -58,7 +58,7 @@ func (g *groupBase) Params() []Param { return slices.Clone(g.params) }
 
 func zeroGrad(params []Param) error {
 	for _, p := range params {
-		if err := p.Tensor.ZeroGrad(); err != nil {
+		if err := p.T.ZeroGrad(); err != nil {
 			return fmt.Errorf("optim: zero_grad of %s: %w", p.Name, err)
 		}
 	}
@@ -297,9 +297,9 @@ func stateTensor(v any, p Param, key string, asSaved bool) (*torch.Tensor, error
 	if asSaved {
 		return t, nil
 	}
-	dt, dev := t.DType(), p.Tensor.Device()
+	dt, dev := t.DType(), p.T.Device()
 	if dt.IsFloat() {
-		dt = p.Tensor.DType()
+		dt = p.T.DType()
 	}
 	if dt == t.DType() && dev == t.Device() {
 		return t, nil
@@ -316,8 +316,8 @@ func stateTensor(v any, p Param, key string, asSaved bool) (*torch.Tensor, error
 
 // checkLike refuses state tensor t unless it has p's shape.
 func checkLike(t *torch.Tensor, p Param, key string) error {
-	if !slices.Equal(t.Shape(), p.Tensor.Shape()) {
-		return fmt.Errorf("state %s of %s has shape %v, the parameter %v", key, p.Name, t.Shape(), p.Tensor.Shape())
+	if !slices.Equal(t.Shape(), p.T.Shape()) {
+		return fmt.Errorf("state %s of %s has shape %v, the parameter %v", key, p.Name, t.Shape(), p.T.Shape())
 	}
 	return nil
 }

@@ -23,8 +23,8 @@ func tensor(t *testing.T, vals []float32, shape ...int64) *torch.Tensor {
 
 func twoParams(t *testing.T) []Param {
 	return []Param{
-		{Name: "layer.weight", Tensor: tensor(t, []float32{1, -2, 3, -4}, 2, 2)},
-		{Name: "layer.bias", Tensor: tensor(t, []float32{0.5, -0.5}, 2)},
+		{Name: "layer.weight", T: tensor(t, []float32{1, -2, 3, -4}, 2, 2)},
+		{Name: "layer.bias", T: tensor(t, []float32{0.5, -0.5}, 2)},
 	}
 }
 
@@ -33,7 +33,7 @@ func TestConstructorsRejectBadInput(t *testing.T) {
 	require.NoError(t, err)
 	closed.Close()
 	ps := twoParams(t)
-	dup := []Param{ps[0], {Name: ps[0].Name, Tensor: ps[1].Tensor}}
+	dup := []Param{ps[0], {Name: ps[0].Name, T: ps[1].T}}
 	sgd := func(g []ParamGroup, o SGDOptions) error { _, err := NewSGD(g, o); return err }
 	adam := func(g []ParamGroup, o AdamOptions) error { _, err := NewAdamW(g, o); return err }
 	withBeta := func(b0, b1 float64) AdamOptions { o := AdamWDefaults(); o.Betas = [2]float64{b0, b1}; return o }
@@ -47,8 +47,8 @@ func TestConstructorsRejectBadInput(t *testing.T) {
 		{"nesterov with dampening", sgd(Single(ps), SGDOptions{LR: 1, Momentum: 0.9, Dampening: 0.1, Nesterov: true}), "Nesterov"},
 		{"negative weight decay", sgd(Single(ps), SGDOptions{LR: 1, WeightDecay: -1}), "weight decay"},
 		{"duplicate name", sgd(Single(dup), SGDOptions{LR: 1}), "more than once"},
-		{"unnamed", sgd(Single([]Param{{Tensor: ps[0].Tensor}}), SGDOptions{LR: 1}), "without a name"},
-		{"closed tensor", sgd(Single([]Param{{Name: "x", Tensor: closed}}), SGDOptions{LR: 1}), "nil or closed"},
+		{"unnamed", sgd(Single([]Param{{T: ps[0].T}}), SGDOptions{LR: 1}), "without a name"},
+		{"closed tensor", sgd(Single([]Param{{Name: "x", T: closed}}), SGDOptions{LR: 1}), "nil or closed"},
 		{"no parameters", sgd(Single(nil), SGDOptions{LR: 1}), "empty parameter list"},
 		{"negative lr scale", sgd([]ParamGroup{{Params: ps, LRScale: -2}}, SGDOptions{LR: 1}), "lr scale"},
 		{"negative group decay", sgd([]ParamGroup{{Params: ps, WeightDecay: Decay(-1)}}, SGDOptions{LR: 1}), "weight decay"},
@@ -65,11 +65,11 @@ func TestConstructorsRejectBadInput(t *testing.T) {
 
 func TestGroupByNames(t *testing.T) {
 	ps := []Param{
-		{Name: "visual.conv1.weight", Tensor: tensor(t, []float32{1}, 1)},
-		{Name: "visual.bn1.weight", Tensor: tensor(t, []float32{1}, 1)},
-		{Name: "visual.bn1.bias", Tensor: tensor(t, []float32{1}, 1)},
-		{Name: "frozen.weight", Tensor: tensor(t, []float32{1}, 1)},
-		{Name: "head.weight", Tensor: tensor(t, []float32{1}, 1)},
+		{Name: "visual.conv1.weight", T: tensor(t, []float32{1}, 1)},
+		{Name: "visual.bn1.weight", T: tensor(t, []float32{1}, 1)},
+		{Name: "visual.bn1.bias", T: tensor(t, []float32{1}, 1)},
+		{Name: "frozen.weight", T: tensor(t, []float32{1}, 1)},
+		{Name: "head.weight", T: tensor(t, []float32{1}, 1)},
 	}
 	assign := func(n string) int {
 		switch {
@@ -123,13 +123,13 @@ func TestStepSkipsParametersWithoutGradient(t *testing.T) {
 			require.NoError(t, err)
 			defer opt.Close()
 			s := torch.NewScope()
-			loss := s.Sum(s.Mul(ps[0].Tensor, ps[0].Tensor), false) // bias untouched
+			loss := s.Sum(s.Mul(ps[0].T, ps[0].T), false) // bias untouched
 			require.NoError(t, s.Err())
 			require.NoError(t, loss.Backward())
 			s.Close()
 			require.NoError(t, opt.Step())
-			w, _ := ps[0].Tensor.Float32s()
-			b, _ := ps[1].Tensor.Float32s()
+			w, _ := ps[0].T.Float32s()
+			b, _ := ps[1].T.Float32s()
 			assert.NotEqual(t, []float32{1, -2, 3, -4}, w, "weight stepped")
 			assert.Equal(t, []float32{0.5, -0.5}, b, "bias without grad unchanged")
 			sd, err := opt.StateDict()
@@ -150,7 +150,7 @@ func validSGD(t *testing.T) (*SGD, []Param) {
 	t.Cleanup(opt.Close)
 	s := torch.NewScope()
 	defer s.Close()
-	loss := s.Add(s.Sum(s.Mul(ps[0].Tensor, ps[0].Tensor), false), s.Sum(ps[1].Tensor, false))
+	loss := s.Add(s.Sum(s.Mul(ps[0].T, ps[0].T), false), s.Sum(ps[1].T, false))
 	require.NoError(t, s.Err())
 	require.NoError(t, loss.Backward())
 	require.NoError(t, opt.Step())
@@ -295,4 +295,18 @@ func TestSchedules(t *testing.T) {
 	Apply(opt, LinearWarmup{Steps: 2, StartFactor: 0.5}, 0)
 	assert.Equal(t, []float64{0.05, 0.5}, []float64{opt.LR(0), opt.LR(1)}, "each group from its own initial lr")
 	assert.Equal(t, []float64{0.1, 1}, []float64{opt.InitialLR(0), opt.InitialLR(1)})
+}
+
+// storeParam has torch/nn's NamedParam layout.
+type storeParam struct {
+	Name string
+	T    *torch.Tensor
+}
+
+func TestNamedConvertsStoreParams(t *testing.T) {
+	w := tensor(t, []float32{1, 2}, 2)
+	ps := Named([]storeParam{{Name: "fc.weight", T: w}})
+	require.Len(t, ps, 1)
+	assert.Equal(t, "fc.weight", ps[0].Name)
+	assert.Same(t, w, ps[0].T)
 }

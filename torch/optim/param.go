@@ -6,12 +6,26 @@ import (
 	"github.com/clipagiqa/clipagiqa/torch"
 )
 
-// Param is a trainable tensor and its PyTorch dotted path
+// Param is a trainable tensor T and its PyTorch dotted path Name
 // ("visual.conv1.weight"). The optimizer updates the tensor in place and does
-// not own it.
+// not own it. Its layout is that of torch/nn's NamedParam, so either converts
+// to the other (see Named).
 type Param struct {
-	Name   string
-	Tensor *torch.Tensor
+	Name string
+	T    *torch.Tensor
+}
+
+// Named converts named parameters of any type laid out as Param (such as
+// torch/nn's NamedParam, from a store's Trainable) into Params.
+func Named[P ~struct {
+	Name string
+	T    *torch.Tensor
+}](ps []P) []Param {
+	out := make([]Param, len(ps))
+	for i, p := range ps {
+		out[i] = Param(p)
+	}
+	return out
 }
 
 // ParamGroup is one of PyTorch's param_groups as requested: its parameters
@@ -72,7 +86,7 @@ func checkParams(groups []ParamGroup) ([]Param, error) {
 			switch {
 			case p.Name == "":
 				return nil, fmt.Errorf("optim: group %d has a parameter without a name", gi)
-			case !p.Tensor.Valid():
+			case !p.T.Valid():
 				return nil, fmt.Errorf("optim: parameter %s is nil or closed", p.Name)
 			case seen[p.Name]:
 				return nil, fmt.Errorf("optim: parameter %s appears more than once", p.Name)

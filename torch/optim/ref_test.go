@@ -109,11 +109,11 @@ func newParams(t *testing.T, r *refFile, values map[string][]float64) []Param {
 		ts, err := torch.FromFloat32(f32(values[n]), r.Shapes[n]...)
 		require.NoError(t, err)
 		require.NoError(t, ts.SetRequiresGrad(true))
-		ps[i] = Param{Name: n, Tensor: ts}
+		ps[i] = Param{Name: n, T: ts}
 	}
 	t.Cleanup(func() {
 		for _, p := range ps {
-			p.Tensor.Close()
+			p.T.Close()
 		}
 	})
 	return ps
@@ -200,7 +200,7 @@ func setGrads(t *testing.T, r *refFile, ps []Param, g map[string][]float64) {
 	defer s.Close()
 	var loss *torch.Tensor
 	for _, p := range ps {
-		term := s.Sum(s.Mul(p.Tensor, s.FromFloat32(f32(g[p.Name]), r.Shapes[p.Name]...)), false)
+		term := s.Sum(s.Mul(p.T, s.FromFloat32(f32(g[p.Name]), r.Shapes[p.Name]...)), false)
 		if loss == nil {
 			loss = term
 		} else {
@@ -260,7 +260,7 @@ func runSteps(t *testing.T, r *refFile, c refCase, opt Optimizer, sched Schedule
 		require.NoError(t, opt.Step())
 		require.NoError(t, opt.ZeroGrad())
 		for _, p := range ps {
-			got, err := p.Tensor.Float32s()
+			got, err := p.T.Float32s()
 			require.NoError(t, err)
 			d.add(want.Params[p.Name], got)
 		}

@@ -77,7 +77,7 @@ func TestStateDictResumesHereAndInPython(t *testing.T) {
 			root.Set("optimizer", sd)
 			pd := ptfile.NewDict(ptfile.KindOrderedDict)
 			for _, p := range ps {
-				raw, err := torch.ToRaw(p.Tensor)
+				raw, err := torch.ToRaw(p.T)
 				require.NoError(t, err)
 				pd.Set(p.Name, raw)
 			}

@@ -104,7 +104,7 @@ func (o *SGD) Step() error {
 			return err
 		}
 		for _, p := range g.params {
-			buf, stepped, err := torch.SGDUpdate(p.Tensor, o.bufs[i], g.LR, g.Momentum, g.Dampening, g.WeightDecay, g.Nesterov, g.Maximize)
+			buf, stepped, err := torch.SGDUpdate(p.T, o.bufs[i], g.LR, g.Momentum, g.Dampening, g.WeightDecay, g.Nesterov, g.Maximize)
 			o.bufs[i] = buf
 			if err != nil {
 				return fmt.Errorf("sgd step of %s: %w", p.Name, err)
