@@ -67,7 +67,8 @@ func zeroGrad(params []Param) error {
 
 // packGroup writes one param_groups entry: known keys in PyTorch's order,
 // then the unmodelled ones, then "initial_lr", "params" (indices) and
-// "param_names" (as PyTorch 2.6 writes them; older versions ignore it).
+// "param_names" (as recent PyTorch versions write them when given named
+// parameters; 1.13 ignores the key).
 func packGroup(known []entry, g *groupBase, first int) *ptfile.Dict {
 	d := ptfile.NewDict(ptfile.KindDict)
 	for _, e := range known {
@@ -368,3 +369,8 @@ func asFloat(v any) (float64, bool) {
 	}
 	return 0, false
 }
+
+var (
+	_ Optimizer = (*SGD)(nil)
+	_ Optimizer = (*Adam)(nil)
+)
