@@ -25,7 +25,7 @@ type walkNet struct {
 }
 
 func TestWalkTaggedNamesAndOptions(t *testing.T) {
-	n := walkNet{Layers: make([]*walkBlock, 2)}
+	n := walkNet{Layers: []*walkBlock{{BN: &walkBN{}}, {BN: &walkBN{}}}}
 	var got []TaggedField
 	require.NoError(t, WalkTagged(&n, "visual", func(f TaggedField) error {
 		got = append(got, f)
@@ -50,6 +50,55 @@ func TestWalkTaggedNamesAndOptions(t *testing.T) {
 	defer x.Close()
 	*got[4].Ptr = x
 	require.Same(t, x, n.Layers[0].BN.Weight)
+}
+
+func TestWalkTaggedSkipsNilStructPointers(t *testing.T) {
+	n := walkNet{Layers: []*walkBlock{nil, {}}}
+	var got []string
+	require.NoError(t, WalkTagged(&n, "", func(f TaggedField) error {
+		got = append(got, f.Name)
+		return nil
+	}))
+	require.Equal(t, []string{"stem.weight", "stem.running_mean", "stem.num_batches_tracked", "layer1.1.conv1.weight"}, got)
+	require.Nil(t, n.Layers[0], "the walk does not allocate")
+	require.Nil(t, n.Layers[1].BN)
+}
+
+// Bind allocates nil struct pointers, but leaves an optional one nil when the
+// checkpoint has nothing under its prefix.
+func TestBindOptionalStructPointer(t *testing.T) {
+	type head struct {
+		W *Tensor `torch:"weight"`
+	}
+	type model struct {
+		Body *head `torch:"body"`
+		Head *head `torch:"head,optional"`
+	}
+	mk := func() *Tensor {
+		x, err := FromFloat32([]float32{1}, 1)
+		require.NoError(t, err)
+		return x
+	}
+	sd := NewStateDict()
+	sd.Set("body.weight", mk())
+	var m model
+	rep, err := Bind(&m, sd, "", nil)
+	require.NoError(t, err)
+	require.NoError(t, rep.Err())
+	require.NotNil(t, m.Body.W)
+	require.Nil(t, m.Head)
+	CloseAll(&m)
+	sd.Close()
+
+	sd = NewStateDict()
+	sd.Set("body.weight", mk())
+	sd.Set("head.weight", mk())
+	var m2 model
+	_, err = Bind(&m2, sd, "", nil)
+	require.NoError(t, err)
+	require.NotNil(t, m2.Head.W)
+	CloseAll(&m2)
+	sd.Close()
 }
 
 func TestWalkTaggedErrors(t *testing.T) {
