@@ -87,12 +87,17 @@ type moduleRef struct {
 	} `json:"layer_norm_fp16"`
 }
 
+func loadJSON(t *testing.T, path string, dst any) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(b, dst))
+}
+
 func loadModuleRef(t *testing.T) moduleRef {
 	t.Helper()
-	b, err := os.ReadFile("testdata/modules.json")
-	require.NoError(t, err)
 	var r moduleRef
-	require.NoError(t, json.Unmarshal(b, &r))
+	loadJSON(t, "testdata/modules.json", &r)
 	require.NotEmpty(t, r.Cases)
 	return r
 }

@@ -167,3 +167,72 @@ out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "modules.js
 with open(out, "w") as f:
     json.dump({"torch": torch.__version__, "cases": cases, "batch_norm": bn_cases, "layer_norm_fp16": ln_fp16}, f, allow_nan=False)
 print("wrote", os.path.normpath(out), len(cases), "cases,", len(bn_cases), "batch-norm cases")
+
+
+# A CLIP ModifiedResNet Bottleneck (model.py) in training mode, two steps:
+# composed modules, OrderedDict names ("downsample.0"), batch statistics, and
+# gradients through everything.
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu3 = nn.ReLU(inplace=True)
+        self.downsample = None
+        self.stride = stride
+        if stride > 1 or inplanes != planes * Bottleneck.expansion:
+            from collections import OrderedDict
+            self.downsample = nn.Sequential(OrderedDict([
+                ("-1", nn.AvgPool2d(stride)),
+                ("0", nn.Conv2d(inplanes, planes * self.expansion, 1, stride=1, bias=False)),
+                ("1", nn.BatchNorm2d(planes * self.expansion))
+            ]))
+
+    def forward(self, x):
+        identity = x
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        out = self.avgpool(out)
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        out = self.relu3(out)
+        return out
+
+
+blk = Bottleneck(4, 2, stride=2)
+with torch.no_grad():
+    for n, p in blk.named_parameters():
+        p.copy_(torch.randn(p.shape) * 0.5 + (1 if n.endswith("weight") and "bn" in n else 0))
+blk_state = sd(blk)
+blk.train()
+blk_steps = []
+for i in range(2):
+    blk.zero_grad()
+    x = torch.randn(2, 4, 6, 6).requires_grad_(True)
+    y = blk(x)
+    up = torch.randn(y.shape)
+    (y * up).sum().backward()
+    blk_steps.append({"x": t(x), "out": t(y), "upstream": t(up), "x_grad": t(x.grad),
+                      "param_grads": {n: t(p.grad) for n, p in blk.named_parameters()},
+                      "buffers": {n: t(b) for n, b in blk.named_buffers()}})
+blk.eval()
+xe = torch.randn(2, 4, 6, 6)
+with torch.no_grad():
+    ye = blk(xe)
+with open(out, "r") as f:
+    d = json.load(f)
+d["bottleneck"] = {"state": blk_state, "train_steps": blk_steps, "eval": {"x": t(xe), "out": t(ye)}}
+with open(out, "w") as f:
+    json.dump(d, f, allow_nan=False)
+print("added the bottleneck case")
