@@ -364,3 +364,39 @@ func TestForwardLoopKeepsLiveTensorsFlat(t *testing.T) {
 	m.store.Close()
 	require.Equal(t, base, torch.LiveTensors(), "Close frees every stored tensor")
 }
+
+// The store's trainable parameters feed an optimizer; frozen ones stay put.
+func TestTrainableFeedsOptimizer(t *testing.T) {
+	m := newTwoTowers(t)
+	defer m.store.Close()
+	require.NoError(t, m.store.Sub("text").SetTrainable(false))
+	opt, err := torch.NewSGD(Tensors(m.store.Trainable()), torch.SGDOptions{LR: 0.05})
+	require.NoError(t, err)
+	defer opt.Close()
+	textBefore, _ := m.textLN.Weight.Float32s()
+	loss := func() float64 {
+		s := torch.NewScope()
+		defer s.Close()
+		x := s.FromFloat32([]float32{
+			0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+			0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1,
+			0.5, 0.5, 0.5, 0.1, 0.1, 0.1, 0.9, 0.9, 0.9,
+		}, 1, 3, 3, 3)
+		h := s.Flatten(s.AdaptiveAvgPool2D(ReLU{}.Forward(s, m.conv.Forward(s, x)), torch.Sq(1)), 1, 3)
+		l := s.Sum(s.Square(s.AddScalar(m.head.Forward(s, h), -1)), false)
+		require.NoError(t, s.Err())
+		require.NoError(t, opt.ZeroGrad())
+		require.NoError(t, l.Backward())
+		v, err := l.Item()
+		require.NoError(t, err)
+		return v
+	}
+	first := loss()
+	for range 20 {
+		require.NoError(t, opt.Step())
+		loss()
+	}
+	require.Less(t, loss(), first/2, "training the visual tower lowers the loss")
+	textAfter, _ := m.textLN.Weight.Float32s()
+	require.Equal(t, textBefore, textAfter, "the frozen tower is untouched")
+}
