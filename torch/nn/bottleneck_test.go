@@ -35,7 +35,7 @@ type bottleneck struct {
 func newBottleneck(t *testing.T, p Path, inplanes, planes, stride int64) *bottleneck {
 	t.Helper()
 	conv := func(name string, in, out, k, pad int64) *Conv2d {
-		c, err := NewConv2d(p.Sub(name), in, out, Conv2dConfig{Kernel: torch.Sq(k), Conv2DOptions: torch.Conv2DOptions{Padding: torch.Sq(pad)}})
+		c, err := NewConv2d(p.Sub(name), in, out, Conv2dConfig{Kernel: torch.Sq(k), Padding: torch.Sq(pad)})
 		require.NoError(t, err)
 		return c
 	}

@@ -13,7 +13,7 @@ func Example() {
 	store := nn.NewStore()
 	defer store.Close()
 	visual, text := store.Sub("visual"), store.Sub("text")
-	conv, _ := nn.NewConv2d(visual.Sub("conv1"), 3, 8, nn.Conv2dConfig{Kernel: torch.Sq(3), Conv2DOptions: torch.Conv2DOptions{Stride: torch.Sq(2), Padding: torch.Sq(1)}})
+	conv, _ := nn.NewConv2d(visual.Sub("conv1"), 3, 8, nn.Conv2dConfig{Kernel: torch.Sq(3), Stride: torch.Sq(2), Padding: torch.Sq(1)})
 	bn, _ := nn.NewBatchNorm2d(visual.Sub("bn1"), 8, nn.BatchNormDefaults)
 	drop, _ := nn.NewDropout(text.Sub("dropout"), 0.1)
 	if _, err := nn.NewLinear(text.Sub("proj"), 8, 4, false); err != nil {

@@ -201,9 +201,8 @@ func TestModulesAgainstPyTorch(t *testing.T) {
 			case "conv2d_stride_pad", "conv2d_groups_dilation":
 				var m *Conv2d
 				m, err = NewConv2d(root, num(a, "cin"), num(a, "cout"), Conv2dConfig{
-					Kernel:        pair(a, "kernel"),
-					Conv2DOptions: torch.Conv2DOptions{Stride: pair(a, "stride"), Padding: pair(a, "padding"), Dilation: pair(a, "dilation"), Groups: num(a, "groups")},
-					Bias:          a["bias"].(bool),
+					Kernel: pair(a, "kernel"), Stride: pair(a, "stride"), Padding: pair(a, "padding"), Dilation: pair(a, "dilation"),
+					Groups: num(a, "groups"), Bias: a["bias"].(bool),
 				})
 				forward = func() *torch.Tensor { return m.Forward(s, in[0]) }
 			case "embedding_padding":

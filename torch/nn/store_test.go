@@ -28,7 +28,7 @@ func newTwoTowers(t *testing.T) *twoTowers {
 	m := &twoTowers{store: st}
 	var err error
 	visual := st.Sub("visual")
-	m.conv, err = NewConv2d(visual.Sub("conv1"), 3, 4, Conv2dConfig{Kernel: torch.Sq(3), Conv2DOptions: torch.Conv2DOptions{Padding: torch.Sq(1)}})
+	m.conv, err = NewConv2d(visual.Sub("conv1"), 3, 4, Conv2dConfig{Kernel: torch.Sq(3), Padding: torch.Sq(1)})
 	require.NoError(t, err)
 	m.bn, err = NewBatchNorm2d(visual.Sub("bn1"), 4, BatchNormDefaults)
 	require.NoError(t, err)
@@ -245,7 +245,7 @@ func TestStoreRegistrationErrorsAreSticky(t *testing.T) {
 
 	_, err = NewLinear(Path{}, 2, 3, true)
 	require.ErrorIs(t, err, errStore)
-	_, err = NewConv2d(NewStore().Root(), 3, 4, Conv2dConfig{Kernel: torch.Sq(1), Conv2DOptions: torch.Conv2DOptions{Groups: 2}})
+	_, err = NewConv2d(NewStore().Root(), 3, 4, Conv2dConfig{Kernel: torch.Sq(1), Groups: 2})
 	require.ErrorContains(t, err, "not divisible by 2 groups")
 }
 
@@ -399,4 +399,26 @@ func TestTrainableFeedsOptimizer(t *testing.T) {
 	require.Less(t, loss(), first/2, "training the visual tower lowers the loss")
 	textAfter, _ := m.textLN.Weight.Float32s()
 	require.Equal(t, textBefore, textAfter, "the frozen tower is untouched")
+}
+
+func TestForwardErrorsNameTheModule(t *testing.T) {
+	st := NewStore()
+	defer st.Close()
+	bn, err := NewBatchNorm2d(st.Sub("visual").Sub("bn1"), 3, BatchNormDefaults)
+	require.NoError(t, err)
+	s := torch.NewScope()
+	defer s.Close()
+	require.Nil(t, bn.Forward(s, s.Randn(torch.Float32, 2, 3)))
+	require.ErrorContains(t, s.Err(), `batch norm "visual.bn1": expected a 4-D input, got [2 3]`)
+	nb, err := bn.NumBatchesTracked.Int64s()
+	require.NoError(t, err)
+	require.Equal(t, []int64{0}, nb, "a refused batch is not counted")
+
+	s2 := torch.NewScope()
+	defer s2.Close()
+	mha, err := NewMultiheadAttention(st.Sub("attn"), 4, MultiheadAttentionConfig{Heads: 2})
+	require.NoError(t, err)
+	x := s2.Randn(torch.Float32, 3, 4)
+	require.Nil(t, mha.Forward(s2, x, x, x, nil, nil))
+	require.ErrorContains(t, s2.Err(), "want 3-D query")
 }
