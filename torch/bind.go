@@ -36,10 +36,11 @@ var tensorPtrType = reflect.TypeOf((*Tensor)(nil))
 // Bind fills the *Tensor fields of the struct dst points to from sd, by the
 // checkpoint names in their `torch:"..."` tags joined with dots under prefix.
 // Nested structs (and slices of them, pre-sized by the caller, indexed as
-// name.N) are walked (see WalkTagged for the tag syntax); nil struct pointers
+// name.N) are walked (see WalkTagged for the tag syntax). Nil struct pointers
 // are allocated, except that one tagged ",optional" is left nil when no
-// checkpoint name starts with its prefix (an absent sub-module). Bound tensors move out of sd, converted by conv (nil
-// keeps them as they are); shape checks are the model's job.
+// checkpoint name starts with its prefix (an absent sub-module). Bound
+// tensors move out of sd, converted by conv (nil keeps them as they are);
+// shape checks are the model's job.
 func Bind(dst any, sd *StateDict, prefix string, conv Convert) (BindReport, error) {
 	var rep BindReport
 	used := map[string]bool{}
