@@ -243,6 +243,11 @@ func TestModulesAgainstPyTorch(t *testing.T) {
 				forward = func() *torch.Tensor {
 					return m.Forward(s, s.Narrow(in[0], 0, 0, 1), in[0], in[0], nil, nil)
 				}
+			case "cross_attn_ipiqa_style":
+				var m *MultiheadAttention
+				m, err = NewMultiheadAttention(root, num(a, "embed"), MultiheadAttentionConfig{Heads: num(a, "heads"), Layout: SeparateLinears,
+					Linears: IPIQACrossAttnLinears, QDim: num(a, "qdim"), OutDim: num(a, "out"), Bias: true, ScaleAfterProduct: true})
+				forward = func() *torch.Tensor { return m.Forward(s, in[0], in[1], in[1], nil, nil) }
 			default:
 				t.Fatalf("no Go mapping for case %q", c.Name)
 			}

@@ -278,6 +278,11 @@ func TestInitialisers(t *testing.T) {
 	require.ErrorContains(t, err, "not divisible by 3 heads")
 	_, err = NewMultiheadAttention(st.Sub("attn3"), 8, MultiheadAttentionConfig{Heads: 2, KDim: 4})
 	require.ErrorContains(t, err, "need separate projections")
+	_, err = NewMultiheadAttention(st.Sub("attn4"), 8, MultiheadAttentionConfig{Heads: 2, Layout: SeparateLinears,
+		Linears: []LinearProj{{QueryProj, "q"}, {QueryProj, "q2"}}})
+	require.ErrorContains(t, err, `projection "q2" has an unknown or repeated role`)
+	_, err = NewMultiheadAttention(st.Sub("attn5"), 8, MultiheadAttentionConfig{Heads: 2, QDim: 4})
+	require.ErrorContains(t, err, "need the SeparateLinears layout")
 }
 
 // A CLIP-style tagged struct registered under a prefix: names follow the

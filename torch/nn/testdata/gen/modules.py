@@ -117,6 +117,35 @@ class AttnPoolHead(nn.Module):
 
 case("attnpool_linears", AttnPoolHead(E, H, 10), [torch.randn(6, N, E)], lambda m, x: m(x), heads=H, embed=E, out=10)
 
+
+class CrossAttn(nn.Module):
+    """A cross attention in the style of IP-IQA's TextAttentionPool2d: text
+    queries of another width (qdim) attend to image tokens; q·kᵀ is divided
+    by √d after the product; projections q_proj, k_proj, v_proj, out_proj."""
+
+    def __init__(self, qdim, embed, heads, out):
+        super().__init__()
+        self.q_proj = nn.Linear(qdim, embed)
+        self.k_proj = nn.Linear(embed, embed)
+        self.v_proj = nn.Linear(embed, embed)
+        self.out_proj = nn.Linear(embed, out)
+        self.heads = heads
+
+    def forward(self, q, kv):  # q: [L, N, qdim], kv: [S, N, E]
+        L, N, _ = q.shape
+        S = kv.shape[0]
+        E = self.k_proj.out_features
+        hd = E // self.heads
+        split = lambda x, n: x.reshape(n, N * self.heads, hd).transpose(0, 1)
+        qh, kh, vh = split(self.q_proj(q), L), split(self.k_proj(kv), S), split(self.v_proj(kv), S)
+        attn = torch.softmax(torch.bmm(qh, kh.transpose(1, 2)) / hd ** 0.5, dim=-1)
+        o = torch.bmm(attn, vh).transpose(0, 1).reshape(L * N, E)
+        return self.out_proj(o).reshape(L, N, -1)
+
+
+case("cross_attn_ipiqa_style", CrossAttn(6, E, H, 5), [torch.randn(3, N, 6), torch.randn(7, N, E)],
+     lambda m, q, kv: m(q, kv), heads=H, embed=E, qdim=6, out=5)
+
 # BatchNorm2d: three training steps, then eval.
 bn_cases = []
 for name, momentum in [("batch_norm2d", 0.1), ("batch_norm2d_cumulative", None)]:
