@@ -20,11 +20,10 @@ func Example() {
 		fmt.Println(err)
 		return
 	}
-	if err := text.SetTrainable(false); err != nil {
+	if err := text.Freeze(); err != nil { // frozen and pinned to eval mode
 		fmt.Println(err)
 		return
 	}
-	text.PinEval(true)
 	store.Train(true)
 
 	for _, p := range store.Trainable() { // what an optimizer gets
