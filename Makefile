@@ -19,7 +19,7 @@ GOTORCH_MOD := github.com/wangkuiyi/gotorch
 ROOT       := $(abspath .)
 BUILD_ABS  := $(abspath $(BUILD))
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PKGS   := libtorch-dev cmake libturbojpeg0-dev python3-torch python3-pil python3-numpy python3-scipy
+APT_PKGS   := libtorch-dev libgloo-dev cmake libturbojpeg0-dev python3-torch python3-pil python3-numpy python3-scipy
 DEBIAN_PY  := /usr/bin/python3
 
 CMAKE_ARGS := -DCMAKE_BUILD_TYPE=Release
