@@ -3,6 +3,7 @@ package dist
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -28,6 +29,7 @@ func TestMain(m *testing.M) {
 var workers = map[string]func(g *Group) error{
 	"collectives": workerCollectives,
 	"die":         workerDie,
+	"ddp":         workerDDP,
 }
 
 func runWorker(name string) int {
@@ -351,5 +353,125 @@ func TestLocalGroup(t *testing.T) {
 	}
 	if err := g.Close(); err != nil || g.Close() != nil {
 		t.Fatal("Close not idempotent")
+	}
+}
+
+// workerDDP checks AverageGradients against a hand computation: rank r has
+// n_r = r+1 samples and gradient w_r = (r+1)·[1, 2, 3] + [r, 0, -r] in two
+// buckets; the result must be Σ n_r·w_r / Σ n_r on every rank, and the loss
+// Σ n_r·loss_r / Σ n_r. Broadcast of parameters from rank 0 is checked too.
+func workerDDP(g *Group) error {
+	d := NewDataParallel(g)
+	d.BucketBytes = 12 // force one bucket per parameter
+	r := float32(g.Rank())
+	p1, _ := torch.FromFloat32([]float32{r, r, r}, 3)
+	p2, _ := torch.FromFloat32([]float32{5 * r}, 1)
+	defer p1.Close()
+	defer p2.Close()
+	for _, p := range []*torch.Tensor{p1, p2} {
+		if err := p.SetRequiresGrad(true); err != nil {
+			return err
+		}
+	}
+	if err := d.BroadcastParams(p1, p2); err != nil {
+		return err
+	}
+	if err := expect("broadcast p1", floats(p1), []float32{0, 0, 0}); err != nil {
+		return err
+	}
+	s := torch.NewScope()
+	w := []float32{(r + 1) + r, 2 * (r + 1), 3*(r+1) - r}
+	wt := s.FromFloat32(w, 3)
+	l := s.Add(s.Sum(s.Mul(p1, wt), false), s.Sum(s.MulScalar(p2, float64(7*(r+1))), false))
+	if err := s.Err(); err != nil {
+		return err
+	}
+	if err := l.Backward(); err != nil {
+		return err
+	}
+	s.Close()
+	n := g.Rank() + 1
+	loss, err := d.AverageGradients([]*torch.Tensor{p1, p2}, float64(10*(r+1)), n)
+	if err != nil {
+		return err
+	}
+	var want [3]float64
+	var want2, wantLoss, total float64
+	for k := 0; k < g.WorldSize(); k++ {
+		kr := float64(k)
+		nk := float64(k + 1)
+		want[0] += nk * ((kr + 1) + kr)
+		want[1] += nk * 2 * (kr + 1)
+		want[2] += nk * (3*(kr+1) - kr)
+		want2 += nk * 7 * (kr + 1)
+		wantLoss += nk * 10 * (kr + 1)
+		total += nk
+	}
+	g1, _ := p1.Grad()
+	g2, _ := p2.Grad()
+	defer g1.Close()
+	defer g2.Close()
+	got1, got2 := floats(g1), floats(g2)
+	for i := range 3 {
+		if math.Abs(float64(got1[i])-want[i]/total) > 1e-5 {
+			return fmt.Errorf("grad p1 = %v, want %v", got1, []float64{want[0] / total, want[1] / total, want[2] / total})
+		}
+	}
+	if math.Abs(float64(got2[0])-want2/total) > 1e-5 {
+		return fmt.Errorf("grad p2 = %v, want %v", got2, want2/total)
+	}
+	if math.Abs(loss-wantLoss/total) > 1e-5 {
+		return fmt.Errorf("loss %v, want %v", loss, wantLoss/total)
+	}
+	if st := d.Stats(); st.Calls != 2 || st.Bytes != 4*(3+1+2) {
+		return fmt.Errorf("stats %+v: want 2 calls of 24 bytes in all", st)
+	}
+	if _, err := d.LocalBatch(g.WorldSize()*4 + 1); err == nil {
+		return fmt.Errorf("indivisible batch accepted")
+	}
+	gathered, err := d.AllGatherFloat32([]float32{r, r})
+	if err != nil {
+		return err
+	}
+	var wantG []float32
+	for k := 0; k < g.WorldSize(); k++ {
+		wantG = append(wantG, float32(k), float32(k))
+	}
+	if err := expect("gather", gathered, wantG); err != nil {
+		return err
+	}
+	fmt.Println("ddp ok")
+	return nil
+}
+
+func TestDataParallel(t *testing.T) {
+	for _, n := range []int{2, 3} {
+		t.Run(fmt.Sprintf("world%d", n), func(t *testing.T) {
+			for r, res := range spawn(t, "ddp", n, "30s") {
+				if res.code != 0 || !strings.Contains(res.stdout, "ddp ok") {
+					t.Errorf("rank %d: exit %d\nstdout: %s\nstderr: %s", r, res.code, res.stdout, res.stderr)
+				}
+			}
+		})
+	}
+}
+
+func TestSamplerSpans(t *testing.T) {
+	for _, c := range []struct{ n, w int }{{32, 2}, {7, 2}, {5, 3}, {2, 4}} {
+		seen := make([]int, c.n)
+		for r := 0; r < c.w; r++ {
+			lo, hi := Span(c.n, r, c.w)
+			if hi-lo < c.n/c.w || hi-lo > c.n/c.w+1 {
+				t.Errorf("n=%d w=%d rank %d gets %d", c.n, c.w, r, hi-lo)
+			}
+			for i := lo; i < hi; i++ {
+				seen[i]++
+			}
+		}
+		for i, k := range seen {
+			if k != 1 {
+				t.Fatalf("n=%d w=%d: item %d taken %d times", c.n, c.w, i, k)
+			}
+		}
 	}
 }
