@@ -1,0 +1,32 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/clipagiqa/clipagiqa/torch/dist"
+	"github.com/urfave/cli/v2"
+)
+
+// joinTrainingGroup joins the data-parallel group torchrun's variables
+// describe (a single-process group without them). Ranks other than 0 print
+// nothing: rank 0 speaks for the run, errors still reach each one's stderr.
+func joinTrainingGroup(c *cli.Context) (*dist.Group, error) {
+	env, err := dist.EnvFromOS()
+	if err != nil {
+		return nil, err
+	}
+	g, err := dist.Init(env, dist.Options{})
+	if err != nil {
+		return nil, err
+	}
+	if g.WorldSize() > 1 {
+		if g.IsMain() {
+			fmt.Fprintf(c.App.ErrWriter, "data-parallel: %d ranks (gloo, store %s:%d, collective timeout %v); batch %d = %d per rank\n",
+				g.WorldSize(), env.MasterAddr, env.MasterPort, g.Timeout(), c.Int("batch-size"), c.Int("batch-size")/g.WorldSize())
+		} else {
+			c.App.Writer, c.App.ErrWriter = io.Discard, io.Discard
+		}
+	}
+	return g, nil
+}
