@@ -158,7 +158,7 @@ func startRanks(t *testing.T, n int, args ...string) ([]*exec.Cmd, []*bytes.Buff
 func TestDataParallelKilledRankAndResume(t *testing.T) {
 	_, trainCSV, testCSV := smallSet(t)
 	dir := t.TempDir()
-	const epochs = 40
+	const epochs = 20
 	ref := filepath.Join(dir, "ref")
 	_, stderr, err := runCLI(t, nil, trainArgs(trainCSV, testCSV, ref, epochs)...)
 	require.NoError(t, err, stderr)
@@ -207,11 +207,14 @@ func TestDataParallelKilledRankAndResume(t *testing.T) {
 				_, stderr, err = runCLI(t, nil, args...)
 			}
 			require.NoError(t, err, stderr)
+			worst := 0.0
 			for name, d := range maxRelDiff(t, filepath.Join(ref, "last"), filepath.Join(out, "last")) {
 				if d > 1e-4 {
 					t.Errorf("%s: resumed run differs from the uninterrupted one by %.3g", name, d)
 				}
+				worst = math.Max(worst, d)
 			}
+			t.Logf("resumed with %d rank(s) from epoch %d: worst relative difference to the uninterrupted run %.3g", resumeRanks, ck.Epoch, worst)
 		})
 	}
 }
