@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/clipagiqa/clipagiqa/clipagiqa"
 	"github.com/clipagiqa/clipagiqa/torch/dist"
 	"github.com/urfave/cli/v2"
 )
@@ -29,4 +30,21 @@ func joinTrainingGroup(c *cli.Context) (*dist.Group, error) {
 		}
 	}
 	return g, nil
+}
+
+// reportAllReduce prints rank 0's gradient all-reduce costs of a
+// data-parallel run (parsed by bench/dist.sh).
+func reportAllReduce(w io.Writer, dp *dist.DataParallel, res *clipagiqa.TrainResult) {
+	if dp == nil || dp.WorldSize() == 1 || res == nil {
+		return
+	}
+	steps := 0
+	var secs float64
+	for _, h := range res.History[min(res.StartEpoch, len(res.History)):] {
+		steps += h.Steps
+		secs += h.Seconds
+	}
+	st := dp.Stats()
+	fmt.Fprintf(w, "data-parallel: all-reduce %d bytes in %d calls over %d steps (%d bytes/step), %.3fs of %.3fs training epochs (%.1f%%)\n",
+		st.Bytes, st.Calls, steps, st.Bytes/int64(max(steps, 1)), st.Elapsed.Seconds(), secs, 100*st.Elapsed.Seconds()/max(secs, 1e-9))
 }

@@ -338,6 +338,7 @@ func (r *trainRun) split(ctx context.Context, p splitPlan, dir string) (*splitOu
 	}
 	res, err := clipagiqa.Train(ctx, m, p.Parts, r.train, cb)
 	bar.clear()
+	reportAllReduce(r.errw, r.train.Parallel, res)
 	if res == nil {
 		return nil, err
 	}
