@@ -33,17 +33,34 @@ type DataParallel struct {
 // NewDataParallel wraps a joined group (Local() for a single process).
 func NewDataParallel(g *Group) *DataParallel { return &DataParallel{g: g} }
 
-// Group is the underlying process group.
-func (d *DataParallel) Group() *Group { return d.g }
+// A nil *DataParallel is a single process: rank 0 of 1.
+
+// Group is the underlying process group (Local() for nil).
+func (d *DataParallel) Group() *Group {
+	if d == nil {
+		return Local()
+	}
+	return d.g
+}
 
 // Rank is this process's rank.
-func (d *DataParallel) Rank() int { return d.g.Rank() }
+func (d *DataParallel) Rank() int {
+	if d == nil {
+		return 0
+	}
+	return d.g.Rank()
+}
 
 // WorldSize is the number of processes.
-func (d *DataParallel) WorldSize() int { return d.g.WorldSize() }
+func (d *DataParallel) WorldSize() int {
+	if d == nil {
+		return 1
+	}
+	return d.g.WorldSize()
+}
 
 // IsMain reports whether this rank writes checkpoints, metrics and plots.
-func (d *DataParallel) IsMain() bool { return d.g.IsMain() }
+func (d *DataParallel) IsMain() bool { return d.Rank() == 0 }
 
 // LocalBatch is each rank's share of a global batch; sizes that do not
 // divide by the world size are refused, so every step averages equal shards.
@@ -206,13 +223,16 @@ type ReduceStats struct {
 
 // Stats returns the all-reduce costs so far.
 func (d *DataParallel) Stats() ReduceStats {
+	if d == nil {
+		return ReduceStats{}
+	}
 	return ReduceStats{Calls: d.reduceCalls.Load(), Bytes: d.reduceBytes.Load(), Elapsed: time.Duration(d.reduceNanos.Load())}
 }
 
 // AllGatherFloat32 concatenates every rank's slice in rank order; all slices
 // must have the same length.
 func (d *DataParallel) AllGatherFloat32(local []float32) ([]float32, error) {
-	return d.g.AllGatherFloat32(local)
+	return d.Group().AllGatherFloat32(local)
 }
 
 // AllGatherFloat32 concatenates every rank's slice in rank order; all slices

@@ -354,6 +354,13 @@ func TestLocalGroup(t *testing.T) {
 	if err := g.Close(); err != nil || g.Close() != nil {
 		t.Fatal("Close not idempotent")
 	}
+	var none *DataParallel // a nil DataParallel is one process
+	if none.WorldSize() != 1 || !none.IsMain() || len(none.Sampler([]int{1, 2, 3})) != 3 || none.Stats() != (ReduceStats{}) {
+		t.Fatal("nil DataParallel is not a single process")
+	}
+	if l, err := none.AverageGradients(nil, 2.5, 4); err != nil || l != 2.5 {
+		t.Fatalf("nil AverageGradients: %v %v", l, err)
+	}
 }
 
 // workerDDP checks AverageGradients against a hand computation: rank r has
