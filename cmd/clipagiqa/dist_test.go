@@ -223,3 +223,40 @@ func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
 }
+
+// SIGINT to `launch` reaches both ranks; the run stops with a failure
+// status, and the last finished epoch is on disk for --resume.
+func TestLaunchForwardsInterrupt(t *testing.T) {
+	_, trainCSV, testCSV := smallSet(t)
+	out := filepath.Join(t.TempDir(), "run")
+	c, stdout, stderr := cliCmd(nil, append([]string{"launch", "--nproc-per-node", "2", "--master-port", "0", "--"},
+		trainArgs(trainCSV, testCSV, out, 200)...)...)
+	require.NoError(t, c.Start())
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if _, err := os.Stat(filepath.Join(out, "last", "model.pt")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			_ = c.Process.Kill()
+			t.Fatalf("no checkpoint appeared: %s", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	require.NoError(t, c.Process.Signal(os.Interrupt))
+	done := make(chan error, 1)
+	go func() { done <- c.Wait() }()
+	select {
+	case err := <-done:
+		require.Error(t, err, "an interrupted run must not exit 0\n%s", stdout.String())
+		t.Logf("launch exited: %v", err)
+	case <-time.After(60 * time.Second):
+		_ = c.Process.Kill()
+		t.Fatalf("launch did not stop within 60s of SIGINT:\n%s", stderr.String())
+	}
+	require.Contains(t, stderr.String(), "interrupted")
+	ck, err := clipagiqa.ReadCheckpoint(filepath.Join(out, "last"), 0)
+	require.NoError(t, err)
+	require.Less(t, ck.Epoch, 200)
+	t.Logf("stopped with epoch %d saved", ck.Epoch)
+}

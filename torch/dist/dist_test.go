@@ -169,7 +169,11 @@ func workerDie(g *Group) error {
 	if err := g.Barrier(); err != nil {
 		return err
 	}
-	if g.Rank() == g.WorldSize()-1 {
+	victim := g.WorldSize() - 1
+	if os.Getenv("DIST_TEST_VICTIM") == "0" {
+		victim = 0
+	}
+	if g.Rank() == victim {
 		os.Exit(7)
 	}
 	x, _ := torch.FromFloat32([]float32{1}, 1)
@@ -201,7 +205,7 @@ type rankResult struct {
 }
 
 // spawn runs worker as ranks 0..n-1 of a fresh group and waits for all.
-func spawn(t *testing.T, worker string, n int, timeout string) []rankResult {
+func spawn(t *testing.T, worker string, n int, timeout string, env ...string) []rankResult {
 	t.Helper()
 	port := freePort(t)
 	cmds := make([]*exec.Cmd, n)
@@ -212,6 +216,7 @@ func spawn(t *testing.T, worker string, n int, timeout string) []rankResult {
 		c.Env = append(os.Environ(), workerEnv+"="+worker,
 			"RANK="+strconv.Itoa(r), "LOCAL_RANK="+strconv.Itoa(r), "WORLD_SIZE="+strconv.Itoa(n),
 			"MASTER_ADDR=127.0.0.1", "MASTER_PORT="+strconv.Itoa(port), "CLIPAGIQA_DIST_TIMEOUT="+timeout)
+		c.Env = append(c.Env, env...)
 		outs[r], errs[r] = &bytes.Buffer{}, &bytes.Buffer{}
 		c.Stdout, c.Stderr = outs[r], errs[r]
 		if err := c.Start(); err != nil {
@@ -272,6 +277,19 @@ func TestKilledPeerNamed(t *testing.T) {
 		t.Errorf("the error took %.1fs, more than the %v timeout", secs, timeout)
 	}
 	t.Logf("rank 0 failed after %.2fs: %s", secs, strings.TrimSpace(r0.stdout))
+}
+
+// When rank 0, the store host, dies, the survivor says so.
+func TestKilledStoreHostNamed(t *testing.T) {
+	res := spawn(t, "die", 2, "10s", "DIST_TEST_VICTIM=0")
+	if res[0].code != 7 {
+		t.Fatalf("rank 0 should have exited 7, got %d: %s", res[0].code, res[0].stderr)
+	}
+	r1 := res[1]
+	if r1.code != 0 || !strings.Contains(r1.stdout, "lost rank 0") {
+		t.Fatalf("rank 1: exit %d, want an error naming rank 0:\n%s\n%s", r1.code, r1.stdout, r1.stderr)
+	}
+	t.Log(strings.TrimSpace(r1.stdout))
 }
 
 func TestPortInUse(t *testing.T) {
