@@ -35,7 +35,6 @@ char *dup_msg(const std::string &s) {
 
 at::Tensor &T(ct_tensor h) { return *static_cast<at::Tensor *>(h); }
 
-const char *kHeartbeatPrefix = "clipagiqa/heartbeat/";
 
 struct Group {
   int rank = 0;
@@ -44,6 +43,7 @@ struct Group {
   int port = 0;
   std::chrono::milliseconds timeout{0};
   std::chrono::milliseconds heartbeat{0};
+  std::string hb_prefix = "clipagiqa/heartbeat/";
   c10::intrusive_ptr<c10d::TCPStore> store;
   c10::intrusive_ptr<c10d::ProcessGroup> pg;
 
@@ -64,7 +64,7 @@ struct Group {
     o.timeout = std::chrono::milliseconds(std::max<int64_t>(heartbeat.count() * 4, 1000));
     hb_store = c10::make_intrusive<c10d::TCPStore>(addr, o);
     hb_thread = std::thread([this] {
-      const std::string key = kHeartbeatPrefix + std::to_string(rank);
+      const std::string key = hb_prefix + std::to_string(rank);
       std::unique_lock<std::mutex> lk(stop_mu);
       while (!stop) {
         lk.unlock();
@@ -97,7 +97,7 @@ struct Group {
     auto read_all = [&](std::vector<int64_t> &v) {
       std::lock_guard<std::mutex> g(hb_mu);
       v.resize(world);
-      for (int r = 0; r < world; r++) v[r] = hb_store->add(kHeartbeatPrefix + std::to_string(r), 0);
+      for (int r = 0; r < world; r++) v[r] = hb_store->add(hb_prefix + std::to_string(r), 0);
     };
     std::vector<int64_t> a, b;
     try {
@@ -207,7 +207,8 @@ int32_t ct_dist_has_nccl(void) {
 
 ct_error ct_dist_init(const char *master_addr, int32_t master_port, int32_t rank,
                       int32_t world_size, int32_t backend, int64_t timeout_ms,
-                      int64_t heartbeat_ms, ct_dist_group *out) {
+                      int64_t heartbeat_ms, int32_t agent_store, const char *store_prefix,
+                      ct_dist_group *out) {
   CT_DIST_TRY
   *out = nullptr;
   if (world_size < 1) throw std::invalid_argument("dist: WORLD_SIZE must be at least 1");
@@ -225,10 +226,12 @@ ct_error ct_dist_init(const char *master_addr, int32_t master_port, int32_t rank
   g->port = master_port;
   g->timeout = std::chrono::milliseconds(timeout_ms);
   g->heartbeat = std::chrono::milliseconds(heartbeat_ms);
+  const std::string prefix = store_prefix ? store_prefix : "";
+  g->hb_prefix = prefix + "/clipagiqa/heartbeat/";
 
   c10d::TCPStoreOptions so;
   so.port = static_cast<uint16_t>(master_port);
-  so.isServer = rank == 0;
+  so.isServer = rank == 0 && !agent_store;
   so.numWorkers = world_size;
   so.waitWorkers = true;
   so.timeout = g->timeout;
@@ -236,7 +239,7 @@ ct_error ct_dist_init(const char *master_addr, int32_t master_port, int32_t rank
   try {
     g->store = c10::make_intrusive<c10d::TCPStore>(g->addr, so);
   } catch (const std::exception &e) {
-    std::string msg = rank == 0 ? "dist: rank 0 could not host the store on port " +
+    std::string msg = so.isServer ? "dist: rank 0 could not host the store on port " +
                                       std::to_string(master_port) + " (MASTER_PORT; in use?)"
                                 : "dist: rank " + std::to_string(rank) + " could not reach the store at " +
                                       where + " (MASTER_ADDR:MASTER_PORT) within " +
@@ -245,7 +248,9 @@ ct_error ct_dist_init(const char *master_addr, int32_t master_port, int32_t rank
     if (auto *ce = dynamic_cast<const c10::Error *>(&e)) cause = ce->what_without_backtrace();
     throw std::runtime_error(msg + ": " + cause);
   }
-  auto prefixed = c10::make_intrusive<c10d::PrefixStore>("default_pg", g->store);
+  c10::intrusive_ptr<c10d::Store> base = g->store;
+  if (!prefix.empty()) base = c10::make_intrusive<c10d::PrefixStore>(prefix, base);
+  auto prefixed = c10::make_intrusive<c10d::PrefixStore>("default_pg", base);
   try {
     if (backend == CT_DIST_GLOO) {
       auto opts = c10d::ProcessGroupGloo::Options::create(g->timeout);

@@ -27,12 +27,15 @@ enum { CT_DIST_SUM = 0, CT_DIST_AVG = 1, CT_DIST_MAX = 2, CT_DIST_MIN = 3 };
 int32_t ct_dist_has_nccl(void);
 
 /* Joins the group: rank 0 hosts the TCPStore on master_port, the others
- * connect to master_addr:master_port. timeout_ms bounds the rendezvous and
- * every later collective; heartbeat_ms > 0 starts a liveness counter used to
- * name lost peers. */
+ * connect to master_addr:master_port. With agent_store set, a launcher
+ * (torchrun's static rendezvous) already hosts it and every rank connects as
+ * a client. Keys are prefixed with store_prefix ("" for none). timeout_ms
+ * bounds the rendezvous and every later collective; heartbeat_ms > 0 starts a
+ * liveness counter used to name lost peers. */
 ct_error ct_dist_init(const char *master_addr, int32_t master_port,
                       int32_t rank, int32_t world_size, int32_t backend,
                       int64_t timeout_ms, int64_t heartbeat_ms,
+                      int32_t agent_store, const char *store_prefix,
                       ct_dist_group *out);
 /* Destroys the group (waits for its worker threads). NULL is ignored. */
 void ct_dist_free(ct_dist_group g);

@@ -77,6 +77,11 @@ type Env struct {
 	LocalRank  int    // LOCAL_RANK: index on this machine (picks the GPU)
 	MasterAddr string // MASTER_ADDR: host of rank 0, which hosts the store
 	MasterPort int    // MASTER_PORT: TCP port of the store
+	// AgentStore is set when the launcher hosts the store itself
+	// (TORCHELASTIC_USE_AGENT_STORE=True, torchrun's static rendezvous): every
+	// rank connects as a client, under the prefix /worker/attempt_<restart>.
+	AgentStore   bool
+	RestartCount int // TORCHELASTIC_RESTART_COUNT
 }
 
 // Distributed reports whether the environment asks for more than one process.
@@ -124,6 +129,10 @@ func envFrom(get func(string) string) (Env, error) {
 		e.MasterAddr = a
 	} else if multi && e.Rank != 0 {
 		return Env{}, fmt.Errorf("dist: WORLD_SIZE=%d but MASTER_ADDR is not set", e.WorldSize)
+	}
+	e.AgentStore = get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+	if err := num("TORCHELASTIC_RESTART_COUNT", &e.RestartCount, e.AgentStore && multi); err != nil {
+		return Env{}, err
 	}
 	if e.Rank >= e.WorldSize {
 		return Env{}, fmt.Errorf("dist: RANK=%d is outside [0, WORLD_SIZE=%d)", e.Rank, e.WorldSize)
@@ -194,9 +203,15 @@ func Init(env Env, opts Options) (*Group, error) {
 	}
 	addr := C.CString(env.MasterAddr)
 	defer C.free(unsafe.Pointer(addr))
+	prefix, agent := "", C.int32_t(0)
+	if env.AgentStore {
+		prefix, agent = fmt.Sprintf("/worker/attempt_%d", env.RestartCount), 1
+	}
+	cprefix := C.CString(prefix)
+	defer C.free(unsafe.Pointer(cprefix))
 	var h C.ct_dist_group
 	if err := cErr(C.ct_dist_init(addr, C.int32_t(env.MasterPort), C.int32_t(env.Rank), C.int32_t(env.WorldSize),
-		C.int32_t(opts.Backend), C.int64_t(opts.Timeout.Milliseconds()), C.int64_t(hb.Milliseconds()), &h)); err != nil {
+		C.int32_t(opts.Backend), C.int64_t(opts.Timeout.Milliseconds()), C.int64_t(hb.Milliseconds()), agent, cprefix, &h)); err != nil {
 		return nil, err
 	}
 	return &Group{h: h, rank: env.Rank, world: env.WorldSize, timeout: opts.Timeout}, nil

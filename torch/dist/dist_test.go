@@ -329,6 +329,9 @@ func TestEnvFrom(t *testing.T) {
 		{"unset is single process", nil, Env{WorldSize: 1, MasterAddr: "127.0.0.1", MasterPort: 29500}, ""},
 		{"torchrun", map[string]string{"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "node0", "MASTER_PORT": "1234"},
 			Env{Rank: 3, WorldSize: 4, LocalRank: 1, MasterAddr: "node0", MasterPort: 1234}, ""},
+		{"torchrun agent store", map[string]string{"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "9",
+			"TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RESTART_COUNT": "2"},
+			Env{Rank: 1, WorldSize: 2, MasterAddr: "h", MasterPort: 9, AgentStore: true, RestartCount: 2}, ""},
 		{"missing rank", map[string]string{"WORLD_SIZE": "2", "MASTER_ADDR": "x"}, Env{}, "RANK is not set"},
 		{"missing addr", map[string]string{"WORLD_SIZE": "2", "RANK": "1"}, Env{}, "MASTER_ADDR is not set"},
 		{"bad rank", map[string]string{"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "x"}, Env{}, "outside"},
@@ -498,5 +501,43 @@ func TestSamplerSpans(t *testing.T) {
 				t.Fatalf("n=%d w=%d: item %d taken %d times", c.n, c.w, i, k)
 			}
 		}
+	}
+}
+
+// The ranks join a group started by PyTorch's own torchrun, in both its
+// rendezvous modes: static (torchrun's agent hosts the store; every rank is
+// a client) and c10d (rank 0 hosts it).
+func TestTorchrun(t *testing.T) {
+	const py = "/usr/bin/python3"
+	if err := exec.Command(py, "-c", "import torch.distributed.run").Run(); err != nil {
+		t.Skipf("no torchrun (%s with torch): %v", py, err)
+	}
+	for _, mode := range []string{"static", "c10d"} {
+		t.Run(mode, func(t *testing.T) {
+			port := strconv.Itoa(freePort(t))
+			// --redirects/--tee 2: Debian's torch 1.13 on Python 3.11 cannot parse the default 0.
+			args := []string{"-m", "torch.distributed.run", "--nproc_per_node", "2", "--redirects", "2", "--tee", "2"}
+			if mode == "static" {
+				args = append(args, "--master_port", port)
+			} else {
+				args = append(args, "--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:"+port)
+			}
+			args = append(args, "--no_python", os.Args[0], "-test.run=^$")
+			c := exec.Command(py, args...)
+			c.Env = append(os.Environ(), workerEnv+"=collectives", "CLIPAGIQA_DIST_TIMEOUT=30s")
+			done := make(chan struct{})
+			go func() {
+				select {
+				case <-done:
+				case <-time.After(120 * time.Second):
+					_ = c.Process.Kill()
+				}
+			}()
+			out, err := c.CombinedOutput()
+			close(done)
+			if err != nil || strings.Count(string(out), "collectives ok") != 2 {
+				t.Fatalf("torchrun (%s): %v\n%s", mode, err, out)
+			}
+		})
 	}
 }
