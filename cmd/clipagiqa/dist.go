@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa"
 	"github.com/clipagiqa/clipagiqa/torch/dist"
@@ -17,14 +18,26 @@ func joinTrainingGroup(c *cli.Context) (*dist.Group, error) {
 	if err != nil {
 		return nil, err
 	}
-	g, err := dist.Init(env, dist.Options{})
+	opts := dist.Options{Backend: dist.Gloo}
+	if env.Distributed() {
+		dev := rankDevice(c.String("device"), env)
+		if dev != c.String("device") {
+			if err := c.Set("device", dev); err != nil {
+				return nil, err
+			}
+		}
+		if strings.HasPrefix(dev, "cuda") && dist.HasNCCL() {
+			opts.Backend = dist.NCCL
+		}
+	}
+	g, err := dist.Init(env, opts)
 	if err != nil {
 		return nil, err
 	}
 	if g.WorldSize() > 1 {
 		if g.IsMain() {
-			fmt.Fprintf(c.App.ErrWriter, "data-parallel: %d ranks (gloo, store %s:%d, collective timeout %v); batch %d = %d per rank\n",
-				g.WorldSize(), env.MasterAddr, env.MasterPort, g.Timeout(), c.Int("batch-size"), c.Int("batch-size")/g.WorldSize())
+			fmt.Fprintf(c.App.ErrWriter, "data-parallel: %d ranks (%s, store %s:%d, collective timeout %v); batch %d = %d per rank\n",
+				g.WorldSize(), opts.Backend, env.MasterAddr, env.MasterPort, g.Timeout(), c.Int("batch-size"), c.Int("batch-size")/g.WorldSize())
 		} else {
 			c.App.Writer, c.App.ErrWriter = io.Discard, io.Discard
 		}
@@ -47,4 +60,13 @@ func reportAllReduce(w io.Writer, dp *dist.DataParallel, res *clipagiqa.TrainRes
 	st := dp.Stats()
 	fmt.Fprintf(w, "data-parallel: all-reduce %d bytes in %d calls over %d steps (%d bytes/step), %.3fs of %.3fs training epochs (%.1f%%)\n",
 		st.Bytes, st.Calls, steps, st.Bytes/int64(max(steps, 1)), st.Elapsed.Seconds(), secs, 100*st.Elapsed.Seconds()/max(secs, 1e-9))
+}
+
+// rankDevice maps a plain --device cuda to this rank's GPU, cuda:LOCAL_RANK,
+// as torchrun scripts do; an explicit cuda:N or cpu is kept.
+func rankDevice(flag string, env dist.Env) string {
+	if flag == "cuda" && env.Distributed() {
+		return fmt.Sprintf("cuda:%d", env.LocalRank)
+	}
+	return flag
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa"
+	"github.com/clipagiqa/clipagiqa/torch/dist"
 	"github.com/clipagiqa/clipagiqa/torch/dist/launch"
 	"github.com/stretchr/testify/require"
 )
@@ -259,4 +260,22 @@ func TestLaunchForwardsInterrupt(t *testing.T) {
 	require.NoError(t, err)
 	require.Less(t, ck.Epoch, 200)
 	t.Logf("stopped with epoch %d saved", ck.Epoch)
+}
+
+func TestRankDevice(t *testing.T) {
+	two := dist.Env{Rank: 3, WorldSize: 4, LocalRank: 1}
+	for _, c := range []struct {
+		flag string
+		env  dist.Env
+		want string
+	}{
+		{"cuda", two, "cuda:1"},
+		{"cuda:0", two, "cuda:0"},
+		{"cpu", two, "cpu"},
+		{"cuda", dist.Env{WorldSize: 1}, "cuda"},
+	} {
+		if got := rankDevice(c.flag, c.env); got != c.want {
+			t.Errorf("rankDevice(%q, %+v) = %q, want %q", c.flag, c.env, got, c.want)
+		}
+	}
 }
