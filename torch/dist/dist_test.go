@@ -30,6 +30,7 @@ var workers = map[string]func(g *Group) error{
 	"collectives": workerCollectives,
 	"die":         workerDie,
 	"ddp":         workerDDP,
+	"stall":       workerStall,
 }
 
 func runWorker(name string) int {
@@ -188,6 +189,28 @@ func workerDie(g *Group) error {
 	return nil
 }
 
+// workerStall: the last rank stays alive but skips the collective; the
+// others must time out instead of hanging.
+func workerStall(g *Group) error {
+	if err := g.Barrier(); err != nil {
+		return err
+	}
+	if g.Rank() == g.WorldSize()-1 {
+		time.Sleep(3 * g.Timeout())
+		return nil
+	}
+	x, _ := torch.FromFloat32([]float32{1}, 1)
+	defer x.Close()
+	start := time.Now()
+	err := g.AllReduce(Sum, x)
+	fmt.Printf("elapsed %.2fs\n", time.Since(start).Seconds())
+	if err == nil {
+		return fmt.Errorf("all_reduce with a stalled peer succeeded")
+	}
+	fmt.Printf("peer error: %v\n", err)
+	return nil
+}
+
 func freePort(t *testing.T) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -277,6 +300,27 @@ func TestKilledPeerNamed(t *testing.T) {
 		t.Errorf("the error took %.1fs, more than the %v timeout", secs, timeout)
 	}
 	t.Logf("rank 0 failed after %.2fs: %s", secs, strings.TrimSpace(r0.stdout))
+}
+
+// A peer that is alive but never joins the collective gives a timeout error.
+func TestStalledPeerTimesOut(t *testing.T) {
+	const timeout = 3 * time.Second
+	res := spawn(t, "stall", 2, timeout.String())
+	r0 := res[0]
+	if r0.code != 0 {
+		t.Fatalf("rank 0: exit %d\n%s\n%s", r0.code, r0.stdout, r0.stderr)
+	}
+	var secs float64
+	if _, err := fmt.Sscanf(r0.stdout, "elapsed %fs", &secs); err != nil {
+		t.Fatalf("no elapsed time in %q", r0.stdout)
+	}
+	if secs < timeout.Seconds()*0.9 || secs > timeout.Seconds()+5 {
+		t.Errorf("failed after %.1fs, want about the %v timeout", secs, timeout)
+	}
+	if strings.Contains(r0.stdout, "lost rank") {
+		t.Errorf("a live peer was reported lost: %s", r0.stdout)
+	}
+	t.Logf("rank 0 after %.2fs: %s", secs, strings.TrimSpace(r0.stdout))
 }
 
 // When rank 0, the store host, dies, the survivor says so.
