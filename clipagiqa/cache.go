@@ -467,6 +467,9 @@ func CacheImageFeatures(ctx context.Context, m *Model, samples []data.Sample, op
 		}
 	}
 	out.Stats.Hits, out.Stats.Misses = len(order)-len(miss), len(miss)
+	if err := agree(opts.Parallel, "the features to encode (count, hash)", missKey(miss, hashes)...); err != nil {
+		return nil, fmt.Errorf("feature cache: %w", err)
+	}
 	newRows := map[[32]byte][]float32{}
 	if len(miss) > 0 {
 		start := time.Now()

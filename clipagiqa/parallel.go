@@ -136,3 +136,38 @@ func rankOrder(dp *dist.DataParallel, order []int, bs int) ([]int, int) {
 	}
 	return mine, bs / dp.WorldSize()
 }
+
+// agree checks that every rank holds the same values (small integers, below
+// 2^24), so that ranks which would run different collectives fail with a
+// clear error instead of mismatching. what names the values for the message.
+func agree(g Gatherer, what string, vals ...int) error {
+	if g == nil || g.WorldSize() <= 1 {
+		return nil
+	}
+	local := make([]float32, len(vals))
+	for i, v := range vals {
+		local[i] = float32(v)
+	}
+	all, err := g.AllGatherFloat32(local)
+	if err != nil {
+		return fmt.Errorf("checking %s across ranks: %w", what, err)
+	}
+	for r := range g.WorldSize() {
+		for i := range vals {
+			if all[r*len(vals)+i] != all[i] {
+				return fmt.Errorf("ranks disagree on %s: rank 0 has %v, rank %d has %v (are the output and cache directories on a filesystem all ranks share?)",
+					what, all[:len(vals)], r, all[r*len(vals):(r+1)*len(vals)])
+			}
+		}
+	}
+	return nil
+}
+
+// missKey summarises the contents to encode: their count and a 16-bit hash.
+func missKey(miss []int, hashes [][32]byte) []int {
+	var h uint16
+	for _, i := range miss {
+		h = h*31 + uint16(hashes[i][0])<<8 + uint16(hashes[i][1])
+	}
+	return []int{len(miss), int(h)}
+}

@@ -262,6 +262,9 @@ func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callb
 			return nil, fmt.Errorf("train: resume: %w", err)
 		}
 	}
+	if err := agree(dp, "the epoch to start from", st.Epoch); err != nil {
+		return nil, fmt.Errorf("train: resume: %w", err)
+	}
 	if err := dp.BroadcastParams(m.Params()...); err != nil { // every rank starts from rank 0's weights
 		return nil, fmt.Errorf("train: %w", err)
 	}

@@ -279,3 +279,27 @@ func TestRankDevice(t *testing.T) {
 		}
 	}
 }
+
+// Ranks that see different output directories (no shared filesystem) stop
+// with a clear error instead of running mismatched collectives.
+func TestDataParallelDetectsUnsharedOutput(t *testing.T) {
+	_, trainCSV, testCSV := smallSet(t)
+	dir := t.TempDir()
+	seen := filepath.Join(dir, "seen")
+	_, stderr, err := runCLI(t, nil, trainArgs(trainCSV, testCSV, seen, 1)...)
+	require.NoError(t, err, stderr)
+	port, err := launch.FreePort("127.0.0.1")
+	require.NoError(t, err)
+	var cmds []*exec.Cmd
+	var errs []*bytes.Buffer
+	for r, out := range []string{seen, filepath.Join(dir, "empty")} {
+		args := append(trainArgs(trainCSV, testCSV, out, 3), "--resume")
+		c, _, errb := cliCmd(launch.ChildEnv(nil, r, 2, "127.0.0.1", port), args...)
+		require.NoError(t, c.Start())
+		cmds, errs = append(cmds, c), append(errs, errb)
+	}
+	for r, c := range cmds {
+		require.Error(t, c.Wait(), "rank %d", r)
+	}
+	require.Contains(t, errs[0].String(), "ranks disagree on the epoch to start from: rank 0 has [1], rank 1 has [0]")
+}
