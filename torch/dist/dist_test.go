@@ -498,6 +498,16 @@ func workerDDP(g *Group) error {
 	if st := d.Stats(); st.Calls != 2 || st.Bytes != 4*(3+1+2) {
 		return fmt.Errorf("stats %+v: want 2 calls of 24 bytes in all", st)
 	}
+	// Repeated steps free what they make.
+	live := torch.LiveTensors()
+	for range 5 {
+		if _, err := d.AverageGradients([]*torch.Tensor{p1, p2}, 1, n); err != nil {
+			return err
+		}
+	}
+	if now := torch.LiveTensors(); now != live {
+		return fmt.Errorf("AverageGradients leaks: %d live tensors, was %d", now, live)
+	}
 	if _, err := d.LocalBatch(g.WorldSize()*4 + 1); err == nil {
 		return fmt.Errorf("indivisible batch accepted")
 	}
