@@ -20,6 +20,9 @@ type SGDOptions struct {
 // SGD is stochastic gradient descent with PyTorch's exact update rule. Its
 // momentum buffers are ordinary tensors, so checkpoints can save and restore
 // them (needed to resume official CLIP-AGIQA runs).
+//
+// Deprecated: use torch/optim, which adds named parameters, groups, Adam(W),
+// schedules and PyTorch's optimizer state dicts.
 type SGD struct {
 	Options SGDOptions
 	params  []*Tensor
