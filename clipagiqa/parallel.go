@@ -171,3 +171,20 @@ func missKey(miss []int, hashes [][32]byte) []int {
 	}
 	return []int{len(miss), int(h)}
 }
+
+// stopContext is the context a data-parallel epoch loop watches: it ends
+// only once the ranks agreed to stop (this rank votes when ctx ends; votes
+// ride on the gradient all-reduce), so all ranks stop after the same step
+// instead of one leaving the others in a collective. One process: ctx itself.
+func stopContext(ctx context.Context, dp *dist.DataParallel) (context.Context, context.CancelFunc) {
+	if dp.WorldSize() <= 1 {
+		return ctx, func() {}
+	}
+	agreed, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	dp.StopVote = func() bool { return ctx.Err() != nil }
+	dp.OnStop = cancel
+	return agreed, func() {
+		dp.StopVote, dp.OnStop = nil, nil
+		cancel()
+	}
+}

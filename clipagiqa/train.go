@@ -346,6 +346,8 @@ func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callb
 	}
 	res.StartEpoch = st.Epoch
 	r := int64(prep.Size)
+	ctx, endRun := stopContext(ctx, dp) // data-parallel: every rank stops after the same step
+	defer endRun()
 
 	for epoch := st.Epoch; epoch < cfg.Epochs; epoch++ {
 		if err := ctx.Err(); err != nil {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -256,6 +257,11 @@ func TestLaunchForwardsInterrupt(t *testing.T) {
 		t.Fatalf("launch did not stop within 60s of SIGINT:\n%s", stderr.String())
 	}
 	require.Contains(t, stderr.String(), "interrupted")
+	// The ranks agreed on the step to stop at: nobody was left in a collective.
+	require.NotContains(t, stderr.String(), "lost rank")
+	stops := regexp.MustCompile(`clipagiqa: train: (interrupted in|stopped before) epoch (\d+)`).FindAllStringSubmatch(stderr.String(), -1)
+	require.Len(t, stops, 2, stderr.String())
+	require.Equal(t, stops[0][0], stops[1][0], "both ranks stop at the same point")
 	ck, err := clipagiqa.ReadCheckpoint(filepath.Join(out, "last"), 0)
 	require.NoError(t, err)
 	require.Less(t, ck.Epoch, 200)

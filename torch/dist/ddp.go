@@ -24,6 +24,13 @@ const DefaultBucketBytes = 25 << 20
 type DataParallel struct {
 	g           *Group
 	BucketBytes int64 // gradient bucket size; DefaultBucketBytes when 0
+	// StopVote, when set, is this rank's wish to stop (a signal arrived). The
+	// votes ride on each gradient all-reduce; once any rank voted, every rank
+	// sees StopAgreed after the same step and OnStop runs (if set).
+	StopVote func() bool
+	OnStop   func()
+
+	stopAgreed atomic.Bool
 
 	reduceNanos atomic.Int64
 	reduceBytes atomic.Int64
@@ -112,7 +119,7 @@ func (d *DataParallel) BroadcastParams(params ...*torch.Tensor) error {
 // loss over the global batch: Σ_r n_r·g_r / Σ_r n_r. Gradients are flattened
 // into buckets of at most BucketBytes, one all-reduce each; the loss and n
 // ride in the last bucket, so the global mean loss is returned at no extra
-// cost. Parameters without a gradient contribute zeros, as in DDP with
+// cost, and so do the stop votes (see StopVote). Parameters without a gradient contribute zeros, as in DDP with
 // find_unused_parameters.
 func (d *DataParallel) AverageGradients(params []*torch.Tensor, loss float64, n int) (float64, error) {
 	if d.WorldSize() == 1 {
@@ -163,7 +170,11 @@ func (d *DataParallel) AverageGradients(params []*torch.Tensor, loss float64, n 
 			parts = append(parts, s.Reshape(s.To(grads[i], torch.Float32, grads[i].Device()), -1))
 		}
 		if bi == len(buckets)-1 {
-			parts = append(parts, s.FromFloat32On(grads[idx[0]].Device(), []float32{float32(loss), 1}, 2))
+			vote := float32(0)
+			if d.StopVote != nil && d.StopVote() {
+				vote = 1
+			}
+			parts = append(parts, s.FromFloat32On(grads[idx[0]].Device(), []float32{float32(loss), 1, vote}, 3))
 		}
 		flat := s.MulScalar(s.Cat(0, parts...), float64(n))
 		if err := s.Err(); err != nil {
@@ -180,7 +191,7 @@ func (d *DataParallel) AverageGradients(params []*torch.Tensor, loss float64, n 
 	}
 	tail := flats[len(flats)-1]
 	k := tail.Numel()
-	sums, err := s.Narrow(tail, 0, k-2, 2).Float64s()
+	sums, err := s.Narrow(tail, 0, k-3, 3).Float64s()
 	if err != nil {
 		return 0, fmt.Errorf("dist: reading the reduced loss: %w", err)
 	}
@@ -189,6 +200,9 @@ func (d *DataParallel) AverageGradients(params []*torch.Tensor, loss float64, n 
 		return 0, fmt.Errorf("dist: the global batch is empty")
 	}
 	globalLoss = sums[0] / total
+	if sums[2] > 0 && !d.stopAgreed.Swap(true) && d.OnStop != nil {
+		d.OnStop()
+	}
 	for bi, idx := range buckets {
 		flat := s.DivScalar(flats[bi], total)
 		var off int64
@@ -213,6 +227,9 @@ func (d *DataParallel) AverageGradients(params []*torch.Tensor, loss float64, n 
 	}
 	return globalLoss, nil
 }
+
+// StopAgreed reports whether a rank voted to stop in a finished step.
+func (d *DataParallel) StopAgreed() bool { return d != nil && d.stopAgreed.Load() }
 
 // ReduceStats are the cumulative gradient all-reduce costs of this rank.
 type ReduceStats struct {

@@ -495,9 +495,23 @@ func workerDDP(g *Group) error {
 	if math.Abs(loss-wantLoss/total) > 1e-5 {
 		return fmt.Errorf("loss %v, want %v", loss, wantLoss/total)
 	}
-	if st := d.Stats(); st.Calls != 2 || st.Bytes != 4*(3+1+2) {
-		return fmt.Errorf("stats %+v: want 2 calls of 24 bytes in all", st)
+	if st := d.Stats(); st.Calls != 2 || st.Bytes != 4*(3+1+3) {
+		return fmt.Errorf("stats %+v: want 2 calls of 28 bytes in all", st)
 	}
+	// The last rank votes to stop: every rank learns it from the same step.
+	if d.StopAgreed() {
+		return fmt.Errorf("stop agreed before any vote")
+	}
+	stopped := 0
+	d.StopVote = func() bool { return g.Rank() == g.WorldSize()-1 }
+	d.OnStop = func() { stopped++ }
+	if _, err := d.AverageGradients([]*torch.Tensor{p1, p2}, 1, n); err != nil {
+		return err
+	}
+	if !d.StopAgreed() || stopped != 1 {
+		return fmt.Errorf("rank %d: stop vote not seen (agreed %v, OnStop ran %d times)", g.Rank(), d.StopAgreed(), stopped)
+	}
+	d.StopVote, d.OnStop = nil, nil
 	// Repeated steps free what they make.
 	live := torch.LiveTensors()
 	for range 5 {

@@ -152,12 +152,15 @@ func Run(ctx context.Context, cfg Config, sigs <-chan os.Signal) (Result, error)
 			_ = c.Process.Signal(s)
 		}
 	}
-	stopAll := func() {
-		signalAll(syscall.SIGTERM)
+	killLater := sync.OnceFunc(func() {
 		go func() {
 			time.Sleep(cfg.Grace)
 			signalAll(syscall.SIGKILL)
 		}()
+	})
+	stopAll := func() {
+		signalAll(syscall.SIGTERM)
+		killLater()
 	}
 
 	for r := 0; r < cfg.NProc; r++ {
@@ -187,16 +190,18 @@ func Run(ctx context.Context, cfg Config, sigs <-chan os.Signal) (Result, error)
 	}
 
 	res := Result{FailedRank: -1}
-	stopping := false
+	stopping := false // the children were told to stop (SIGTERM or a forwarded signal)
 	for left := cfg.NProc; left > 0; {
 		select {
 		case e := <-exits:
 			left--
 			if code := exitCode(e.state); code != 0 && res.FailedRank < 0 {
 				res = Result{ExitCode: code, FailedRank: e.rank}
-				if left > 0 {
+				if left > 0 && !stopping {
 					fmt.Fprintf(cfg.Stderr, "launch: rank %d exited with status %d; stopping the other %d\n", e.rank, code, left)
 				}
+				// After a forwarded signal the others are already stopping on
+				// their own: a second signal could cut their shutdown short.
 				if !stopping {
 					stopping = true
 					stopAll()
@@ -204,6 +209,8 @@ func Run(ctx context.Context, cfg Config, sigs <-chan os.Signal) (Result, error)
 			}
 		case s := <-sigs:
 			signalAll(s)
+			stopping = true
+			killLater()
 		case <-ctx.Done():
 			if !stopping {
 				stopping = true

@@ -47,7 +47,16 @@ func child(mode string) int {
 		}
 		select {
 		case s := <-ch:
-			_ = os.WriteFile(filepath.Join(os.Getenv("LAUNCH_TEST_DIR"), "got-"+rank), []byte(s.String()), 0o644)
+			got := s.String()
+			// Rank 1 shuts down slowly; a second signal would be recorded.
+			if rank == "1" {
+				select {
+				case s2 := <-ch:
+					got += "," + s2.String()
+				case <-time.After(time.Second):
+				}
+			}
+			_ = os.WriteFile(filepath.Join(os.Getenv("LAUNCH_TEST_DIR"), "got-"+rank), []byte(got), 0o644)
 			return 130
 		case <-time.After(time.Minute):
 			return 8
