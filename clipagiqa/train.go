@@ -65,7 +65,7 @@ type TrainConfig struct {
 	SkipBadImages bool
 	// Parallel makes this process one rank of data-parallel training (nil or
 	// world size 1: a single process). BatchSize stays the global batch.
-	Parallel *dist.DataParallel
+	Parallel *dist.DataParallel `json:"-"`
 
 	inLoopCenter bool // tests: encoder in the loop on the centre transform
 }
