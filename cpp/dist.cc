@@ -1,12 +1,19 @@
 // c10d bindings: process group init, collectives with timeouts, and a
 // store-based heartbeat that lets a failed collective name the lost rank.
-#define USE_C10D_GLOO 1
 #include "dist.h"
 
 #include <torch/torch.h>
+#include <torch/version.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+// Gloo is compiled in where CMake found its headers (libgloo-dev); libtorch
+// itself carries the implementation.
+#if defined(CT_WITH_GLOO)
+#define USE_C10D_GLOO 1
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
 
 // NCCL is compiled in only where CMake found a CUDA libtorch and nccl.h.
 #if defined(CT_WITH_NCCL)
@@ -27,6 +34,13 @@
 
 namespace {
 
+// libtorch 2.x implements backends as c10d::Backend, 1.13 as ProcessGroup.
+#if TORCH_VERSION_MAJOR >= 2
+using BackendBase = c10d::Backend;
+#else
+using BackendBase = c10d::ProcessGroup;
+#endif
+
 char *dup_msg(const std::string &s) {
   char *p = static_cast<char *>(std::malloc(s.size() + 1));
   if (p) std::memcpy(p, s.c_str(), s.size() + 1);
@@ -45,7 +59,7 @@ struct Group {
   std::chrono::milliseconds heartbeat{0};
   std::string hb_prefix = "clipagiqa/heartbeat/";
   c10::intrusive_ptr<c10d::TCPStore> store;
-  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  c10::intrusive_ptr<BackendBase> pg;
 
   // The heartbeat runs on its own store connection: TCPStore clients are not
   // meant to be shared between threads.
@@ -162,12 +176,14 @@ bool is_loopback(const std::string &a) {
   return a == "localhost" || a.rfind("127.", 0) == 0 || a == "::1";
 }
 
+#if defined(CT_WITH_GLOO)
 std::shared_ptr<gloo::transport::Device> gloo_device(const std::string &master_addr) {
   if (const char *ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname)
     return c10d::ProcessGroupGloo::createDeviceForInterface(ifname);
   if (is_loopback(master_addr)) return c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1");
   return c10d::ProcessGroupGloo::createDefaultDevice();
 }
+#endif
 
 std::vector<at::Tensor> tensors(const ct_tensor *ts, int64_t n) {
   std::vector<at::Tensor> v;
@@ -196,6 +212,14 @@ std::vector<at::Tensor> tensors(const ct_tensor *ts, int64_t n) {
   return nullptr;
 
 extern "C" {
+
+int32_t ct_dist_has_gloo(void) {
+#if defined(CT_WITH_GLOO)
+  return 1;
+#else
+  return 0;
+#endif
+}
 
 int32_t ct_dist_has_nccl(void) {
 #if defined(CT_WITH_NCCL)
@@ -253,10 +277,14 @@ ct_error ct_dist_init(const char *master_addr, int32_t master_port, int32_t rank
   auto prefixed = c10::make_intrusive<c10d::PrefixStore>("default_pg", base);
   try {
     if (backend == CT_DIST_GLOO) {
+#if defined(CT_WITH_GLOO)
       auto opts = c10d::ProcessGroupGloo::Options::create(g->timeout);
       opts->devices.push_back(gloo_device(g->addr));
       opts->threads = 2;
       g->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, rank, world_size, opts);
+#else
+      throw std::invalid_argument("dist: this build has no Gloo backend (rebuild with libgloo-dev installed)");
+#endif
     } else if (backend == CT_DIST_NCCL) {
 #if defined(CT_WITH_NCCL)
       auto opts = c10d::ProcessGroupNCCL::Options::create();

@@ -23,7 +23,8 @@ typedef void *ct_dist_group;
 enum { CT_DIST_GLOO = 0, CT_DIST_NCCL = 1 };
 enum { CT_DIST_SUM = 0, CT_DIST_AVG = 1, CT_DIST_MAX = 2, CT_DIST_MIN = 3 };
 
-/* Reports whether this library was compiled with the NCCL backend. */
+/* Report whether this library was compiled with the Gloo / NCCL backends. */
+int32_t ct_dist_has_gloo(void);
 int32_t ct_dist_has_nccl(void);
 
 /* Joins the group: rank 0 hosts the TCPStore on master_port, the others

@@ -31,6 +31,14 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// needGloo skips multi-process tests in a build without Gloo (no libgloo-dev).
+func needGloo(t *testing.T) {
+	t.Helper()
+	if !dist.HasGloo() {
+		t.Skip("built without Gloo (install libgloo-dev and rebuild with make native)")
+	}
+}
+
 // cliCmd is the test binary run as `clipagiqa args...`.
 func cliCmd(env []string, args ...string) (*exec.Cmd, *bytes.Buffer, *bytes.Buffer) {
 	c := exec.Command(os.Args[0], args...)
@@ -93,6 +101,7 @@ func trainArgs(trainCSV, testCSV, out string, epochs int) []string {
 }
 
 func TestDataParallelTrainingMatchesOneProcess(t *testing.T) {
+	needGloo(t)
 	_, trainCSV, testCSV := smallSet(t)
 	dir := t.TempDir()
 	one, two := filepath.Join(dir, "one"), filepath.Join(dir, "two")
@@ -127,6 +136,7 @@ func TestDataParallelTrainingMatchesOneProcess(t *testing.T) {
 }
 
 func TestDataParallelRefusesIndivisibleBatch(t *testing.T) {
+	needGloo(t)
 	_, trainCSV, testCSV := smallSet(t)
 	args := trainArgs(trainCSV, testCSV, filepath.Join(t.TempDir(), "run"), 1)
 	for i, a := range args {
@@ -158,6 +168,7 @@ func startRanks(t *testing.T, n int, args ...string) ([]*exec.Cmd, []*bytes.Buff
 // naming it; --resume then continues from the last checkpoint with 2 ranks
 // and with 1 rank, and ends where an uninterrupted run ends.
 func TestDataParallelKilledRankAndResume(t *testing.T) {
+	needGloo(t)
 	_, trainCSV, testCSV := smallSet(t)
 	dir := t.TempDir()
 	const epochs = 20
@@ -229,6 +240,7 @@ func lastLine(s string) string {
 // SIGINT to `launch` reaches both ranks; the run stops with a failure
 // status, and the last finished epoch is on disk for --resume.
 func TestLaunchForwardsInterrupt(t *testing.T) {
+	needGloo(t)
 	_, trainCSV, testCSV := smallSet(t)
 	out := filepath.Join(t.TempDir(), "run")
 	c, stdout, stderr := cliCmd(nil, append([]string{"launch", "--nproc-per-node", "2", "--master-port", "0", "--"},
@@ -289,6 +301,7 @@ func TestRankDevice(t *testing.T) {
 // Ranks that see different output directories (no shared filesystem) stop
 // with a clear error instead of running mismatched collectives.
 func TestDataParallelDetectsUnsharedOutput(t *testing.T) {
+	needGloo(t)
 	_, trainCSV, testCSV := smallSet(t)
 	dir := t.TempDir()
 	seen := filepath.Join(dir, "seen")

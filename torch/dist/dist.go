@@ -46,6 +46,9 @@ func (b Backend) String() string {
 	return "backend(" + strconv.Itoa(int(b)) + ")"
 }
 
+// HasGloo reports whether the native library was compiled with Gloo (CPU).
+func HasGloo() bool { return C.ct_dist_has_gloo() != 0 }
+
 // HasNCCL reports whether the native library was compiled with NCCL.
 func HasNCCL() bool { return C.ct_dist_has_nccl() != 0 }
 

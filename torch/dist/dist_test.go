@@ -211,6 +211,14 @@ func workerStall(g *Group) error {
 	return nil
 }
 
+// needGloo skips multi-process tests in a build without Gloo (no libgloo-dev).
+func needGloo(t *testing.T) {
+	t.Helper()
+	if !HasGloo() {
+		t.Skip("built without Gloo (install libgloo-dev and rebuild with make native)")
+	}
+}
+
 func freePort(t *testing.T) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -268,6 +276,7 @@ func spawn(t *testing.T, worker string, n int, timeout string, env ...string) []
 }
 
 func TestCollectives(t *testing.T) {
+	needGloo(t)
 	for _, n := range []int{2, 3} {
 		t.Run(fmt.Sprintf("world%d", n), func(t *testing.T) {
 			for r, res := range spawn(t, "collectives", n, "30s") {
@@ -280,6 +289,7 @@ func TestCollectives(t *testing.T) {
 }
 
 func TestKilledPeerNamed(t *testing.T) {
+	needGloo(t)
 	const timeout = 10 * time.Second
 	res := spawn(t, "die", 2, timeout.String())
 	if res[1].code != 7 {
@@ -304,6 +314,7 @@ func TestKilledPeerNamed(t *testing.T) {
 
 // A peer that is alive but never joins the collective gives a timeout error.
 func TestStalledPeerTimesOut(t *testing.T) {
+	needGloo(t)
 	const timeout = 3 * time.Second
 	res := spawn(t, "stall", 2, timeout.String())
 	r0 := res[0]
@@ -325,6 +336,7 @@ func TestStalledPeerTimesOut(t *testing.T) {
 
 // When rank 0, the store host, dies, the survivor says so.
 func TestKilledStoreHostNamed(t *testing.T) {
+	needGloo(t)
 	res := spawn(t, "die", 2, "10s", "DIST_TEST_VICTIM=0")
 	if res[0].code != 7 {
 		t.Fatalf("rank 0 should have exited 7, got %d: %s", res[0].code, res[0].stderr)
@@ -541,6 +553,7 @@ func workerDDP(g *Group) error {
 }
 
 func TestDataParallel(t *testing.T) {
+	needGloo(t)
 	for _, n := range []int{2, 3} {
 		t.Run(fmt.Sprintf("world%d", n), func(t *testing.T) {
 			for r, res := range spawn(t, "ddp", n, "30s") {
@@ -576,6 +589,7 @@ func TestSamplerSpans(t *testing.T) {
 // rendezvous modes: static (torchrun's agent hosts the store; every rank is
 // a client) and c10d (rank 0 hosts it).
 func TestTorchrun(t *testing.T) {
+	needGloo(t)
 	const py = "/usr/bin/python3"
 	if err := exec.Command(py, "-c", "import torch.distributed.run").Run(); err != nil {
 		t.Skipf("no torchrun (%s with torch): %v", py, err)
