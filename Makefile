@@ -19,7 +19,7 @@ GOTORCH_MOD := github.com/wangkuiyi/gotorch
 ROOT       := $(abspath .)
 BUILD_ABS  := $(abspath $(BUILD))
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PKGS   := libtorch-dev cmake libturbojpeg0-dev python3-torch python3-pil python3-numpy python3-scipy
+APT_PKGS   := libtorch-dev libgloo-dev cmake libturbojpeg0-dev python3-torch python3-pil python3-numpy python3-scipy
 DEBIAN_PY  := /usr/bin/python3
 
 CMAKE_ARGS := -DCMAKE_BUILD_TYPE=Release
@@ -36,7 +36,7 @@ CGO_LIBS    = -L$(BUILD_ABS)/lib -Wl,-rpath,$(BUILD_ABS)/lib -L$(TORCH_LIB) -Wl,
 GO_ENV      = CGO_ENABLED=1 CGO_LDFLAGS="$(CGO_LIBS)"
 NATIVE_LIBS = $(BUILD)/lib/libclipagiqa_shim.so $(BUILD)/lib/libcgotorch.so
 
-.PHONY: all deps native build test vet demo bench bench-quick bench-serve fixtures clean print-env
+.PHONY: all deps native build test vet demo bench bench-quick bench-dist bench-serve fixtures clean print-env
 
 all: build
 
@@ -73,6 +73,10 @@ bench: deps build
 
 bench-quick: deps build
 	bin/clipagiqa bench --quick --out bench/results
+
+# Data-parallel benchmark: 2 ranks x 1 thread vs 1 rank x 2 threads (bench/results/dist.md).
+bench-dist: deps build
+	bash bench/dist.sh
 
 bench-serve: deps build
 	bin/clipagiqa bench-serve --out bench/results

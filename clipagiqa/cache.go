@@ -84,6 +84,10 @@ type CacheOptions struct {
 	Workers int
 	// Prep is the preprocessing; zero means imageprep.DefaultOptions(resolution).
 	Prep imageprep.Options
+	// Parallel, when set with a world size > 1, splits the encoding across the
+	// processes of a data-parallel group and gathers it (same rows as one
+	// process); only rank 0 writes the cache file.
+	Parallel Gatherer
 }
 
 // CacheStats describe how a feature set was obtained.
@@ -463,10 +467,13 @@ func CacheImageFeatures(ctx context.Context, m *Model, samples []data.Sample, op
 		}
 	}
 	out.Stats.Hits, out.Stats.Misses = len(order)-len(miss), len(miss)
+	if err := agree(opts.Parallel, "the features to encode (count, hash)", missKey(miss, hashes)...); err != nil {
+		return nil, fmt.Errorf("feature cache: %w", err)
+	}
 	newRows := map[[32]byte][]float32{}
 	if len(miss) > 0 {
 		start := time.Now()
-		rows, failed, err := encodeViews(ctx, m, samples, miss, hashes, spec, opts)
+		rows, failed, err := encodeMissing(ctx, m, samples, miss, hashes, spec, opts)
 		if err != nil {
 			return nil, err
 		}
@@ -482,7 +489,7 @@ func CacheImageFeatures(ctx context.Context, m *Model, samples []data.Sample, op
 			}
 		}
 	}
-	if file != nil && (len(newRows) > 0 || out.Stats.Rebuilt != "") {
+	if file != nil && (len(newRows) > 0 || out.Stats.Rebuilt != "") && isMainRank(opts.Parallel) {
 		for _, i := range miss { // sample order keeps the file deterministic
 			if r, ok := newRows[hashes[i]]; ok {
 				file.hashes = append(file.hashes, hashes[i])
@@ -529,7 +536,9 @@ func sortImageErrors(e ImageErrors) {
 }
 
 // encodeViews encodes views of samples[miss[j]] and returns rows[j][v][e].
-func encodeViews(ctx context.Context, m *Model, samples []data.Sample, miss []int, hashes [][32]byte, spec featureSpec, opts CacheOptions) ([]float32, []ImageError, error) {
+// part, if not nil, restricts it to those job positions (j·views + v): the
+// other rows stay zero and only their images' failures are reported.
+func encodeViews(ctx context.Context, m *Model, samples []data.Sample, miss []int, hashes [][32]byte, spec featureSpec, opts CacheOptions, part []int) ([]float32, []ImageError, error) {
 	views, embed := spec.Views, spec.Embed
 	jobs := make([]data.Sample, 0, len(miss)*views)
 	for _, i := range miss {
@@ -550,7 +559,7 @@ func encodeViews(ctx context.Context, m *Model, samples []data.Sample, miss []in
 	bad := map[int]bool{} // miss positions with a failed view
 	dev := m.CLIP.Device()
 	r := int64(prep.Size)
-	for b, err := range LoadBatches(ctx, jobs, nil, lopts) {
+	for b, err := range LoadBatches(ctx, jobs, part, lopts) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("feature cache: %w", err)
 		}

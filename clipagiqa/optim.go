@@ -16,6 +16,9 @@ import (
 type Optimizer struct {
 	ctx *optim.SGD
 	reg *optim.SGD
+	// syncGrads, when set, runs between backward and the step (data-parallel
+	// gradient averaging); it gets and returns the loss over n samples.
+	syncGrads func(loss float64, n int) (float64, error)
 }
 
 // Module prefixes of the two official optimisers.
@@ -224,8 +227,17 @@ func (m *Model) TrainStep(opt *Optimizer, imgFeat *torch.Tensor, mos []float32) 
 	if err := loss.Backward(); err != nil {
 		return 0, fmt.Errorf("train step: %w", err)
 	}
+	l, err := loss.Item()
+	if err != nil {
+		return 0, fmt.Errorf("train step: %w", err)
+	}
+	if opt.syncGrads != nil {
+		if l, err = opt.syncGrads(l, len(mos)); err != nil {
+			return 0, fmt.Errorf("train step: %w", err)
+		}
+	}
 	if err := opt.Step(); err != nil {
 		return 0, fmt.Errorf("train step: %w", err)
 	}
-	return loss.Item()
+	return l, nil
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/clipagiqa/clipagiqa/clipagiqa/metrics"
 	"github.com/clipagiqa/clipagiqa/data"
 	"github.com/clipagiqa/clipagiqa/torch"
+	"github.com/clipagiqa/clipagiqa/torch/dist"
 )
 
 // DefaultFeatureCache is Train's default: one centre view per image, encoded
@@ -62,6 +63,9 @@ type TrainConfig struct {
 	// SkipBadImages trains without unreadable training images instead of
 	// failing (they are listed in TrainResult.TrainFailed either way).
 	SkipBadImages bool
+	// Parallel makes this process one rank of data-parallel training (nil or
+	// world size 1: a single process). BatchSize stays the global batch.
+	Parallel *dist.DataParallel `json:"-"`
 
 	inLoopCenter bool // tests: encoder in the loop on the centre transform
 }
@@ -243,6 +247,10 @@ func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callb
 		return nil, fmt.Errorf("train: %w", err)
 	}
 	defer opt.Close()
+	dp, err := setupParallel(m, opt, &cfg)
+	if err != nil {
+		return nil, fmt.Errorf("train: %w", err)
+	}
 
 	res := &TrainResult{FeatureCache: fc.String(), BestBy: "train_loss"}
 	if ds.Val != nil && ds.Val.Len() > 0 {
@@ -254,6 +262,12 @@ func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callb
 			return nil, fmt.Errorf("train: resume: %w", err)
 		}
 	}
+	if err := agree(dp, "the epoch to start from", st.Epoch); err != nil {
+		return nil, fmt.Errorf("train: resume: %w", err)
+	}
+	if err := dp.BroadcastParams(m.Params()...); err != nil { // every rank starts from rank 0's weights
+		return nil, fmt.Errorf("train: %w", err)
+	}
 	if st.Epoch >= cfg.Epochs {
 		return res, nil
 	}
@@ -261,7 +275,7 @@ func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callb
 	// Features: evaluation sets always use cached centre features (the
 	// encoder is frozen, so this is exact); training per FeatureCache.
 	prep := imageprep.DefaultOptions(m.CLIP.Config.ImageResolution)
-	copts := CacheOptions{Dir: cfg.CacheDir, Mode: FeatureCache{Mode: CacheCenter, Views: 1}, BatchSize: cfg.BatchSize, Workers: cfg.Workers, Prep: prep}
+	copts := CacheOptions{Dir: cfg.CacheDir, Mode: FeatureCache{Mode: CacheCenter, Views: 1}, BatchSize: cfg.BatchSize, Workers: cfg.Workers, Prep: prep, Parallel: dp}
 	var val, test *evalSet
 	defer func() { val.close(); test.close() }()
 	if ds.Val != nil && ds.Val.Len() > 0 {
@@ -332,6 +346,8 @@ func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callb
 	}
 	res.StartEpoch = st.Epoch
 	r := int64(prep.Size)
+	ctx, endRun := stopContext(ctx, dp) // data-parallel: every rank stops after the same step
+	defer endRun()
 
 	for epoch := st.Epoch; epoch < cfg.Epochs; epoch++ {
 		if err := ctx.Err(); err != nil {
@@ -366,7 +382,8 @@ func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callb
 					res.Interrupted = true
 					return res, fmt.Errorf("train: interrupted in epoch %d (epoch %d is the last saved): %w", epoch+1, epoch, err)
 				}
-				batch := order[k*bs : (k+1)*bs]
+				global := order[k*bs : (k+1)*bs]
+				batch := dp.Sampler(global)
 				rows := make([]int64, len(batch))
 				mos := make([]float32, len(batch))
 				for j, i := range batch {
@@ -377,13 +394,14 @@ func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callb
 				if err != nil {
 					return res, fmt.Errorf("train: epoch %d step %d: %w", epoch+1, k+1, err)
 				}
-				if err := stepDone(len(batch), loss); err != nil {
+				if err := stepDone(len(global), loss); err != nil {
 					return res, err
 				}
 			}
 		} else {
-			lo := LoaderOptions{Prep: prep, BatchSize: bs, Workers: cfg.Workers, Augment: !cfg.inLoopCenter, Seed: cfg.Seed, Stream: uint64(epoch)}
-			for b, err := range LoadBatches(ctx, train, order, lo) {
+			mine, localBS := rankOrder(dp, order, bs)
+			lo := LoaderOptions{Prep: prep, BatchSize: localBS, Workers: cfg.Workers, Augment: !cfg.inLoopCenter, Seed: cfg.Seed, Stream: uint64(epoch)}
+			for b, err := range LoadBatches(ctx, train, mine, lo) {
 				if err != nil {
 					res.Interrupted = ctx.Err() != nil
 					return res, fmt.Errorf("train: interrupted in epoch %d (epoch %d is the last saved): %w", epoch+1, epoch, err)
@@ -396,7 +414,7 @@ func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callb
 				if err != nil {
 					return res, fmt.Errorf("train: epoch %d step %d: %w", epoch+1, step+1, err)
 				}
-				if err := stepDone(b.Len(), loss); err != nil {
+				if err := stepDone(b.Len()*dp.WorldSize(), loss); err != nil {
 					return res, err
 				}
 			}
@@ -428,7 +446,7 @@ func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callb
 		rep.Seconds = time.Since(t0).Seconds()
 		res.History = append(res.History, rep)
 		res.BestEpoch, res.BestMetric = st.BestEpoch, st.BestMetric
-		if cfg.OutDir != "" {
+		if cfg.OutDir != "" && dp.IsMain() {
 			if err := saveEpoch(m, opt, cfg.OutDir, st, better, res.History); err != nil {
 				return res, fmt.Errorf("train: epoch %d: %w", epoch+1, err)
 			}

@@ -3,7 +3,9 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"runtime"
+	"strconv"
 
 	"github.com/clipagiqa/clipagiqa/torch"
 	"github.com/urfave/cli/v2"
@@ -37,7 +39,11 @@ var threadsFlag = &cli.IntFlag{Name: "threads", Usage: "CPU threads for libtorch
 func applyThreads(c *cli.Context) error {
 	n := c.Int("threads")
 	if n <= 0 {
+		// Processes sharing this machine (launch, torchrun) split its cores.
 		n = runtime.NumCPU()
+		if local, err := strconv.Atoi(os.Getenv("LOCAL_WORLD_SIZE")); err == nil && local > 1 {
+			n = max(1, n/local)
+		}
 	}
 	return torch.SetNumThreads(n)
 }

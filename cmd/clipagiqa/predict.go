@@ -29,6 +29,7 @@ type predictOutput struct {
 	Model   predictModel    `json:"model"`
 	Results []predictResult `json:"results"`
 	Errors  []inputError    `json:"errors"`
+	Shard   *shardInfo      `json:"shard,omitempty"`
 }
 
 func methodFlag() *cli.StringFlag {
@@ -45,10 +46,11 @@ func checkpointFlags(required bool) []cli.Flag {
 }
 
 func predictCommand() *cli.Command {
-	flags := append([]cli.Flag{clipFlag(true)}, checkpointFlags(false)...)
+	flags := append([]cli.Flag{clipFlag(false)}, checkpointFlags(false)...) // --clip checked in runPredict: --merge needs none
 	flags = append(flags, methodFlag(),
 		&cli.StringFlag{Name: "format", Value: "json", Usage: "output format: json or csv (image,score)"},
 		deviceFlag(), precisionFlag(), batchFlag(32), maxPixelsFlag(), threadsFlag)
+	flags = append(flags, predictShardFlags()...)
 	return &cli.Command{
 		Name:      "predict",
 		Usage:     "score images with a trained CLIP-AGIQA checkpoint (or zero-shot CLIP-IQA)",
@@ -61,13 +63,22 @@ func predictCommand() *cli.Command {
 			"       \"errors\": [{\"image\", \"error\"}]}\n" +
 			"CSV:  image,score (errors on stderr).\n\n" +
 			"Unreadable images are listed as errors and do not stop the others; the exit\n" +
-			"status is then 1.",
+			"status is then 1.\n\n" +
+			"Sharding: --shard I/N scores part I of N (every N-th input by sorted path) and\n" +
+			"records {\"shard\": {\"index\", \"count\", \"total_inputs\"}}; predict --merge PART.json...\n" +
+			"joins the N parts (checked complete) into one output sorted by path.",
 		Flags:  flags,
 		Action: runPredict,
 	}
 }
 
 func runPredict(c *cli.Context) error {
+	if c.Bool("merge") {
+		return runPredictMerge(c)
+	}
+	if c.String("clip") == "" {
+		return fmt.Errorf("Required flag \"clip\" not set")
+	}
 	format := c.String("format")
 	if format != "json" && format != "csv" {
 		return fmt.Errorf("--format %q: want json or csv", format)
@@ -96,7 +107,10 @@ func runPredict(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	inputs := expandImages(c.Args().Slice())
+	inputs, shardOf, err := shardInputs(c, expandImages(c.Args().Slice()))
+	if err != nil {
+		return err
+	}
 	sc, err := clipagiqa.LoadScorer(c.String("clip"), ckDir,
 		clipagiqa.WithMethod(method), clipagiqa.WithEpoch(c.Int("epoch")),
 		clipagiqa.WithDevice(dev), clipagiqa.WithPrecision(prec), clipagiqa.WithMaxBatch(batch),
@@ -107,7 +121,7 @@ func runPredict(c *cli.Context) error {
 	defer sc.Close()
 	out := predictOutput{
 		Model:   predictModel{Method: method, CLIPFile: c.String("clip"), CLIP: sc.CLIPConfig()},
-		Results: []predictResult{}, Errors: []inputError{},
+		Results: []predictResult{}, Errors: []inputError{}, Shard: shardOf,
 	}
 	if method == clipagiqa.MethodAGIQA {
 		out.Model.Checkpoint = ckDir
@@ -158,16 +172,25 @@ func runPredict(c *cli.Context) error {
 	}
 	bar.clear()
 
+	dst, commit, discard, err := predictWriter(c)
+	if err != nil {
+		return err
+	}
 	if format == "json" {
-		err = writeJSON(c.App.Writer, out)
+		err = writeJSON(dst, out)
 	} else {
-		w := csv.NewWriter(c.App.Writer)
+		w := csv.NewWriter(dst)
 		_ = w.Write([]string{"image", "score"})
 		for _, r := range out.Results {
 			_ = w.Write([]string{r.Image, strconv.FormatFloat(r.Score, 'g', -1, 64)})
 		}
 		w.Flush()
 		err = w.Error()
+	}
+	if err == nil {
+		err = commit()
+	} else {
+		discard()
 	}
 	if err != nil {
 		return err

@@ -22,6 +22,7 @@ import (
 	"github.com/clipagiqa/clipagiqa/data"
 	"github.com/clipagiqa/clipagiqa/internal/plot"
 	"github.com/clipagiqa/clipagiqa/torch"
+	"github.com/clipagiqa/clipagiqa/torch/dist"
 	"github.com/urfave/cli/v2"
 )
 
@@ -165,6 +166,13 @@ func runTrain(c *cli.Context) error {
 	if err := checkTrainFlags(c); err != nil {
 		return err
 	}
+	// With torchrun's variables (WORLD_SIZE > 1) this process is one rank of
+	// data-parallel training; only rank 0 prints and writes files.
+	group, err := joinTrainingGroup(c)
+	if err != nil {
+		return err
+	}
+	defer group.Close()
 	out := c.String("out")
 	all, fixedTest, err := loadData(c)
 	if err != nil {
@@ -199,6 +207,7 @@ func runTrain(c *cli.Context) error {
 		}
 		run.train = trainConfig(c, out)
 		run.train.OutDir = dir
+		run.train.Parallel = dist.NewDataParallel(group)
 		sum.Train = run.train
 		fmt.Fprintf(c.App.Writer, "%s %d/%d: %s\n", p.Name, i+1, len(plans), partSizes(p.Parts))
 		o, err := run.split(ctx, p, dir)
@@ -214,6 +223,9 @@ func runTrain(c *cli.Context) error {
 	}
 	sum.finish()
 	sum.print(c.App.Writer)
+	if !group.IsMain() {
+		return nil
+	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
 	}
@@ -326,12 +338,13 @@ func (r *trainRun) split(ctx context.Context, p splitPlan, dir string) (*splitOu
 	}
 	res, err := clipagiqa.Train(ctx, m, p.Parts, r.train, cb)
 	bar.clear()
+	reportAllReduce(r.errw, r.train.Parallel, res)
 	if res == nil {
 		return nil, err
 	}
 	o := outcome(p, dir, res)
 	o.Interrupted = res.Interrupted
-	if len(res.History) > 0 && err == nil {
+	if len(res.History) > 0 && err == nil && r.train.Parallel.IsMain() {
 		// Later steps see the selected epoch's parameters.
 		if o.Selected.Epoch != o.Last.Epoch {
 			ck, cerr := clipagiqa.ReadCheckpoint(filepath.Join(dir, clipagiqa.BestDir), 0)
