@@ -7,9 +7,10 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"strconv"
 	"strings"
+
+	"github.com/clipagiqa/clipagiqa/internal/regularfile"
 )
 
 // table is a parsed CSV file with a header, keeping each row's line number
@@ -24,7 +25,7 @@ type table struct {
 
 // readTableFile reads a CSV file from disk.
 func readTableFile(path string) (*table, error) {
-	raw, err := os.ReadFile(path)
+	raw, err := regularfile.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read score table: %w", err)
 	}

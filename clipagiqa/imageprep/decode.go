@@ -9,11 +9,12 @@ import (
 	"image/gif"
 	"image/png"
 	"io"
-	"os"
 	"strings"
 
 	"golang.org/x/image/bmp"
 	"golang.org/x/image/webp"
+
+	"github.com/clipagiqa/clipagiqa/internal/regularfile"
 )
 
 // Decoding errors; the returned errors wrap them (test with errors.Is).
@@ -114,7 +115,7 @@ func DecodeReader(r io.Reader, maxPixels int64) (*Image, error) {
 
 // DecodeFile reads and decodes the file at path; errors name the file.
 func DecodeFile(path string, maxPixels int64) (*Image, error) {
-	data, err := os.ReadFile(path)
+	data, err := regularfile.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("imageprep: %w", err)
 	}

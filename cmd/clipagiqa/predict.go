@@ -4,11 +4,11 @@ import (
 	"context"
 	"encoding/csv"
 	"fmt"
-	"os"
 	"strconv"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/clip"
+	"github.com/clipagiqa/clipagiqa/internal/regularfile"
 	"github.com/urfave/cli/v2"
 )
 
@@ -88,7 +88,7 @@ func runPredict(c *cli.Context) error {
 		return fmt.Errorf("--batch-size must be positive (got %d)", batch)
 	}
 	if c.String("clip") != "" {
-		if _, err := os.Stat(c.String("clip")); err != nil {
+		if err := regularfile.Check(c.String("clip")); err != nil {
 			return fmt.Errorf("--clip: %w", err)
 		}
 	}
@@ -129,7 +129,7 @@ func runPredict(c *cli.Context) error {
 				continue
 			}
 			var err error
-			if data[i], err = os.ReadFile(in.Path); err != nil {
+			if data[i], err = regularfile.ReadFile(in.Path); err != nil {
 				errs[i] = err.Error()
 				continue
 			}
