@@ -159,6 +159,9 @@ func scoreSamples(ctx context.Context, c *clip.Model, samples []data.Sample, opt
 			return preds, err
 		}
 		for k, i := range b.Indices {
+			if math.IsNaN(scores[k]) || math.IsInf(scores[k], 0) {
+				return preds, fmt.Errorf("%s: score is %v (the model or checkpoint produces non-finite values)", samples[i].Name, scores[k])
+			}
 			preds[i].Score = scores[k]
 		}
 	}
@@ -175,11 +178,6 @@ func scoreBatch(parent *torch.Scope, sc batchScorer, text *torch.Tensor, dev tor
 	v, err := out.Float64s()
 	if err != nil {
 		return nil, fmt.Errorf("score batch of %d: %w", n, err)
-	}
-	for _, x := range v {
-		if math.IsNaN(x) {
-			return nil, fmt.Errorf("score batch of %d: NaN score", n)
-		}
 	}
 	return v, nil
 }

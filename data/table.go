@@ -108,6 +108,10 @@ func (t *table) require(names ...string) ([]int, error) {
 	return idx, nil
 }
 
+// MaxAbsScore bounds the scores a table may hold: MOS scales are 0-5 or
+// 0-100, and squares of larger values overflow the metrics.
+const MaxAbsScore = 1e6
+
 // float parses field col of row i as a finite number.
 func (t *table) float(i, col int) (float64, error) {
 	s := strings.TrimSpace(t.rows[i][col])
@@ -117,6 +121,9 @@ func (t *table) float(i, col int) (float64, error) {
 	}
 	if math.IsNaN(v) || math.IsInf(v, 0) {
 		return 0, fmt.Errorf("%s:%d: %s %q is not a finite number", t.src, t.lines[i], t.header[col], s)
+	}
+	if math.Abs(v) > MaxAbsScore {
+		return 0, fmt.Errorf("%s:%d: %s %q is outside ±%g (not an opinion score; metrics would overflow)", t.src, t.lines[i], t.header[col], s, MaxAbsScore)
 	}
 	return v, nil
 }

@@ -1,14 +1,22 @@
 package main
 
 import (
+	"archive/zip"
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/clipagiqa/clipagiqa/clipagiqa"
 	"github.com/clipagiqa/clipagiqa/internal/reffix"
+	"github.com/clipagiqa/clipagiqa/torch/ptfile"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -85,6 +93,136 @@ func TestNonRegularFilesAreRefused(t *testing.T) {
 			if c.out != "" {
 				assert.Contains(t, out, c.out, "the other inputs are still processed")
 			}
+		})
+	}
+}
+
+// copyFile copies src to dst (tests corrupt their own copies).
+func copyFile(t *testing.T, src, dst string) string {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	require.NoError(t, err)
+	require.NoError(t, os.MkdirAll(filepath.Dir(dst), 0o755))
+	require.NoError(t, os.WriteFile(dst, b, 0o644))
+	return dst
+}
+
+// largestRecord returns the zip directory entry of path's largest record.
+func largestRecord(t *testing.T, path string) *zip.File {
+	t.Helper()
+	zr, err := zip.OpenReader(path)
+	require.NoError(t, err)
+	t.Cleanup(func() { zr.Close() })
+	var big *zip.File
+	for _, f := range zr.File {
+		if big == nil || f.UncompressedSize64 > big.UncompressedSize64 {
+			big = f
+		}
+	}
+	return big
+}
+
+func flipByte(t *testing.T, path string, off int64) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	b[off] ^= 0x10
+	require.NoError(t, os.WriteFile(path, b, 0o644))
+}
+
+// flipWeightByte flips a byte in the middle of path's largest record (a weight).
+func flipWeightByte(t *testing.T, path string) {
+	t.Helper()
+	rec := largestRecord(t, path)
+	off, err := rec.DataOffset()
+	require.NoError(t, err)
+	flipByte(t, path, off+int64(rec.UncompressedSize64/2))
+}
+
+// flipDirectorySize flips the high byte of the uncompressed size that the
+// central directory records for path's largest record.
+func flipDirectorySize(t *testing.T, path string) {
+	t.Helper()
+	name := largestRecord(t, path).Name
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	eocd := bytes.LastIndex(b, []byte("PK\x05\x06"))
+	require.Positive(t, eocd)
+	for p := int(binary.LittleEndian.Uint32(b[eocd+16:])); p+46 < len(b) && bytes.Equal(b[p:p+4], []byte("PK\x01\x02")); {
+		nameLen := int(binary.LittleEndian.Uint16(b[p+28:]))
+		extra := int(binary.LittleEndian.Uint16(b[p+30:]))
+		comment := int(binary.LittleEndian.Uint16(b[p+32:]))
+		if string(b[p+46:p+46+nameLen]) == name {
+			flipByte(t, path, int64(p+24+3))
+			return
+		}
+		p += 46 + nameLen + extra + comment
+	}
+	t.Fatalf("%s: no central directory entry for %s", path, name)
+}
+
+// Group 3: corrupt weights and absurd numbers are refused, naming the file.
+func TestCorruptWeightsAndAbsurdNumbersAreRefused(t *testing.T) {
+	dir := t.TempDir()
+	flippedCLIP := copyFile(t, tinyCLIPPath, filepath.Join(dir, "flipped_clip.pt"))
+	flipWeightByte(t, flippedCLIP)
+	dirCLIP := copyFile(t, tinyCLIPPath, filepath.Join(dir, "dir_clip.pt"))
+	flipDirectorySize(t, dirCLIP)
+	flippedCk := filepath.Join(dir, "official")
+	for _, sub := range []string{"prompt_learner", "regression"} {
+		for _, f := range []string{"checkpoint", "model.pth.tar-100"} {
+			copyFile(t, filepath.Join(reffix.Dir(), sub, f), filepath.Join(flippedCk, sub, f))
+		}
+	}
+	flippedReg := filepath.Join(flippedCk, "regression", "model.pth.tar-100")
+	flipWeightByte(t, flippedReg)
+
+	// A checkpoint whose regressor outputs +Inf.
+	ck, err := clipagiqa.ReadCheckpoint(reffix.Dir(), 0)
+	require.NoError(t, err)
+	inf, err := ptfile.FromFloat32s(ptfile.Float32, []int64{1}, []float32{float32(math.Inf(1))})
+	require.NoError(t, err)
+	ck.Params["regression.4.bias"] = inf
+	infCk := filepath.Join(dir, "inf")
+	require.NoError(t, ck.Save(infCk))
+
+	// A table with an absurd MOS.
+	imgs := filepath.Join(dir, "imgs")
+	var rows strings.Builder
+	rows.WriteString("image,mos\n")
+	for i := range 8 {
+		copyFile(t, fixtureImage(i), filepath.Join(imgs, fmt.Sprintf("%d.png", i)))
+		mos := strconv.Itoa(i + 1)
+		if i == 5 {
+			mos = "1e308"
+		}
+		fmt.Fprintf(&rows, "%d.png,%s\n", i, mos)
+	}
+	absurd := filepath.Join(imgs, "absurd.csv")
+	require.NoError(t, os.WriteFile(absurd, []byte(rows.String()), 0o644))
+
+	cases := []struct {
+		name  string
+		args  []string
+		names string
+		want  string
+	}{
+		{"flipped weight in the CLIP file", []string{"embed", "--clip", flippedCLIP, fixtureImage(0)}, flippedCLIP, "CRC-32 mismatch"},
+		{"flipped directory byte in the CLIP file", []string{"embed", "--clip", dirCLIP, fixtureImage(0)}, dirCLIP, "corrupt zip directory"},
+		{"flipped weight in a checkpoint", []string{"predict", "--clip", tinyCLIPPath, "--checkpoint", flippedCk, fixtureImage(0)}, flippedReg, "CRC-32 mismatch"},
+		{"MOS 1e308", []string{"eval", "--clip", tinyCLIPPath, "--method", "clipiqa", "--dataset", "csv", "--train-csv", absurd}, absurd, "1e308"},
+		{"infinite predictions in eval", []string{"eval", "--clip", tinyCLIPPath, "--checkpoint", infCk, "--dataset", "csv", "--train-csv", filepath.Join(imgs, "finite.csv")}, "0.png", "+Inf"},
+		{"infinite predictions in predict", []string{"predict", "--clip", tinyCLIPPath, "--checkpoint", infCk, fixtureImage(0)}, fixtureImage(0), "+Inf"},
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(imgs, "finite.csv"), []byte(strings.Replace(rows.String(), "1e308", "6", 1)), 0o644))
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			out, stderr, err := run(t, c.args...)
+			require.Error(t, err, "exit status must be non-zero; stdout:\n%s", out)
+			msg := err.Error() + stderr
+			assert.Contains(t, msg, c.names)
+			assert.Contains(t, msg, c.want)
+			assert.NotContains(t, msg, "truncated file?")
 		})
 	}
 }

@@ -118,9 +118,9 @@ func runEval(c *cli.Context) error {
 	var rep metrics.Report
 	var preds []clipagiqa.Prediction
 	if method == clipagiqa.MethodAGIQA {
-		m, err := clipagiqa.FromCheckpoint(cm, tok, ck)
-		if err != nil {
-			return err
+		m, merr := clipagiqa.FromCheckpoint(cm, tok, ck) // not :=, which would hide Evaluate's error below
+		if merr != nil {
+			return merr
 		}
 		defer m.Close()
 		out.Checkpoint, out.Epoch = ckDir, ck.Epoch
