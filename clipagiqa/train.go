@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa/imageprep"
@@ -53,8 +54,12 @@ type TrainConfig struct {
 	CacheDir string
 	// OutDir receives metrics and checkpoints ("": nothing is written).
 	OutDir string
-	// Resume continues from OutDir/last when it exists.
-	Resume bool
+	// Resume continues from OutDir/last when it exists. The seed, batch size,
+	// feature cache and schedule (epochs, learning rates, warm-up, momentum,
+	// weight decay) must match the saved run's, unless OverrideSchedule
+	// allows the schedule to change (the run then mixes two schedules).
+	Resume           bool
+	OverrideSchedule bool
 	// Workers decode images in parallel (0: runtime.NumCPU()).
 	Workers int
 	// Device must be empty or the model's device (the model fixes it).
@@ -132,6 +137,8 @@ type TrainResult struct {
 	FeatureCache string
 	// EncodeSeconds is the time spent encoding cached and evaluation features.
 	EncodeSeconds float64
+	// RemovedTemps are orphaned temporaries of killed writes removed at start.
+	RemovedTemps []string
 }
 
 // trainState is the resumable state stored in a checkpoint's extra JSON.
@@ -148,6 +155,12 @@ type trainState struct {
 	BestMetric   float64 `json:"best_metric"`
 	BestBy       string  `json:"best_by"`
 	RNG          string  `json:"rng"`
+	// The rest of the schedule; HasSchedule is false in older checkpoints.
+	HasSchedule  bool    `json:"has_schedule,omitempty"`
+	WarmupEpochs int     `json:"warmup_epochs,omitempty"`
+	WarmupLR     float64 `json:"warmup_lr,omitempty"`
+	Momentum     float64 `json:"momentum,omitempty"`
+	WeightDecay  float64 `json:"weight_decay,omitempty"`
 }
 
 const rngScheme = "per-epoch: torch.ManualSeed(mix(seed,epoch)); PCG shuffle(seed,epoch); augmentation PCG(seed,epoch,index)"
@@ -248,7 +261,9 @@ func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callb
 	if ds.Val != nil && ds.Val.Len() > 0 {
 		res.BestBy = "val_srcc"
 	}
-	st := trainState{Seed: cfg.Seed, Epochs: cfg.Epochs, BatchSize: cfg.BatchSize, LR: cfg.LR, FeatureCache: fc.String(), BestBy: res.BestBy, RNG: rngScheme}
+	res.RemovedTemps = removeOrphanTemps(cfg.OutDir, cfg.CacheDir, time.Now())
+	st := trainState{Seed: cfg.Seed, Epochs: cfg.Epochs, BatchSize: cfg.BatchSize, LR: cfg.LR, FeatureCache: fc.String(), BestBy: res.BestBy, RNG: rngScheme,
+		HasSchedule: true, WarmupEpochs: cfg.WarmupEpochs, WarmupLR: cfg.WarmupLR, Momentum: cfg.Momentum, WeightDecay: cfg.WeightDecay}
 	if cfg.Resume {
 		if err := resumeFrom(m, opt, cfg, &st, res); err != nil {
 			return nil, fmt.Errorf("train: resume: %w", err)
@@ -601,6 +616,10 @@ func saveEpoch(m *Model, opt *Optimizer, out string, st trainState, better bool,
 func resumeFrom(m *Model, opt *Optimizer, cfg TrainConfig, st *trainState, res *TrainResult) error {
 	dir := filepath.Join(cfg.OutDir, LastDir)
 	if _, err := os.Stat(filepath.Join(dir, ModelFile)); errors.Is(err, os.ErrNotExist) {
+		if left := previousRun(cfg.OutDir); len(left) > 0 {
+			return fmt.Errorf("%s is missing but %s holds %s from an earlier run: resuming would restart at epoch 1 and overwrite them; "+
+				"to start fresh remove them or choose another output directory", filepath.Join(dir, ModelFile), cfg.OutDir, strings.Join(left, " and "))
+		}
 		return nil // nothing saved yet: a fresh start
 	}
 	ck, err := ReadCheckpoint(dir, 0)
@@ -621,6 +640,10 @@ func resumeFrom(m *Model, opt *Optimizer, cfg TrainConfig, st *trainState, res *
 	case saved.BestBy != st.BestBy:
 		return fmt.Errorf("checkpoint chose its best epoch by %s, this run would use %s", saved.BestBy, st.BestBy)
 	}
+	if d := scheduleChanges(saved, *st); len(d) > 0 && !cfg.OverrideSchedule {
+		return fmt.Errorf("the schedule differs from the saved run's (%s): resuming would mix two schedules; "+
+			"use the saved values, or allow it explicitly (--override-schedule, TrainConfig.OverrideSchedule)", strings.Join(d, ", "))
+	}
 	if err := m.Apply(ck); err != nil {
 		return err
 	}
@@ -640,6 +663,38 @@ func resumeFrom(m *Model, opt *Optimizer, cfg TrainConfig, st *trainState, res *
 	}
 	res.StartEpoch = saved.Epoch
 	return nil
+}
+
+// previousRun names what an earlier run left in out besides last/.
+func previousRun(out string) []string {
+	var left []string
+	if _, err := os.Stat(filepath.Join(out, BestDir, ModelFile)); err == nil {
+		left = append(left, BestDir+"/"+ModelFile)
+	}
+	if _, err := os.Stat(filepath.Join(out, MetricsJSON)); err == nil {
+		left = append(left, MetricsJSON)
+	}
+	return left
+}
+
+// scheduleChanges lists the schedule settings of st that differ from the
+// saved run's, as "name saved → now".
+func scheduleChanges(saved, st trainState) []string {
+	var d []string
+	diff := func(name string, a, b float64) {
+		if a != b {
+			d = append(d, fmt.Sprintf("%s %v → %v", name, a, b))
+		}
+	}
+	diff("epochs", float64(saved.Epochs), float64(st.Epochs))
+	diff("lr", saved.LR, st.LR)
+	if saved.HasSchedule {
+		diff("warmup epochs", float64(saved.WarmupEpochs), float64(st.WarmupEpochs))
+		diff("warmup lr", saved.WarmupLR, st.WarmupLR)
+		diff("momentum", saved.Momentum, st.Momentum)
+		diff("weight decay", saved.WeightDecay, st.WeightDecay)
+	}
+	return d
 }
 
 // ReadMetrics reads a metrics.jsonl written by Train.

@@ -69,7 +69,8 @@ func trainCommand() *cli.Command {
 	flags = append(flags, trainingFlags(clipagiqa.DefaultTrainConfig().Epochs, clipagiqa.DefaultTrainConfig().LR)...)
 	flags = append(flags, modelFlags()...)
 	flags = append(flags, deviceFlag(), precisionFlag(),
-		&cli.BoolFlag{Name: "resume", Usage: "continue each split from OUT[/splitK]/last (same seed, batch size and feature cache)"},
+		&cli.BoolFlag{Name: "resume", Usage: "continue each split from OUT[/splitK]/last (same seed, batch size, feature cache and schedule)"},
+		&cli.BoolFlag{Name: "override-schedule", Usage: "with --resume: accept changed --epochs, --lr, --warmup-epochs, --warmup-lr (the run then mixes two schedules)"},
 		threadsFlag)
 	return &cli.Command{
 		Name:  "train",
@@ -118,7 +119,7 @@ func trainConfig(c *cli.Context, out string) clipagiqa.TrainConfig {
 	t.Epochs, t.BatchSize, t.LR = c.Int("epochs"), c.Int("batch-size"), c.Float64("lr")
 	t.WarmupEpochs, t.WarmupLR = c.Int("warmup-epochs"), c.Float64("warmup-lr")
 	t.FeatureCache, t.Workers, t.SkipBadImages = c.String("feature-cache"), c.Int("workers"), c.Bool("skip-bad-images")
-	t.Seed, t.Resume = c.Uint64("seed"), c.Bool("resume")
+	t.Seed, t.Resume, t.OverrideSchedule = c.Uint64("seed"), c.Bool("resume"), c.Bool("override-schedule")
 	switch dir := c.String("cache-dir"); dir {
 	case "":
 		t.CacheDir = filepath.Join(out, "feature-cache")
@@ -328,6 +329,9 @@ func (r *trainRun) split(ctx context.Context, p splitPlan, dir string) (*splitOu
 	bar.clear()
 	if res == nil {
 		return nil, err
+	}
+	if len(res.RemovedTemps) > 0 {
+		fmt.Fprintf(r.w, "removed %d orphaned temporary file(s) of interrupted writes: %s\n", len(res.RemovedTemps), strings.Join(res.RemovedTemps, ", "))
 	}
 	o := outcome(p, dir, res)
 	o.Interrupted = res.Interrupted
