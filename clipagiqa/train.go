@@ -64,8 +64,8 @@ type TrainConfig struct {
 	Workers int
 	// Device must be empty or the model's device (the model fixes it).
 	Device string
-	// SkipBadImages trains without unreadable training images instead of
-	// failing (they are listed in TrainResult.TrainFailed either way).
+	// SkipBadImages trains and evaluates without unreadable images instead
+	// of failing (they are listed in TrainResult's *Failed either way).
 	SkipBadImages bool
 
 	inLoopCenter bool // tests: encoder in the loop on the centre transform
@@ -328,8 +328,8 @@ func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callb
 			return nil, fmt.Errorf("train: features to device: %w", err)
 		}
 	}
-	if len(res.TrainFailed) > 0 && !cfg.SkipBadImages {
-		return res, fmt.Errorf("train: %w", res.TrainFailed)
+	if err := unusable(res); err != nil && !cfg.SkipBadImages {
+		return res, fmt.Errorf("train: %w (or skip them explicitly)", err)
 	}
 	var idx []int
 	for i, ok := range valid {
@@ -403,7 +403,12 @@ func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callb
 					res.Interrupted = ctx.Err() != nil
 					return res, fmt.Errorf("train: interrupted in epoch %d (epoch %d is the last saved): %w", epoch+1, epoch, err)
 				}
-				res.TrainFailed = append(res.TrainFailed, b.Failed...) // files changed since the check
+				if len(b.Failed) > 0 { // files changed since the check
+					res.TrainFailed = append(res.TrainFailed, b.Failed...)
+					if !cfg.SkipBadImages {
+						return res, fmt.Errorf("train: epoch %d (epoch %d is the last saved): training %w", epoch+1, epoch, ImageErrors(b.Failed))
+					}
+				}
 				if b.Len() == 0 {
 					continue
 				}
@@ -453,6 +458,20 @@ func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callb
 		}
 	}
 	return res, nil
+}
+
+// unusable reports every image of any part that could not be read, by part.
+func unusable(res *TrainResult) error {
+	var errs []error
+	for _, p := range []struct {
+		name   string
+		failed ImageErrors
+	}{{"training", res.TrainFailed}, {"validation", res.ValFailed}, {"test", res.TestFailed}} {
+		if len(p.failed) > 0 {
+			errs = append(errs, fmt.Errorf("%s %w", p.name, p.failed))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // checkAllFiles reports missing image files of every part at once.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -134,6 +135,9 @@ func (t *table) name(i, col int) (string, error) {
 	s := strings.TrimSpace(t.rows[i][col])
 	if s == "" {
 		return "", fmt.Errorf("%s:%d: empty %s", t.src, t.lines[i], t.header[col])
+	}
+	if !filepath.IsLocal(filepath.FromSlash(s)) {
+		return "", fmt.Errorf("%s:%d: %s %q is outside the image root (absolute, or climbing out with ..): refused", t.src, t.lines[i], t.header[col], s)
 	}
 	return s, nil
 }

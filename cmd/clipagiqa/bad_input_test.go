@@ -4,6 +4,8 @@ import (
 	"archive/zip"
 	"bytes"
 	"encoding/binary"
+	"encoding/csv"
+	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -223,6 +225,72 @@ func TestCorruptWeightsAndAbsurdNumbersAreRefused(t *testing.T) {
 			assert.Contains(t, msg, c.names)
 			assert.Contains(t, msg, c.want)
 			assert.NotContains(t, msg, "truncated file?")
+		})
+	}
+}
+
+// firstImage returns the first image name of a demo CSV and its path.
+func firstImage(t *testing.T, csvPath string) (string, string) {
+	t.Helper()
+	recs, err := csv.NewReader(strings.NewReader(mustRead(t, csvPath))).ReadAll()
+	require.NoError(t, err)
+	require.Greater(t, len(recs), 1)
+	return recs[1][0], filepath.Join(filepath.Dir(csvPath), filepath.FromSlash(recs[1][0]))
+}
+
+// Group 2: every image a training run cannot use is counted and named in
+// stdout, summary.json and the exit status; --skip-bad-images makes the
+// exit status 0 but still prints the count and the list file. Paths that
+// leave the image root are refused when the table is read.
+func TestTrainNamesEveryUnusableImage(t *testing.T) {
+	_, trainCSV, testCSV := smallSet(t)
+	name, path := firstImage(t, testCSV)
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(path, raw[:len(raw)/2], 0o644)) // truncated
+	escape := filepath.Join(filepath.Dir(trainCSV), "escape.csv")
+	require.NoError(t, os.WriteFile(escape, []byte(mustRead(t, trainCSV)+"../../../../etc/passwd,3,x,blur,1\n"), 0o644))
+	base := []string{"train", "--clip", tinyCLIPPath, "--dataset", "csv", "--epochs", "1", "--val-fraction", "0.25"}
+
+	cases := []struct {
+		name     string
+		args     []string
+		ok       bool     // exit status 0
+		inOutput []string // in stdout+error
+		listed   bool     // summary.json and the list file name the image
+	}{
+		{"truncated test image", []string{"--train-csv", trainCSV, "--test-csv", testCSV}, false, []string{name, "test"}, true},
+		{"truncated test image, skipped", []string{"--train-csv", trainCSV, "--test-csv", testCSV, "--skip-bad-images"}, true,
+			[]string{"1 image(s) could not be used", name, skippedFile}, true},
+		{"path outside the root", []string{"--train-csv", escape, "--test-csv", testCSV}, false, []string{escape, "../../../../etc/passwd", "outside the image root"}, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			out := t.TempDir()
+			stdout, stderr, err := run(t, append(append(append([]string{}, base...), c.args...), "--out", out)...)
+			msg := stdout + stderr
+			if err != nil {
+				msg += err.Error()
+			}
+			if c.ok {
+				require.NoError(t, err)
+			} else {
+				require.Error(t, err, "exit status must be non-zero; stdout:\n%s", stdout)
+			}
+			for _, w := range c.inOutput {
+				assert.Contains(t, msg, w)
+			}
+			if !c.listed {
+				return
+			}
+			var sum struct {
+				Splits []splitOutcome `json:"splits"`
+			}
+			require.NoError(t, json.Unmarshal([]byte(mustRead(t, filepath.Join(out, summaryFile))), &sum))
+			require.Len(t, sum.Splits, 1)
+			require.Len(t, sum.Splits[0].Unusable, 1)
+			assert.Equal(t, unusableImage{Part: "test", Image: name, Error: sum.Splits[0].Unusable[0].Error}, sum.Splits[0].Unusable[0])
+			assert.Contains(t, mustRead(t, filepath.Join(out, skippedFile)), name)
 		})
 	}
 }
