@@ -170,9 +170,16 @@ func LoadBatch(paths []string, opts Options) ([]float32, error) {
 // with %v, so the EOF check also looks at the text.
 func wrapGoErr(what string, err error) error {
 	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || strings.Contains(err.Error(), io.ErrUnexpectedEOF.Error()) {
-		return fmt.Errorf("%w: %s: %v", ErrTruncated, what, err)
+		return fmt.Errorf("%w: %s: %s", ErrTruncated, what, withoutFormatPrefix(what, err))
 	}
-	return fmt.Errorf("%w: %s: %v", ErrCorrupt, what, err)
+	return fmt.Errorf("%w: %s: %s", ErrCorrupt, what, withoutFormatPrefix(what, err))
+}
+
+// withoutFormatPrefix drops the "png: " that Go's decoders put before their
+// messages when what already names the format, so it is not said twice.
+func withoutFormatPrefix(what string, err error) string {
+	format, _, _ := strings.Cut(what, " ")
+	return strings.TrimPrefix(err.Error(), format+": ")
 }
 
 // ---------------------------------------------------------------- PNG
@@ -209,7 +216,7 @@ func decodePNG(data []byte, maxPixels int64) (*Image, error) {
 	}
 	if err != nil {
 		if pngEndsEarly(data) {
-			return nil, fmt.Errorf("%w: png: %v", ErrTruncated, err)
+			return nil, fmt.Errorf("%w: png: %s", ErrTruncated, withoutFormatPrefix("png", err))
 		}
 		return nil, wrapGoErr("png", err)
 	}

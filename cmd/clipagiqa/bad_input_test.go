@@ -294,3 +294,69 @@ func TestTrainNamesEveryUnusableImage(t *testing.T) {
 		})
 	}
 }
+
+// Group 6 and issue 12 item 7: messages say what was looked for and what is
+// wrong, naming the file.
+func TestMessagesNameWhatIsWrong(t *testing.T) {
+	dir := t.TempDir()
+	official := func(name string, subs ...string) string {
+		d := filepath.Join(dir, name)
+		for _, sub := range subs {
+			for _, f := range []string{"checkpoint", "model.pth.tar-100"} {
+				copyFile(t, filepath.Join(reffix.Dir(), sub, f), filepath.Join(d, sub, f))
+			}
+		}
+		require.NoError(t, os.MkdirAll(d, 0o755))
+		return d
+	}
+	noReg := official("no_regression", "prompt_learner")
+	noPL := official("no_prompt_learner", "regression")
+	empty := official("empty")
+	both := official("both", "prompt_learner", "regression")
+	ck, err := clipagiqa.ReadCheckpoint(reffix.Dir(), 0)
+	require.NoError(t, err)
+	require.NoError(t, ck.Save(both))
+	ours := filepath.Join(dir, "ours")
+	require.NoError(t, ck.Save(ours))
+	flipDirectorySize(t, filepath.Join(ours, "model.pt"))
+	truncated := copyFile(t, fixtureImage(2), filepath.Join(dir, "truncated.png"))
+	raw, err := os.ReadFile(truncated)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(truncated, raw[:len(raw)*2/3], 0o644))
+	missingCLIP := filepath.Join(dir, "missing.pt")
+
+	predict := func(ck string, extra ...string) []string {
+		return append(append([]string{"predict", "--clip", tinyCLIPPath, "--checkpoint", ck}, extra...), fixtureImage(0))
+	}
+	cases := []struct {
+		name string
+		args []string
+		want []string
+		not  []string
+	}{
+		{"official without regression/", predict(noReg), []string{noReg, "regression/ is missing", "model.pt", "prompt_learner"}, []string{"no such file"}},
+		{"official without prompt_learner/", predict(noPL), []string{noPL, "prompt_learner/ is missing"}, []string{"no such file"}},
+		{"neither layout", predict(empty), []string{empty, "neither", filepath.Join(empty, "model.pt"), filepath.Join(empty, "prompt_learner")}, nil},
+		{"both layouts", predict(both), []string{both, "both layouts", filepath.Join(both, "model.pt")}, nil},
+		{"negative epoch", predict(reffix.Dir(), "--epoch", "-1"), []string{"-1", "negative"}, nil},
+		{"our epoch is not the asked one", predict(ours, "--epoch", "7"), []string{ours}, nil},
+		{"flipped directory byte in a checkpoint", predict(ours), []string{filepath.Join(ours, "model.pt"), "corrupt zip directory"}, []string{"truncated"}},
+		{"missing CLIP file", []string{"embed", "--clip", missingCLIP, fixtureImage(0)}, []string{missingCLIP, "no such file"}, []string{"zip"}},
+		{"missing CLIP file, predict", []string{"predict", "--method", "clipiqa", "--clip", missingCLIP, fixtureImage(0)}, []string{missingCLIP, "no such file"}, []string{"zip"}},
+		{"truncated PNG", []string{"embed", "--clip", tinyCLIPPath, truncated}, []string{truncated, "png"}, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			out, stderr, err := run(t, c.args...)
+			require.Error(t, err, "exit status must be non-zero; stdout:\n%s", out)
+			msg := err.Error() + "\n" + stderr
+			for _, w := range c.want {
+				assert.Contains(t, msg, w)
+			}
+			for _, w := range c.not {
+				assert.NotContains(t, msg, w)
+			}
+			assert.LessOrEqual(t, strings.Count(strings.ToLower(msg), " png:"), 1, "png: said twice: %s", msg)
+		})
+	}
+}
