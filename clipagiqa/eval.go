@@ -219,7 +219,8 @@ func clipIQAFromText(s *torch.Scope, c *clip.Model, pixels, text *torch.Tensor) 
 	shape := text.Shape()
 	p := shape[0]
 	img := s.Normalize(s.Cast(c.EncodeImage(s, pixels), torch.Float32), -1) // [N, E]
-	cos := s.MatMul(img, s.Transpose(s.Reshape(text, 2*p, shape[2]), 0, 1)) // [N, 2P]
+	txt := s.Transpose(s.Reshape(text, 2*p, shape[2]), 0, 1)
+	cos := byRow(s, img, func(row *torch.Tensor) *torch.Tensor { return s.MatMul(row, txt) }) // [N, 2P]
 	n := s.ErrSafeDim(cos, 0)
 	prob := s.Softmax(s.Reshape(s.MulScalar(cos, CLIPIQALogitScale), n, p, 2), -1)
 	return s.Mean(s.Select(prob, 2, 0), false, 1) // [N]

@@ -360,3 +360,62 @@ func TestMessagesNameWhatIsWrong(t *testing.T) {
 		})
 	}
 }
+
+// Group 5: a score does not depend on which images share its batch or on
+// their order: bit-identical with the fused CPU encoder (the default), within
+// the documented 1e-5 relative bound op by op (--no-fused).
+func TestPredictScoresDoNotDependOnTheBatch(t *testing.T) {
+	var images []string
+	for i := range 8 {
+		images = append(images, fixtureImage(i))
+	}
+	reversed := make([]string, len(images))
+	for i, p := range images {
+		reversed[len(images)-1-i] = p
+	}
+	shuffled := []string{images[5], images[2], images[7], images[0], images[3], images[6], images[1], images[4]}
+	score := func(t *testing.T, method string, noFused bool, batch int, imgs []string) map[string]float64 {
+		args := []string{"predict", "--clip", tinyCLIPPath, "--method", method, "--batch-size", strconv.Itoa(batch)}
+		if method == clipagiqa.MethodAGIQA {
+			args = append(args, "--checkpoint", reffix.Dir())
+		}
+		if noFused {
+			args = append([]string{"--no-fused"}, args...)
+		}
+		out, _, err := run(t, append(args, imgs...)...)
+		require.NoError(t, err)
+		var got predictOutput
+		require.NoError(t, json.Unmarshal([]byte(out), &got))
+		require.Len(t, got.Results, len(imgs))
+		m := map[string]float64{}
+		for _, r := range got.Results {
+			m[r.Image] = r.Score
+		}
+		return m
+	}
+	for _, method := range []string{clipagiqa.MethodAGIQA, clipagiqa.MethodCLIPIQA} {
+		for _, noFused := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/no-fused=%v", method, noFused), func(t *testing.T) {
+				ref := map[string]float64{}
+				for _, p := range images { // each image alone
+					for k, v := range score(t, method, noFused, 1, []string{p}) {
+						ref[k] = v
+					}
+				}
+				for _, run := range []struct {
+					batch int
+					imgs  []string
+				}{{8, images}, {8, reversed}, {3, shuffled}, {32, append(append([]string{}, shuffled...), images...)}} {
+					got := score(t, method, noFused, run.batch, run.imgs)
+					for _, p := range images {
+						if noFused {
+							assert.InDelta(t, ref[p], got[p], 1e-5*math.Abs(ref[p]), "%s batch %d", p, run.batch)
+						} else {
+							assert.Equal(t, ref[p], got[p], "%s in a batch of %d differs from its score alone", p, run.batch)
+						}
+					}
+				}
+			})
+		}
+	}
+}
