@@ -573,11 +573,13 @@ func evalEpoch(m *Model, e *evalSet) (*metrics.Report, string) {
 	return nil, err.Error()
 }
 
-// headScores runs the regressor on normalised image features [N, E].
+// headScores runs the regressor on normalised image features [N, E], all
+// rows at once: every epoch evaluates the same fixed set, so the per-row
+// path (batch-invariant, slower) would buy nothing here.
 func headScores(m *Model, feats *torch.Tensor) ([]float64, error) {
 	s := torch.NewScope().WithGrad(torch.InferenceMode)
 	defer s.Close()
-	pred := m.Head(s, feats, m.TextFeatures(s), false)
+	pred := m.head(s, feats, m.TextFeatures(s), false)
 	if err := s.Err(); err != nil {
 		return nil, err
 	}
