@@ -87,8 +87,8 @@ func TestResumeRefusalsAndOrphanTemps(t *testing.T) {
 		}
 		kept := []string{
 			mk(filepath.Join(cfg.CacheDir, ".features-center-r224-0123abcd.bin.tmp43"), time.Now()), // another run may be writing it
-			mk(filepath.Join(cfg.OutDir, ".notes.tmp1"), old),                                    // not ours
-			mk(filepath.Join(cfg.OutDir, LastDir, "model.pt.tmp-1"), old),                        // not our pattern
+			mk(filepath.Join(cfg.OutDir, ".notes.tmp1"), old),                                       // not ours
+			mk(filepath.Join(cfg.OutDir, LastDir, "model.pt.tmp-1"), old),                           // not our pattern
 		}
 		res, err := Train(ctx, trModel(t, c, tok, 3), ds, cfg, Callbacks{})
 		require.NoError(t, err)

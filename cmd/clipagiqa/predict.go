@@ -47,7 +47,7 @@ func checkpointFlags(required bool) []cli.Flag {
 func predictCommand() *cli.Command {
 	flags := append([]cli.Flag{clipFlag(true)}, checkpointFlags(false)...)
 	flags = append(flags, methodFlag(),
-		&cli.StringFlag{Name: "format", Value: "json", Usage: "output format: json or csv (image,score)"},
+		formatFlag(formatJSON, formatCSV),
 		deviceFlag(), precisionFlag(), batchFlag(32), maxPixelsFlag(), threadsFlag)
 	return &cli.Command{
 		Name:      "predict",
@@ -68,9 +68,9 @@ func predictCommand() *cli.Command {
 }
 
 func runPredict(c *cli.Context) error {
-	format := c.String("format")
-	if format != "json" && format != "csv" {
-		return fmt.Errorf("--format %q: want json or csv", format)
+	format, err := outputFormat(c, formatJSON, formatCSV)
+	if err != nil {
+		return err
 	}
 	if c.NArg() == 0 {
 		return fmt.Errorf("no images: give image files or directories")
@@ -176,7 +176,11 @@ func runPredict(c *cli.Context) error {
 		fmt.Fprintf(c.App.ErrWriter, "clipagiqa predict: %s: %s\n", e.Image, e.Error)
 	}
 	if len(out.Errors) > 0 {
-		return fmt.Errorf("predict: %d input(s) failed (listed under \"errors\")", len(out.Errors))
+		where := `listed under "errors" and on stderr`
+		if format == formatCSV {
+			where = "listed on stderr"
+		}
+		return fmt.Errorf("predict: %d input(s) failed (%s)", len(out.Errors), where)
 	}
 	return nil
 }
