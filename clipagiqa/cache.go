@@ -23,6 +23,7 @@ import (
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa/imageprep"
 	"github.com/clipagiqa/clipagiqa/data"
+	"github.com/clipagiqa/clipagiqa/internal/regularfile"
 	"github.com/clipagiqa/clipagiqa/torch"
 )
 
@@ -319,7 +320,7 @@ func WeightsSHA256(cacheDir, path string) (string, error) {
 }
 
 func fileSHA256(path string) ([32]byte, error) {
-	b, err := os.ReadFile(path)
+	b, err := regularfile.ReadFile(path)
 	if err != nil {
 		return [32]byte{}, err
 	}

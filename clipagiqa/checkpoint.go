@@ -73,19 +73,58 @@ func OfficialEpochs(dir string) ([]int, error) {
 
 // ReadCheckpoint reads our checkpoint (a directory holding model.pt, or the
 // file itself) or an official CLIP-AGIQA output directory (auto-detected;
-// epoch 0 picks the highest saved).
+// epoch 0 picks the highest saved). A directory holding both layouts is
+// refused: pass DIR/model.pt to mean ours.
 func ReadCheckpoint(path string, epoch int) (*Checkpoint, error) {
+	if epoch < 0 {
+		return nil, fmt.Errorf("checkpoint %s: epoch %d is negative (0 picks the highest saved)", path, epoch)
+	}
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: %w", err)
 	}
 	if st.IsDir() {
+		if err := checkLayout(path); err != nil {
+			return nil, err
+		}
 		if IsOfficialDir(path) {
 			return ReadOfficial(path, epoch)
 		}
 		path = filepath.Join(path, ModelFile)
 	}
-	return readOwn(path)
+	ck, err := readOwn(path)
+	if err == nil && epoch > 0 && ck.Epoch != epoch {
+		return nil, fmt.Errorf("checkpoint %s holds epoch %d, not %d (our checkpoints hold one epoch; pick another directory)", path, ck.Epoch, epoch)
+	}
+	return ck, err
+}
+
+// checkLayout makes sure dir holds exactly one of the two checkpoint
+// layouts, and otherwise says what it looked for and what is missing.
+func checkLayout(dir string) error {
+	exists := func(name string, wantDir bool) bool {
+		st, err := os.Stat(filepath.Join(dir, name))
+		return err == nil && st.IsDir() == wantDir
+	}
+	ours := exists(ModelFile, false)
+	pl, reg := exists("prompt_learner", true), exists("regression", true)
+	const layouts = "ours (%s) or the official CLIP-AGIQA output (%s and %s, with model.pth.tar-N files)"
+	both := fmt.Sprintf(layouts, filepath.Join(dir, ModelFile), filepath.Join(dir, "prompt_learner")+"/", filepath.Join(dir, "regression")+"/")
+	switch {
+	case ours && (pl || reg):
+		return fmt.Errorf("checkpoint %s holds both layouts, %s: refusing to guess; pass %s for ours, or move it away for the official one",
+			dir, both, filepath.Join(dir, ModelFile))
+	case ours || (pl && reg):
+		return nil
+	case pl || reg:
+		missing := "regression/"
+		if reg {
+			missing = "prompt_learner/"
+		}
+		return fmt.Errorf("checkpoint %s: looks like the official layout but %s is missing; a checkpoint directory is %s", dir, missing, both)
+	default:
+		return fmt.Errorf("checkpoint %s is neither checkpoint layout: looked for %s", dir, both)
+	}
 }
 
 // ReadOfficial reads the official layout OUT/prompt_learner/model.pth.tar-N

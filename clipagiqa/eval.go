@@ -159,6 +159,9 @@ func scoreSamples(ctx context.Context, c *clip.Model, samples []data.Sample, opt
 			return preds, err
 		}
 		for k, i := range b.Indices {
+			if math.IsNaN(scores[k]) || math.IsInf(scores[k], 0) {
+				return preds, fmt.Errorf("%s: score is %v (the model or checkpoint produces non-finite values)", samples[i].Name, scores[k])
+			}
 			preds[i].Score = scores[k]
 		}
 	}
@@ -175,11 +178,6 @@ func scoreBatch(parent *torch.Scope, sc batchScorer, text *torch.Tensor, dev tor
 	v, err := out.Float64s()
 	if err != nil {
 		return nil, fmt.Errorf("score batch of %d: %w", n, err)
-	}
-	for _, x := range v {
-		if math.IsNaN(x) {
-			return nil, fmt.Errorf("score batch of %d: NaN score", n)
-		}
 	}
 	return v, nil
 }
@@ -221,7 +219,8 @@ func clipIQAFromText(s *torch.Scope, c *clip.Model, pixels, text *torch.Tensor) 
 	shape := text.Shape()
 	p := shape[0]
 	img := s.Normalize(s.Cast(c.EncodeImage(s, pixels), torch.Float32), -1) // [N, E]
-	cos := s.MatMul(img, s.Transpose(s.Reshape(text, 2*p, shape[2]), 0, 1)) // [N, 2P]
+	txt := s.Transpose(s.Reshape(text, 2*p, shape[2]), 0, 1)
+	cos := byRow(s, img, func(row *torch.Tensor) *torch.Tensor { return s.MatMul(row, txt) }) // [N, 2P]
 	n := s.ErrSafeDim(cos, 0)
 	prob := s.Softmax(s.Reshape(s.MulScalar(cos, CLIPIQALogitScale), n, p, 2), -1)
 	return s.Mean(s.Select(prob, 2, 0), false, 1) // [N]

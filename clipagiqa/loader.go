@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"iter"
 	"math/rand/v2"
-	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa/imageprep"
 	"github.com/clipagiqa/clipagiqa/data"
+	"github.com/clipagiqa/clipagiqa/internal/regularfile"
 )
 
 // LoaderOptions configure LoadBatches.
@@ -233,7 +233,7 @@ func LoadBatches(ctx context.Context, samples []data.Sample, order []int, opts L
 
 // loadOne reads, decodes and transforms one sample into dst.
 func loadOne(dst []float32, s data.Sample, idx int, opts *LoaderOptions) error {
-	raw, err := os.ReadFile(s.Path)
+	raw, err := regularfile.ReadFile(s.Path)
 	if err != nil {
 		return err
 	}

@@ -311,14 +311,40 @@ func (m *Model) ImageFeatures(s *torch.Scope, pixels *torch.Tensor) *torch.Tenso
 }
 
 // Head maps normalised image features [N, E] and text features [K, E] to
-// predicted MOS [N]. train enables dropout.
+// predicted MOS [N]. train enables dropout. In inference each row is
+// computed on its own, so a score does not depend on its batch (byRow).
 func (m *Model) Head(s *torch.Scope, img, text *torch.Tensor, train bool) *torch.Tensor {
 	shape := img.Shape()
 	if len(shape) != 2 {
 		s.Fail(fmt.Errorf("head: image features have shape %v, want [N E]", shape))
 		return nil
 	}
-	n := shape[0]
+	if !train {
+		return byRow(s, img, func(row *torch.Tensor) *torch.Tensor { return m.head(s, row, text, false) })
+	}
+	return m.head(s, img, text, train)
+}
+
+// byRow applies f to each row of x ([N, ...]) on its own and concatenates
+// the results. BLAS picks its kernel, and so its summation order, by the
+// number of rows; one row at a time makes an inference result independent
+// of its batch companions and their order. Used for the small matrix
+// products after the encoder, where it costs little.
+func byRow(s *torch.Scope, x *torch.Tensor, f func(row *torch.Tensor) *torch.Tensor) *torch.Tensor {
+	n := s.ErrSafeDim(x, 0)
+	if n <= 1 {
+		return f(x)
+	}
+	rows := make([]*torch.Tensor, n)
+	for i := range n {
+		rows[i] = f(s.Narrow(x, 0, i, 1))
+	}
+	return s.Cat(0, rows...)
+}
+
+// head is Head on all rows at once (training, and benchmarks).
+func (m *Model) head(s *torch.Scope, img, text *torch.Tensor, train bool) *torch.Tensor {
+	n := img.Shape()[0]
 	txt := s.Expand(s.Reshape(s.Cast(text, torch.Float32), 1, -1), n, -1) // [N, K·E]
 	x := s.Cat(1, img, txt)                                               // [N, (1+K)·E]
 	p := m.Config.Dropout

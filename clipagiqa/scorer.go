@@ -529,8 +529,8 @@ func (sc *Scorer) forward(px []float32, n int) (out []float64, err error) {
 	out = make([]float64, n)
 	for i, v := range vals {
 		out[i] = float64(v)
-		if math.IsNaN(out[i]) {
-			return nil, fmt.Errorf("score batch of %d: NaN score", n)
+		if math.IsNaN(out[i]) || math.IsInf(out[i], 0) {
+			return nil, fmt.Errorf("score batch of %d: score %v (the model or checkpoint produces non-finite values)", n, out[i])
 		}
 	}
 	return out, nil

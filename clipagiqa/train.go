@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa/imageprep"
@@ -54,14 +55,18 @@ type TrainConfig struct {
 	CacheDir string
 	// OutDir receives metrics and checkpoints ("": nothing is written).
 	OutDir string
-	// Resume continues from OutDir/last when it exists.
-	Resume bool
+	// Resume continues from OutDir/last when it exists. The seed, batch size,
+	// feature cache and schedule (epochs, learning rates, warm-up, momentum,
+	// weight decay) must match the saved run's, unless OverrideSchedule
+	// allows the schedule to change (the run then mixes two schedules).
+	Resume           bool
+	OverrideSchedule bool
 	// Workers decode images in parallel (0: runtime.NumCPU()).
 	Workers int
 	// Device must be empty or the model's device (the model fixes it).
 	Device string
-	// SkipBadImages trains without unreadable training images instead of
-	// failing (they are listed in TrainResult.TrainFailed either way).
+	// SkipBadImages trains and evaluates without unreadable images instead
+	// of failing (they are listed in TrainResult's *Failed either way).
 	SkipBadImages bool
 	// Parallel makes this process one rank of data-parallel training (nil or
 	// world size 1: a single process). BatchSize stays the global batch.
@@ -136,6 +141,8 @@ type TrainResult struct {
 	FeatureCache string
 	// EncodeSeconds is the time spent encoding cached and evaluation features.
 	EncodeSeconds float64
+	// RemovedTemps are orphaned temporaries of killed writes removed at start.
+	RemovedTemps []string
 }
 
 // trainState is the resumable state stored in a checkpoint's extra JSON.
@@ -152,6 +159,12 @@ type trainState struct {
 	BestMetric   float64 `json:"best_metric"`
 	BestBy       string  `json:"best_by"`
 	RNG          string  `json:"rng"`
+	// The rest of the schedule; HasSchedule is false in older checkpoints.
+	HasSchedule  bool    `json:"has_schedule,omitempty"`
+	WarmupEpochs int     `json:"warmup_epochs,omitempty"`
+	WarmupLR     float64 `json:"warmup_lr,omitempty"`
+	Momentum     float64 `json:"momentum,omitempty"`
+	WeightDecay  float64 `json:"weight_decay,omitempty"`
 }
 
 const rngScheme = "per-epoch: torch.ManualSeed(mix(seed,epoch)); PCG shuffle(seed,epoch); augmentation PCG(seed,epoch,index)"
@@ -256,7 +269,9 @@ func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callb
 	if ds.Val != nil && ds.Val.Len() > 0 {
 		res.BestBy = "val_srcc"
 	}
-	st := trainState{Seed: cfg.Seed, Epochs: cfg.Epochs, BatchSize: cfg.BatchSize, LR: cfg.LR, FeatureCache: fc.String(), BestBy: res.BestBy, RNG: rngScheme}
+	res.RemovedTemps = removeOrphanTemps(cfg.OutDir, cfg.CacheDir, time.Now())
+	st := trainState{Seed: cfg.Seed, Epochs: cfg.Epochs, BatchSize: cfg.BatchSize, LR: cfg.LR, FeatureCache: fc.String(), BestBy: res.BestBy, RNG: rngScheme,
+		HasSchedule: true, WarmupEpochs: cfg.WarmupEpochs, WarmupLR: cfg.WarmupLR, Momentum: cfg.Momentum, WeightDecay: cfg.WeightDecay}
 	if cfg.Resume {
 		if err := resumeFrom(m, opt, cfg, &st, res); err != nil {
 			return nil, fmt.Errorf("train: resume: %w", err)
@@ -327,8 +342,8 @@ func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callb
 			return nil, fmt.Errorf("train: features to device: %w", err)
 		}
 	}
-	if len(res.TrainFailed) > 0 && !cfg.SkipBadImages {
-		return res, fmt.Errorf("train: %w", res.TrainFailed)
+	if err := unusable(res); err != nil && !cfg.SkipBadImages {
+		return res, fmt.Errorf("train: %w (or skip them explicitly)", err)
 	}
 	var idx []int
 	for i, ok := range valid {
@@ -406,7 +421,12 @@ func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callb
 					res.Interrupted = ctx.Err() != nil
 					return res, fmt.Errorf("train: interrupted in epoch %d (epoch %d is the last saved): %w", epoch+1, epoch, err)
 				}
-				res.TrainFailed = append(res.TrainFailed, b.Failed...) // files changed since the check
+				if len(b.Failed) > 0 { // files changed since the check
+					res.TrainFailed = append(res.TrainFailed, b.Failed...)
+					if !cfg.SkipBadImages {
+						return res, fmt.Errorf("train: epoch %d (epoch %d is the last saved): training %w", epoch+1, epoch, ImageErrors(b.Failed))
+					}
+				}
 				if b.Len() == 0 {
 					continue
 				}
@@ -456,6 +476,20 @@ func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callb
 		}
 	}
 	return res, nil
+}
+
+// unusable reports every image of any part that could not be read, by part.
+func unusable(res *TrainResult) error {
+	var errs []error
+	for _, p := range []struct {
+		name   string
+		failed ImageErrors
+	}{{"training", res.TrainFailed}, {"validation", res.ValFailed}, {"test", res.TestFailed}} {
+		if len(p.failed) > 0 {
+			errs = append(errs, fmt.Errorf("%s %w", p.name, p.failed))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // checkAllFiles reports missing image files of every part at once.
@@ -557,11 +591,13 @@ func evalEpoch(m *Model, e *evalSet) (*metrics.Report, string) {
 	return nil, err.Error()
 }
 
-// headScores runs the regressor on normalised image features [N, E].
+// headScores runs the regressor on normalised image features [N, E], all
+// rows at once: every epoch evaluates the same fixed set, so the per-row
+// path (batch-invariant, slower) would buy nothing here.
 func headScores(m *Model, feats *torch.Tensor) ([]float64, error) {
 	s := torch.NewScope().WithGrad(torch.InferenceMode)
 	defer s.Close()
-	pred := m.Head(s, feats, m.TextFeatures(s), false)
+	pred := m.head(s, feats, m.TextFeatures(s), false)
 	if err := s.Err(); err != nil {
 		return nil, err
 	}
@@ -619,6 +655,10 @@ func saveEpoch(m *Model, opt *Optimizer, out string, st trainState, better bool,
 func resumeFrom(m *Model, opt *Optimizer, cfg TrainConfig, st *trainState, res *TrainResult) error {
 	dir := filepath.Join(cfg.OutDir, LastDir)
 	if _, err := os.Stat(filepath.Join(dir, ModelFile)); errors.Is(err, os.ErrNotExist) {
+		if left := previousRun(cfg.OutDir); len(left) > 0 {
+			return fmt.Errorf("%s is missing but %s holds %s from an earlier run: resuming would restart at epoch 1 and overwrite them; "+
+				"to start fresh remove them or choose another output directory", filepath.Join(dir, ModelFile), cfg.OutDir, strings.Join(left, " and "))
+		}
 		return nil // nothing saved yet: a fresh start
 	}
 	ck, err := ReadCheckpoint(dir, 0)
@@ -639,6 +679,10 @@ func resumeFrom(m *Model, opt *Optimizer, cfg TrainConfig, st *trainState, res *
 	case saved.BestBy != st.BestBy:
 		return fmt.Errorf("checkpoint chose its best epoch by %s, this run would use %s", saved.BestBy, st.BestBy)
 	}
+	if d := scheduleChanges(saved, *st); len(d) > 0 && !cfg.OverrideSchedule {
+		return fmt.Errorf("the schedule differs from the saved run's (%s): resuming would mix two schedules; "+
+			"use the saved values, or allow it explicitly (--override-schedule, TrainConfig.OverrideSchedule)", strings.Join(d, ", "))
+	}
 	if err := m.Apply(ck); err != nil {
 		return err
 	}
@@ -658,6 +702,38 @@ func resumeFrom(m *Model, opt *Optimizer, cfg TrainConfig, st *trainState, res *
 	}
 	res.StartEpoch = saved.Epoch
 	return nil
+}
+
+// previousRun names what an earlier run left in out besides last/.
+func previousRun(out string) []string {
+	var left []string
+	if _, err := os.Stat(filepath.Join(out, BestDir, ModelFile)); err == nil {
+		left = append(left, BestDir+"/"+ModelFile)
+	}
+	if _, err := os.Stat(filepath.Join(out, MetricsJSON)); err == nil {
+		left = append(left, MetricsJSON)
+	}
+	return left
+}
+
+// scheduleChanges lists the schedule settings of st that differ from the
+// saved run's, as "name saved → now".
+func scheduleChanges(saved, st trainState) []string {
+	var d []string
+	diff := func(name string, a, b float64) {
+		if a != b {
+			d = append(d, fmt.Sprintf("%s %v → %v", name, a, b))
+		}
+	}
+	diff("epochs", float64(saved.Epochs), float64(st.Epochs))
+	diff("lr", saved.LR, st.LR)
+	if saved.HasSchedule {
+		diff("warmup epochs", float64(saved.WarmupEpochs), float64(st.WarmupEpochs))
+		diff("warmup lr", saved.WarmupLR, st.WarmupLR)
+		diff("momentum", saved.Momentum, st.Momentum)
+		diff("weight decay", saved.WeightDecay, st.WeightDecay)
+	}
+	return d
 }
 
 // ReadMetrics reads a metrics.jsonl written by Train.

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/clipagiqa/clipagiqa/internal/regularfile"
 )
 
 // table is a parsed CSV file with a header, keeping each row's line number
@@ -24,7 +26,7 @@ type table struct {
 
 // readTableFile reads a CSV file from disk.
 func readTableFile(path string) (*table, error) {
-	raw, err := os.ReadFile(path)
+	raw, err := regularfile.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read score table: %w", err)
 	}
@@ -107,6 +109,10 @@ func (t *table) require(names ...string) ([]int, error) {
 	return idx, nil
 }
 
+// MaxAbsScore bounds the scores a table may hold: MOS scales are 0-5 or
+// 0-100, and squares of larger values overflow the metrics.
+const MaxAbsScore = 1e6
+
 // float parses field col of row i as a finite number.
 func (t *table) float(i, col int) (float64, error) {
 	s := strings.TrimSpace(t.rows[i][col])
@@ -117,6 +123,9 @@ func (t *table) float(i, col int) (float64, error) {
 	if math.IsNaN(v) || math.IsInf(v, 0) {
 		return 0, fmt.Errorf("%s:%d: %s %q is not a finite number", t.src, t.lines[i], t.header[col], s)
 	}
+	if math.Abs(v) > MaxAbsScore {
+		return 0, fmt.Errorf("%s:%d: %s %q is outside ±%g (not an opinion score; metrics would overflow)", t.src, t.lines[i], t.header[col], s, MaxAbsScore)
+	}
 	return v, nil
 }
 
@@ -126,6 +135,9 @@ func (t *table) name(i, col int) (string, error) {
 	s := strings.TrimSpace(t.rows[i][col])
 	if s == "" {
 		return "", fmt.Errorf("%s:%d: empty %s", t.src, t.lines[i], t.header[col])
+	}
+	if !filepath.IsLocal(filepath.FromSlash(s)) {
+		return "", fmt.Errorf("%s:%d: %s %q is outside the image root (absolute, or climbing out with ..): refused", t.src, t.lines[i], t.header[col], s)
 	}
 	return s, nil
 }

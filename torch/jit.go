@@ -9,6 +9,9 @@ import (
 	"os"
 	"sync/atomic"
 	"unsafe"
+
+	"github.com/clipagiqa/clipagiqa/internal/regularfile"
+	"github.com/clipagiqa/clipagiqa/torch/ptfile"
 )
 
 // StateDict is a set of named tensors in checkpoint order. It owns its tensors.
@@ -54,6 +57,8 @@ type Module struct {
 	path string
 }
 
+// statReadable refuses what libtorch cannot read or would block on (a FIFO),
+// and verifies every record's CRC-32, which libtorch's zip reader skips.
 func statReadable(path string) error {
 	st, err := os.Stat(path)
 	if err != nil {
@@ -62,10 +67,13 @@ func statReadable(path string) error {
 	if st.IsDir() {
 		return fmt.Errorf("%s is a directory", path)
 	}
+	if err := regularfile.Check(path); err != nil {
+		return err
+	}
 	if st.Size() == 0 {
 		return fmt.Errorf("%s is empty", path)
 	}
-	return nil
+	return ptfile.VerifyArchive(path)
 }
 
 // LoadModule loads a TorchScript archive onto the CPU.

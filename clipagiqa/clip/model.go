@@ -6,6 +6,7 @@ import (
 	"math"
 	"strings"
 
+	"github.com/clipagiqa/clipagiqa/internal/regularfile"
 	"github.com/clipagiqa/clipagiqa/torch"
 )
 
@@ -57,6 +58,9 @@ func Load(path string, opts Options) (*Model, error) {
 // IsTorchScript reports whether path is a TorchScript archive (it has code/ or
 // constants.pkl records) rather than a plain torch.save file.
 func IsTorchScript(path string) (bool, error) {
+	if err := regularfile.Check(path); err != nil { // a FIFO would block in open()
+		return false, err
+	}
 	zr, err := zip.OpenReader(path)
 	if err != nil {
 		return false, fmt.Errorf("not a PyTorch zip archive: %w", err)

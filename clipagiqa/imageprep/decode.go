@@ -9,11 +9,12 @@ import (
 	"image/gif"
 	"image/png"
 	"io"
-	"os"
 	"strings"
 
 	"golang.org/x/image/bmp"
 	"golang.org/x/image/webp"
+
+	"github.com/clipagiqa/clipagiqa/internal/regularfile"
 )
 
 // Decoding errors; the returned errors wrap them (test with errors.Is).
@@ -114,7 +115,7 @@ func DecodeReader(r io.Reader, maxPixels int64) (*Image, error) {
 
 // DecodeFile reads and decodes the file at path; errors name the file.
 func DecodeFile(path string, maxPixels int64) (*Image, error) {
-	data, err := os.ReadFile(path)
+	data, err := regularfile.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("imageprep: %w", err)
 	}
@@ -169,9 +170,16 @@ func LoadBatch(paths []string, opts Options) ([]float32, error) {
 // with %v, so the EOF check also looks at the text.
 func wrapGoErr(what string, err error) error {
 	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || strings.Contains(err.Error(), io.ErrUnexpectedEOF.Error()) {
-		return fmt.Errorf("%w: %s: %v", ErrTruncated, what, err)
+		return fmt.Errorf("%w: %s: %s", ErrTruncated, what, withoutFormatPrefix(what, err))
 	}
-	return fmt.Errorf("%w: %s: %v", ErrCorrupt, what, err)
+	return fmt.Errorf("%w: %s: %s", ErrCorrupt, what, withoutFormatPrefix(what, err))
+}
+
+// withoutFormatPrefix drops the "png: " that Go's decoders put before their
+// messages when what already names the format, so it is not said twice.
+func withoutFormatPrefix(what string, err error) string {
+	format, _, _ := strings.Cut(what, " ")
+	return strings.TrimPrefix(err.Error(), format+": ")
 }
 
 // ---------------------------------------------------------------- PNG
@@ -208,7 +216,7 @@ func decodePNG(data []byte, maxPixels int64) (*Image, error) {
 	}
 	if err != nil {
 		if pngEndsEarly(data) {
-			return nil, fmt.Errorf("%w: png: %v", ErrTruncated, err)
+			return nil, fmt.Errorf("%w: png: %s", ErrTruncated, withoutFormatPrefix("png", err))
 		}
 		return nil, wrapGoErr("png", err)
 	}

@@ -39,6 +39,14 @@ func validate(pred, mos []float64, minN int) error {
 	return nil
 }
 
+func maxAbs(x []float64) float64 {
+	m := 0.0
+	for _, v := range x {
+		m = math.Max(m, math.Abs(v))
+	}
+	return m
+}
+
 // checkNotConstant reports an ErrConstant-wrapping error if either slice
 // holds a single repeated value.
 func checkNotConstant(pred, mos []float64) error {
@@ -298,5 +306,14 @@ func Compute(pred, mos []float64) (Report, error) {
 	rep.LogisticRMSE = fit.RMSE
 	rep.LogisticFitted = fit.Fitted
 	rep.LogisticParams = fit.Params()
+	for _, m := range []struct {
+		name string
+		v    float64
+	}{{"PLCC", rep.PLCC}, {"SRCC", rep.SRCC}, {"KRCC", rep.KRCC}, {"RMSE", rep.RMSE}} {
+		if math.IsNaN(m.v) || math.IsInf(m.v, 0) {
+			return Report{}, fmt.Errorf("metrics: %s is %v: the values are too large to compare (|MOS| up to %g, |prediction| up to %g)",
+				m.name, m.v, maxAbs(mos), maxAbs(pred))
+		}
+	}
 	return rep, nil
 }

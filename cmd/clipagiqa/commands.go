@@ -3,7 +3,7 @@ package main
 import "github.com/urfave/cli/v2"
 
 func commands() []*cli.Command {
-	return []*cli.Command{
+	return applyConventions([]*cli.Command{
 		infoCommand(),
 		embedCommand(),
 		trainCommand(),
@@ -15,5 +15,5 @@ func commands() []*cli.Command {
 		benchCommand(),
 		benchServeCommand(),
 		launchCommand(),
-	}
+	})
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/clipagiqa/clipagiqa/clipagiqa/imageprep"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/tokenizer"
 	"github.com/clipagiqa/clipagiqa/data"
+	"github.com/clipagiqa/clipagiqa/internal/regularfile"
 	"github.com/clipagiqa/clipagiqa/torch"
 	"github.com/urfave/cli/v2"
 )
@@ -95,7 +96,7 @@ func loadCLIP(c *cli.Context) (*clip.Model, error) {
 	if path == "" {
 		return nil, errors.New("--clip FILE is required (OpenAI CLIP .pt weights)")
 	}
-	if _, err := os.Stat(path); err != nil {
+	if err := regularfile.Check(path); err != nil {
 		return nil, fmt.Errorf("--clip: %w", err)
 	}
 	dev, prec, err := deviceOptions(c)
@@ -156,7 +157,8 @@ type imageInput struct {
 // expandImages turns arguments into image inputs, in argument order: files
 // as given (any extension: the decoder sniffs the content), directories into
 // their image files (by extension, recursively, sorted). Unreadable
-// arguments become inputs with Err set, so that errors keep their place.
+// arguments, and anything that is not a regular file (a FIFO would block in
+// open), become inputs with Err set, so that errors keep their place.
 func expandImages(args []string) []imageInput {
 	var out []imageInput
 	for _, a := range args {
@@ -166,7 +168,11 @@ func expandImages(args []string) []imageInput {
 			continue
 		}
 		if !st.IsDir() {
-			out = append(out, imageInput{Path: a})
+			in := imageInput{Path: a}
+			if err := regularfile.CheckEntry(a, st.Mode()); err != nil {
+				in.Err = err.Error()
+			}
+			out = append(out, in)
 			continue
 		}
 		var found []imageInput
@@ -175,7 +181,11 @@ func expandImages(args []string) []imageInput {
 			case err != nil:
 				found = append(found, imageInput{p, err.Error()})
 			case !d.IsDir() && imageExts[strings.ToLower(filepath.Ext(p))]:
-				found = append(found, imageInput{Path: p})
+				in := imageInput{Path: p}
+				if err := regularfile.Check(p); err != nil { // follows symlinks
+					in.Err = "skipped: " + err.Error()
+				}
+				found = append(found, in)
 			}
 			return nil
 		})

@@ -48,7 +48,7 @@ func embedCommand() *cli.Command {
 			"status is 1.",
 		Flags: []cli.Flag{
 			clipFlag(true), deviceFlag(), precisionFlag(),
-			&cli.StringFlag{Name: "format", Value: "json", Usage: "output format: json or csv"},
+			formatFlag(formatJSON, formatCSV),
 			&cli.GenericFlag{Name: "text", Value: &repeatable{}, Usage: "a `TEXT` to embed (repeat the flag for more; commas are kept)"},
 			&cli.BoolFlag{Name: "truncate", Usage: "cut texts longer than the context length (77 tokens) instead of failing"},
 			batchFlag(32), maxPixelsFlag(), threadsFlag,
@@ -58,9 +58,9 @@ func embedCommand() *cli.Command {
 }
 
 func runEmbed(c *cli.Context) error {
-	format := c.String("format")
-	if format != "json" && format != "csv" {
-		return fmt.Errorf("--format %q: want json or csv", format)
+	format, err := outputFormat(c, formatJSON, formatCSV)
+	if err != nil {
+		return err
 	}
 	texts := repeatableValues(c, "text")
 	if c.NArg() == 0 && len(texts) == 0 {
@@ -150,7 +150,11 @@ func runEmbed(c *cli.Context) error {
 		fmt.Fprintf(c.App.ErrWriter, "clipagiqa embed: %s: %s\n", e.Image, e.Error)
 	}
 	if len(out.Errors) > 0 {
-		return fmt.Errorf("embed: %d input(s) failed (listed under \"errors\")", len(out.Errors))
+		where := `listed under "errors" and on stderr`
+		if format == formatCSV {
+			where = "listed on stderr"
+		}
+		return fmt.Errorf("embed: %d input(s) failed (%s)", len(out.Errors), where)
 	}
 	return nil
 }

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"encoding/csv"
 	"fmt"
 	"io"
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa"
@@ -34,7 +36,7 @@ func evalCommand() *cli.Command {
 		&cli.IntFlag{Name: "split-index", Usage: "which split's test part --part test takes (0-based)"},
 		methodFlag(),
 		&cli.GenericFlag{Name: "pair", Value: &repeatable{}, Usage: "clipiqa antonym prompts as \"POSITIVE|NEGATIVE\" (repeat for more; default \"Good photo.|Bad photo.\")"},
-		&cli.BoolFlag{Name: "json", Usage: "print JSON instead of a table"},
+		formatFlag(formatTable, formatJSON, formatCSV), jsonAliasFlag(),
 		&cli.StringFlag{Name: "plot", Usage: "write a scatter plot (score against MOS) to this PNG `FILE`"},
 		&cli.StringFlag{Name: "curves", Usage: "write the training run's SRCC curves to this PNG `FILE` (needs metrics.jsonl next to the checkpoint)"},
 		&cli.StringFlag{Name: "predictions", Usage: "write per-image scores to this CSV `FILE` (image,mos,score,error)"},
@@ -47,7 +49,7 @@ func evalCommand() *cli.Command {
 		Description: "Scores every image of the chosen part with CLIP's test preprocessing and\n" +
 			"compares with the MOS: PLCC, SRCC (average ranks for ties), KRCC (tau-b), RMSE,\n" +
 			"and PLCC after the standard 4-parameter logistic mapping (reported separately).\n" +
-			"Prints a table, or JSON with --json. Unreadable images are listed, left out of the\n" +
+			"Prints a table, or JSON or CSV (metric,value) with --format. Unreadable images are listed, left out of the\n" +
 			"metrics, and make the exit status 1.",
 		Flags:  flags,
 		Action: runEval,
@@ -84,6 +86,10 @@ func evalPart(c *cli.Context) (*data.Dataset, error) {
 }
 
 func runEval(c *cli.Context) error {
+	format, err := outputFormat(c, formatTable, formatJSON, formatCSV)
+	if err != nil {
+		return err
+	}
 	method := c.String("method")
 	if method != clipagiqa.MethodAGIQA && method != clipagiqa.MethodCLIPIQA {
 		return fmt.Errorf("--method %q: want agiqa or clipiqa", method)
@@ -118,9 +124,9 @@ func runEval(c *cli.Context) error {
 	var rep metrics.Report
 	var preds []clipagiqa.Prediction
 	if method == clipagiqa.MethodAGIQA {
-		m, err := clipagiqa.FromCheckpoint(cm, tok, ck)
-		if err != nil {
-			return err
+		m, merr := clipagiqa.FromCheckpoint(cm, tok, ck) // not :=, which would hide Evaluate's error below
+		if merr != nil {
+			return merr
 		}
 		defer m.Close()
 		out.Checkpoint, out.Epoch = ckDir, ck.Epoch
@@ -144,11 +150,16 @@ func runEval(c *cli.Context) error {
 		return err
 	}
 	out.Metrics = rep
-	if c.Bool("json") {
+	switch format {
+	case formatJSON:
 		if err := writeJSON(c.App.Writer, out); err != nil {
 			return err
 		}
-	} else {
+	case formatCSV:
+		if err := writeReportCSV(c.App.Writer, out); err != nil {
+			return err
+		}
+	default:
 		printReport(c.App.Writer, out)
 	}
 	if f := c.String("predictions"); f != "" {
@@ -215,6 +226,22 @@ func printReport(w io.Writer, o evalOutput) {
 		note = " (fit failed: equals PLCC)"
 	}
 	fmt.Fprintf(w, "%-14s %.4f%s\n", "logistic PLCC", r.LogisticPLCC, note)
+}
+
+// writeReportCSV writes metric,value rows (n, plcc, srcc, krcc, rmse,
+// logistic_plcc).
+func writeReportCSV(w io.Writer, o evalOutput) error {
+	cw := csv.NewWriter(w)
+	r := o.Metrics
+	f := func(x float64) string { return strconv.FormatFloat(x, 'g', -1, 64) }
+	for _, rec := range [][]string{{"metric", "value"}, {"n", strconv.Itoa(r.N)}, {"images", strconv.Itoa(o.Images)},
+		{"plcc", f(r.PLCC)}, {"srcc", f(r.SRCC)}, {"krcc", f(r.KRCC)}, {"rmse", f(r.RMSE)}, {"logistic_plcc", f(r.LogisticPLCC)}} {
+		if err := cw.Write(rec); err != nil {
+			return err
+		}
+	}
+	cw.Flush()
+	return cw.Error()
 }
 
 // writePredictionsCSV writes image,mos,score,error rows.

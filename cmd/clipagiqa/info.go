@@ -53,15 +53,19 @@ func infoCommand() *cli.Command {
 		Name:  "info",
 		Usage: "print Go, libtorch and shim versions, CUDA availability and thread count",
 		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+			formatFlag(formatTable, formatJSON), jsonAliasFlag(),
 			threadsFlag,
 		},
 		Action: func(c *cli.Context) error {
 			if err := applyThreads(c); err != nil {
 				return err
 			}
+			format, err := outputFormat(c, formatTable, formatJSON)
+			if err != nil {
+				return err
+			}
 			in := runtimeInfo()
-			if c.Bool("json") {
+			if format == formatJSON {
 				enc := json.NewEncoder(c.App.Writer)
 				enc.SetIndent("", "  ")
 				return enc.Encode(in)

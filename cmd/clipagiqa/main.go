@@ -33,8 +33,7 @@ func newApp() *cli.App {
 		Description: "Loads OpenAI CLIP TorchScript weights, trains the CLIP-AGIQA prompt learner and\n" +
 			"regressor on MOS tables, evaluates (PLCC/SRCC/KRCC/RMSE) and scores images.\n" +
 			"Every command takes --help.",
-		Flags: []cli.Flag{&cli.BoolFlag{Name: "no-fused",
-			Usage: "run CLIP op by op instead of its fused native CPU paths (same numbers to float32 rounding, slower)"}},
+		Flags:    []cli.Flag{noFusedFlag()},
 		Commands: commands(),
 	}
 }

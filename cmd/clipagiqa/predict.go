@@ -4,11 +4,11 @@ import (
 	"context"
 	"encoding/csv"
 	"fmt"
-	"os"
 	"strconv"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/clip"
+	"github.com/clipagiqa/clipagiqa/internal/regularfile"
 	"github.com/urfave/cli/v2"
 )
 
@@ -48,7 +48,7 @@ func checkpointFlags(required bool) []cli.Flag {
 func predictCommand() *cli.Command {
 	flags := append([]cli.Flag{clipFlag(false)}, checkpointFlags(false)...) // --clip checked in runPredict: --merge needs none
 	flags = append(flags, methodFlag(),
-		&cli.StringFlag{Name: "format", Value: "json", Usage: "output format: json or csv (image,score)"},
+		formatFlag(formatJSON, formatCSV),
 		deviceFlag(), precisionFlag(), batchFlag(32), maxPixelsFlag(), threadsFlag)
 	flags = append(flags, predictShardFlags()...)
 	return &cli.Command{
@@ -77,11 +77,11 @@ func runPredict(c *cli.Context) error {
 		return runPredictMerge(c)
 	}
 	if c.String("clip") == "" {
-		return fmt.Errorf("Required flag \"clip\" not set")
+		return fmt.Errorf("%s", requiredMessage(clipFlag(true)))
 	}
-	format := c.String("format")
-	if format != "json" && format != "csv" {
-		return fmt.Errorf("--format %q: want json or csv", format)
+	format, err := outputFormat(c, formatJSON, formatCSV)
+	if err != nil {
+		return err
 	}
 	if c.NArg() == 0 {
 		return fmt.Errorf("no images: give image files or directories")
@@ -99,7 +99,7 @@ func runPredict(c *cli.Context) error {
 		return fmt.Errorf("--batch-size must be positive (got %d)", batch)
 	}
 	if c.String("clip") != "" {
-		if _, err := os.Stat(c.String("clip")); err != nil {
+		if err := regularfile.Check(c.String("clip")); err != nil {
 			return fmt.Errorf("--clip: %w", err)
 		}
 	}
@@ -143,7 +143,7 @@ func runPredict(c *cli.Context) error {
 				continue
 			}
 			var err error
-			if data[i], err = os.ReadFile(in.Path); err != nil {
+			if data[i], err = regularfile.ReadFile(in.Path); err != nil {
 				errs[i] = err.Error()
 				continue
 			}
@@ -199,7 +199,11 @@ func runPredict(c *cli.Context) error {
 		fmt.Fprintf(c.App.ErrWriter, "clipagiqa predict: %s: %s\n", e.Image, e.Error)
 	}
 	if len(out.Errors) > 0 {
-		return fmt.Errorf("predict: %d input(s) failed (listed under \"errors\")", len(out.Errors))
+		where := `listed under "errors" and on stderr`
+		if format == formatCSV {
+			where = "listed on stderr"
+		}
+		return fmt.Errorf("predict: %d input(s) failed (%s)", len(out.Errors), where)
 	}
 	return nil
 }

@@ -17,7 +17,7 @@ import (
 // serveScorerFlags are the model and batching flags shared by serve and bench-serve.
 func serveScorerFlags(clipDefault, ckptDefault, ckptNote string) []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "clip", Value: clipDefault, Usage: "CLIP weights (OpenAI TorchScript .pt or a torch.save state dict)"},
+		&cli.StringFlag{Name: "clip", Value: clipDefault, Usage: "CLIP weights `FILE` (OpenAI TorchScript .pt or a torch.save state dict)"},
 		&cli.StringFlag{Name: "checkpoint", Value: ckptDefault, Usage: "CLIP-AGIQA checkpoint directory (ours or the official prompt_learner/ + regression/ layout)" + ckptNote},
 		&cli.IntFlag{Name: "epoch", Usage: "epoch of an official checkpoint directory (0: the last)"},
 		&cli.StringFlag{Name: "method", Value: clipagiqa.MethodAGIQA, Usage: "agiqa (trained checkpoint) or clipiqa (zero-shot, no checkpoint)"},
@@ -26,7 +26,7 @@ func serveScorerFlags(clipDefault, ckptDefault, ckptNote string) []cli.Flag {
 		&cli.IntFlag{Name: "max-batch", Value: 32, Usage: "most images per device batch"},
 		&cli.DurationFlag{Name: "max-wait", Value: clipagiqa.DefaultMaxWait, Usage: "how long a request waits for others to share its batch"},
 		&cli.IntFlag{Name: "queue", Usage: "requests waiting for the device before 503 (0: 8 × max batch)"},
-		&cli.Int64Flag{Name: "max-pixels", Value: 40_000_000, Usage: "refuse images whose header declares more pixels (422)"},
+		maxPixelsFlag(), // one default everywhere; 422 above it
 		threadsFlag,
 	}
 }

@@ -29,6 +29,7 @@ import (
 // Files a training run writes next to Train's checkpoints and metrics.
 const (
 	summaryFile     = "summary.json"
+	skippedFile     = "skipped_images.csv"
 	predictionsFile = "test_predictions.csv"
 	lossPlot        = "loss.png"
 	srccPlot        = "srcc.png"
@@ -59,7 +60,7 @@ func trainingFlags(defEpochs int, defLR float64) []cli.Flag {
 			Usage: "off: encoder on fresh random crops every epoch (the paper, slow); center: one centre view per image encoded once (fast, no augmentation); views=K: K random views encoded once, one drawn per epoch"},
 		&cli.StringFlag{Name: "cache-dir", Usage: "keep encoded features on disk here across runs and splits (default OUT/feature-cache; \"-\": memory only)"},
 		&cli.IntFlag{Name: "workers", Usage: "image decoding goroutines (0: one per CPU)"},
-		&cli.BoolFlag{Name: "skip-bad-images", Usage: "train without unreadable training images instead of stopping"},
+		&cli.BoolFlag{Name: "skip-bad-images", Usage: "train and evaluate without unreadable images instead of stopping (they are counted, printed and listed in OUT/" + skippedFile + ")"},
 	}
 }
 
@@ -70,7 +71,8 @@ func trainCommand() *cli.Command {
 	flags = append(flags, trainingFlags(clipagiqa.DefaultTrainConfig().Epochs, clipagiqa.DefaultTrainConfig().LR)...)
 	flags = append(flags, modelFlags()...)
 	flags = append(flags, deviceFlag(), precisionFlag(),
-		&cli.BoolFlag{Name: "resume", Usage: "continue each split from OUT[/splitK]/last (same seed, batch size and feature cache)"},
+		&cli.BoolFlag{Name: "resume", Usage: "continue each split from OUT[/splitK]/last (same seed, batch size, feature cache and schedule)"},
+		&cli.BoolFlag{Name: "override-schedule", Usage: "with --resume: accept changed --epochs, --lr, --warmup-epochs, --warmup-lr (the run then mixes two schedules)"},
 		threadsFlag)
 	return &cli.Command{
 		Name:  "train",
@@ -119,7 +121,7 @@ func trainConfig(c *cli.Context, out string) clipagiqa.TrainConfig {
 	t.Epochs, t.BatchSize, t.LR = c.Int("epochs"), c.Int("batch-size"), c.Float64("lr")
 	t.WarmupEpochs, t.WarmupLR = c.Int("warmup-epochs"), c.Float64("warmup-lr")
 	t.FeatureCache, t.Workers, t.SkipBadImages = c.String("feature-cache"), c.Int("workers"), c.Bool("skip-bad-images")
-	t.Seed, t.Resume = c.Uint64("seed"), c.Bool("resume")
+	t.Seed, t.Resume, t.OverrideSchedule = c.Uint64("seed"), c.Bool("resume"), c.Bool("override-schedule")
 	switch dir := c.String("cache-dir"); dir {
 	case "":
 		t.CacheDir = filepath.Join(out, "feature-cache")
@@ -218,6 +220,9 @@ func runTrain(c *cli.Context) error {
 			if errors.Is(err, context.Canceled) {
 				fmt.Fprintf(c.App.ErrWriter, "interrupted: %s holds the last finished epoch; continue with --resume\n", filepath.Join(dir, clipagiqa.LastDir))
 			}
+			if o != nil && group.IsMain() { // what was learnt about the run is kept
+				_ = writeSummary(out, sum)
+			}
 			return err
 		}
 	}
@@ -226,15 +231,37 @@ func runTrain(c *cli.Context) error {
 	if !group.IsMain() {
 		return nil
 	}
+	if err := writeSummary(out, sum); err != nil {
+		return err
+	}
+	if !run.train.SkipBadImages {
+		return nil
+	}
+	n := 0
+	for _, o := range sum.Splits {
+		n += len(o.Unusable)
+	}
+	if n > 0 {
+		fmt.Fprintf(c.App.Writer, "--skip-bad-images: %d unreadable image(s) were left out (see %s in each split directory)\n", n, skippedFile)
+	}
+	return nil
+}
+
+// writeSummary writes OUT/summary.json atomically enough for a reader: a
+// complete file or the previous one.
+func writeSummary(out string, sum runSummary) error {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
 	}
-	f, err := os.Create(filepath.Join(out, summaryFile))
-	if err != nil {
+	var b strings.Builder
+	if err := writeJSON(&b, sum); err != nil {
 		return err
 	}
-	defer f.Close()
-	return writeJSON(f, sum)
+	tmp := filepath.Join(out, "."+summaryFile+".tmp")
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(out, summaryFile))
 }
 
 func partSizes(p clipagiqa.Datasets) string {
@@ -280,6 +307,68 @@ type splitOutcome struct {
 	BestOnTest  *epochResult `json:"best_on_test,omitempty"`
 	Seconds     float64      `json:"seconds"`
 	Interrupted bool         `json:"interrupted,omitempty"`
+	// Unusable lists every image the run could not read (also in SkippedList).
+	Unusable    []unusableImage `json:"unusable_images"`
+	SkippedList string          `json:"unusable_list,omitempty"`
+}
+
+// unusableImage is one image a run could not use, and why.
+type unusableImage struct {
+	Part  string `json:"part"`
+	Image string `json:"image"`
+	Error string `json:"error"`
+}
+
+// unusableImages collects the unreadable images of every part (each once).
+func unusableImages(res *clipagiqa.TrainResult) []unusableImage {
+	out := []unusableImage{}
+	for _, p := range []struct {
+		name   string
+		failed clipagiqa.ImageErrors
+	}{{"train", res.TrainFailed}, {"val", res.ValFailed}, {"test", res.TestFailed}} {
+		seen := map[int]bool{}
+		for _, f := range p.failed {
+			if !seen[f.Index] {
+				seen[f.Index] = true
+				out = append(out, unusableImage{p.name, f.Name, f.Err.Error()})
+			}
+		}
+	}
+	return out
+}
+
+// reportUnusable writes the list file and prints the count and the first names.
+func reportUnusable(w io.Writer, dir string, bad []unusableImage) (string, error) {
+	if len(bad) == 0 {
+		return "", nil
+	}
+	var sb strings.Builder
+	cw := csv.NewWriter(&sb)
+	_ = cw.Write([]string{"part", "image", "error"})
+	count := map[string]int{}
+	for _, b := range bad {
+		_ = cw.Write([]string{b.Part, b.Image, b.Error})
+		count[b.Part]++
+	}
+	cw.Flush()
+	path := filepath.Join(dir, skippedFile)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(path, []byte(sb.String()), 0o644); err != nil {
+		return "", err
+	}
+	var names []string
+	for i, b := range bad {
+		if i == 10 {
+			names = append(names, fmt.Sprintf("… %d more", len(bad)-i))
+			break
+		}
+		names = append(names, b.Image)
+	}
+	fmt.Fprintf(w, "%d image(s) could not be used (train %d, validation %d, test %d): %s; listed in %s\n",
+		len(bad), count["train"], count["val"], count["test"], strings.Join(names, ", "), path)
+	return path, nil
 }
 
 // Labels of the reported epochs.
@@ -342,8 +431,17 @@ func (r *trainRun) split(ctx context.Context, p splitPlan, dir string) (*splitOu
 	if res == nil {
 		return nil, err
 	}
+	unusable := unusableImages(res)
+	list, lerr := reportUnusable(r.w, dir, unusable)
+	if lerr != nil && err == nil {
+		err = lerr
+	}
+	if len(res.RemovedTemps) > 0 {
+		fmt.Fprintf(r.w, "removed %d orphaned temporary file(s) of interrupted writes: %s\n", len(res.RemovedTemps), strings.Join(res.RemovedTemps, ", "))
+	}
 	o := outcome(p, dir, res)
 	o.Interrupted = res.Interrupted
+	o.Unusable, o.SkippedList = unusable, list
 	if len(res.History) > 0 && err == nil && r.train.Parallel.IsMain() {
 		// Later steps see the selected epoch's parameters.
 		if o.Selected.Epoch != o.Last.Epoch {

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path"
 	"strings"
+
+	"github.com/clipagiqa/clipagiqa/internal/regularfile"
 )
 
 // File is a loaded torch.save file or TorchScript archive.
@@ -27,23 +29,90 @@ type File struct {
 // Load reads a PyTorch zip checkpoint or TorchScript archive from path.
 // Every storage is read into memory; the file is closed on return.
 func Load(path string) (*File, error) {
-	f, err := os.Open(path)
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		return nil, fmt.Errorf("ptfile: load %s: is a directory", path)
+	}
+	f, err := regularfile.Open(path) // a FIFO would block in open()
 	if err != nil {
-		return nil, fmt.Errorf("ptfile: load %s: %w", path, err)
+		return nil, fmt.Errorf("ptfile: load: %w", err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("ptfile: load %s: %w", path, err)
 	}
-	if st.IsDir() {
-		return nil, fmt.Errorf("ptfile: load %s: is a directory", path)
-	}
 	pf, err := read(f, st.Size())
 	if err != nil {
 		return nil, fmt.Errorf("ptfile: load %s: %w", path, err)
 	}
 	return pf, nil
+}
+
+// VerifyArchive checks that path is a readable zip archive whose every
+// record matches its CRC-32, streaming so that memory stays flat. Load
+// verifies the records it reads itself; this is for archives that another
+// reader (libtorch's, which skips the check) will read.
+func VerifyArchive(path string) error {
+	f, err := regularfile.Open(path)
+	if err != nil {
+		return fmt.Errorf("ptfile: verify: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("ptfile: verify %s: %w", path, err)
+	}
+	if st.Size() == 0 {
+		return fmt.Errorf("ptfile: verify %s: empty file", path)
+	}
+	zr, err := zip.NewReader(f, st.Size())
+	if err != nil {
+		return fmt.Errorf("ptfile: verify %s: not a zip archive (truncated or not a PyTorch file): %w", path, err)
+	}
+	for _, rec := range zr.File {
+		if err := checkBounds(rec, st.Size()); err != nil {
+			return fmt.Errorf("ptfile: verify %s: %w", path, err)
+		}
+		rc, err := rec.Open()
+		if err == nil {
+			var n int64
+			n, err = io.Copy(io.Discard, rc) // reading to EOF checks the CRC-32
+			rc.Close()
+			if err == nil && uint64(n) != rec.UncompressedSize64 {
+				err = fmt.Errorf("%d bytes, the directory says %d", n, rec.UncompressedSize64)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("ptfile: verify %s: record %s: %w", path, rec.Name, describeRecordErr(err))
+		}
+	}
+	return nil
+}
+
+// describeRecordErr says what a checksum failure means for the user.
+func describeRecordErr(err error) error {
+	if errors.Is(err, zip.ErrChecksum) {
+		return fmt.Errorf("CRC-32 mismatch: the file is corrupt (re-download or re-save it): %w", err)
+	}
+	return err
+}
+
+// checkBounds refuses a stored record whose directory entry points past the
+// end of the archive. The central directory sits at the end of the file and
+// was read, so this is a corrupt directory rather than a truncated file.
+func checkBounds(f *zip.File, archiveSize int64) error {
+	if f.Method != zip.Store {
+		return nil
+	}
+	n := f.UncompressedSize64
+	off, err := f.DataOffset()
+	if err != nil {
+		return fmt.Errorf("record %s: corrupt zip directory entry: %w", f.Name, err)
+	}
+	if f.CompressedSize64 != n || off < 0 || n > uint64(archiveSize) || off > archiveSize-int64(n) {
+		return fmt.Errorf("record %s: the zip directory says %d bytes at offset %d, past the end of the %d-byte file (corrupt zip directory)", f.Name, n, off, archiveSize)
+	}
+	return nil
 }
 
 // Read is Load for an archive held in r (size bytes long).
@@ -129,14 +198,8 @@ func readEntry(f *zip.File, archiveSize int64, limit int64) ([]byte, error) {
 	if limit >= 0 && n > uint64(limit) {
 		return nil, fmt.Errorf("record %s is %d bytes, more than the %d expected", f.Name, n, limit)
 	}
-	if f.Method == zip.Store {
-		off, err := f.DataOffset()
-		if err != nil {
-			return nil, fmt.Errorf("record %s: %w", f.Name, err)
-		}
-		if f.CompressedSize64 != n || off < 0 || n > uint64(archiveSize) || off > archiveSize-int64(n) {
-			return nil, fmt.Errorf("record %s: %d bytes at offset %d exceed the %d-byte archive (truncated file?)", f.Name, n, off, archiveSize)
-		}
+	if err := checkBounds(f, archiveSize); err != nil {
+		return nil, err
 	}
 	rc, err := f.Open()
 	if err != nil {
@@ -163,7 +226,7 @@ func readEntry(f *zip.File, archiveSize int64, limit int64) ([]byte, error) {
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("record %s: %w", f.Name, err)
+		return nil, fmt.Errorf("record %s: %w", f.Name, describeRecordErr(err))
 	}
 	return buf, nil
 }
