@@ -115,8 +115,9 @@ type ScorerStats struct {
 // request is one caller's images waiting for the device.
 type request struct {
 	ctx    context.Context
-	pixels []float32 // n images, NCHW
-	n      int
+	pixels  []float32 // n images, NCHW
+	prompts []string  // per image; nil when none were given
+	n       int
 	enq    time.Time
 	state  atomic.Int32 // reqPending → reqTaken (batcher) or reqCancelled (caller)
 	res    chan result  // buffered: the batcher never blocks on a gone caller
@@ -296,11 +297,27 @@ func (sc *Scorer) Score(ctx context.Context, img image.Image) (float64, error) {
 // ScoreBytes decodes an encoded image (JPEG, PNG, GIF, BMP, WebP) and scores
 // it; the pixel limit is checked from the header before decoding.
 func (sc *Scorer) ScoreBytes(ctx context.Context, data []byte) (float64, error) {
+	return sc.scoreBytes(ctx, data, nil)
+}
+
+// UsesPrompt reports whether the model reads the per-image prompts of
+// ScoreBytesPrompt. CLIP-AGIQA and CLIP-IQA score the image alone (false);
+// prompt-aware models (IP-IQA) will not.
+func (sc *Scorer) UsesPrompt() bool { return false }
+
+// ScoreBytesPrompt is ScoreBytes with the text prompt the image was generated
+// from, for prompt-aware models; a model that does not use prompts
+// (UsesPrompt false) ignores it.
+func (sc *Scorer) ScoreBytesPrompt(ctx context.Context, data []byte, prompt string) (float64, error) {
+	return sc.scoreBytes(ctx, data, []string{prompt})
+}
+
+func (sc *Scorer) scoreBytes(ctx context.Context, data []byte, prompts []string) (float64, error) {
 	px, err := sc.preprocess(ctx, func() (*imageprep.Image, error) { return imageprep.Decode(data, sc.cfg.maxPixels) })
 	if err != nil {
 		return 0, err
 	}
-	out, err := sc.submit(ctx, px, 1)
+	out, err := sc.submitPrompts(ctx, px, 1, prompts)
 	if err != nil {
 		return 0, err
 	}
@@ -355,10 +372,15 @@ func (sc *Scorer) isClosed() bool {
 
 // submit queues n preprocessed images and waits for their scores.
 func (sc *Scorer) submit(ctx context.Context, px []float32, n int) ([]float64, error) {
+	return sc.submitPrompts(ctx, px, n, nil)
+}
+
+// submitPrompts is submit with the images' prompts (nil or n of them).
+func (sc *Scorer) submitPrompts(ctx context.Context, px []float32, n int, prompts []string) ([]float64, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	req := &request{ctx: ctx, pixels: px, n: n, enq: time.Now(), res: make(chan result, 1)}
+	req := &request{ctx: ctx, pixels: px, prompts: prompts, n: n, enq: time.Now(), res: make(chan result, 1)}
 	sc.mu.RLock()
 	if sc.closed {
 		sc.mu.RUnlock()
@@ -474,11 +496,18 @@ func (sc *Scorer) run(batch []*request, n int, buf []float32) {
 	}
 	start := time.Now()
 	off := 0
+	var prompts []string // per image of the batch, "" where none was given
 	for _, r := range batch {
 		copy(buf[off:], r.pixels)
 		off += len(r.pixels)
+		if r.prompts != nil && prompts == nil {
+			prompts = make([]string, n)
+		}
+		if r.prompts != nil {
+			copy(prompts[off/sc.per-r.n:], r.prompts)
+		}
 	}
-	scores, err := sc.forward(buf[:off], n)
+	scores, err := sc.forward(buf[:off], n, prompts)
 	elapsed := time.Since(start)
 	// Count before answering, so a caller sees its batch in Stats.
 	sc.statsMu.Lock()
@@ -501,7 +530,10 @@ func (sc *Scorer) run(batch []*request, n int, buf []float32) {
 }
 
 // forward runs the model on n preprocessed images in one inference scope.
-func (sc *Scorer) forward(px []float32, n int) (out []float64, err error) {
+// prompts (nil, or one per image) are for prompt-aware models; CLIP-AGIQA and
+// CLIP-IQA do not read them.
+func (sc *Scorer) forward(px []float32, n int, prompts []string) (out []float64, err error) {
+	_ = prompts
 	defer func() {
 		// cgo ops report errors, but a bug here must not kill the batcher.
 		if r := recover(); r != nil {
