@@ -118,6 +118,7 @@ type request struct {
 	pixels  []float32 // n images, NCHW
 	prompts []string  // per image; nil when none were given
 	n       int
+	decoded bool // came through preprocess, which counted it in Scorer.pending
 	enq    time.Time
 	state  atomic.Int32 // reqPending → reqTaken (batcher) or reqCancelled (caller)
 	res    chan result  // buffered: the batcher never blocks on a gone caller
@@ -153,6 +154,8 @@ type Scorer struct {
 	once   sync.Once
 
 	depth      atomic.Int64
+	pending    atomic.Int64 // images being preprocessed: they will be queued soon
+	batchEWMA  atomic.Int64 // recent device batch time (ns), for the join wait
 	overloaded atomic.Uint64
 	dropped    atomic.Uint64
 	statsMu    sync.Mutex
@@ -287,7 +290,7 @@ func (sc *Scorer) Score(ctx context.Context, img image.Image) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	out, err := sc.submit(ctx, px, 1)
+	out, err := sc.enqueue(ctx, &request{pixels: px, n: 1, decoded: true})
 	if err != nil {
 		return 0, err
 	}
@@ -317,7 +320,7 @@ func (sc *Scorer) scoreBytes(ctx context.Context, data []byte, prompts []string)
 	if err != nil {
 		return 0, err
 	}
-	out, err := sc.submitPrompts(ctx, px, 1, prompts)
+	out, err := sc.enqueue(ctx, &request{pixels: px, prompts: prompts, n: 1, decoded: true})
 	if err != nil {
 		return 0, err
 	}
@@ -342,11 +345,19 @@ func (sc *Scorer) ScoreBatch(ctx context.Context, images [][]byte) (scores []flo
 }
 
 // preprocess decodes and transforms one image in the caller's goroutine,
-// holding one of the bounded preprocessing slots.
-func (sc *Scorer) preprocess(ctx context.Context, decode func() (*imageprep.Image, error)) ([]float32, error) {
+// holding one of the bounded preprocessing slots. The image counts as pending
+// (the batcher may wait for it to join a batch) until enqueue takes it, or
+// until preprocess fails.
+func (sc *Scorer) preprocess(ctx context.Context, decode func() (*imageprep.Image, error)) (px []float32, err error) {
 	if sc.isClosed() {
 		return nil, ErrClosed
 	}
+	sc.pending.Add(1)
+	defer func() {
+		if err != nil {
+			sc.pending.Add(-1)
+		}
+	}()
 	select {
 	case sc.decode <- struct{}{}:
 	case <-ctx.Done():
@@ -357,7 +368,7 @@ func (sc *Scorer) preprocess(ctx context.Context, decode func() (*imageprep.Imag
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidImage, err)
 	}
-	px, err := imageprep.CenterTransform(img, sc.prep)
+	px, err = imageprep.CenterTransform(img, sc.prep)
 	if err != nil {
 		return nil, fmt.Errorf("%w: preprocess: %w", ErrInvalidImage, err)
 	}
@@ -372,15 +383,24 @@ func (sc *Scorer) isClosed() bool {
 
 // submit queues n preprocessed images and waits for their scores.
 func (sc *Scorer) submit(ctx context.Context, px []float32, n int) ([]float64, error) {
-	return sc.submitPrompts(ctx, px, n, nil)
+	return sc.enqueue(ctx, &request{pixels: px, n: n})
 }
 
-// submitPrompts is submit with the images' prompts (nil or n of them).
-func (sc *Scorer) submitPrompts(ctx context.Context, px []float32, n int, prompts []string) ([]float64, error) {
+// enqueue queues req (its pixels, prompts, n and decoded set) and waits for
+// its scores.
+func (sc *Scorer) enqueue(ctx context.Context, req *request) ([]float64, error) {
+	// A preprocessed image stops being pending once it is queued (so the
+	// batcher sees it as one or the other), or when it is refused.
+	pending := req.decoded
+	defer func() {
+		if pending {
+			sc.pending.Add(-1)
+		}
+	}()
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	req := &request{ctx: ctx, pixels: px, prompts: prompts, n: n, enq: time.Now(), res: make(chan result, 1)}
+	req.ctx, req.enq, req.res = ctx, time.Now(), make(chan result, 1)
 	sc.mu.RLock()
 	if sc.closed {
 		sc.mu.RUnlock()
@@ -395,6 +415,10 @@ func (sc *Scorer) submitPrompts(ctx context.Context, px []float32, n int, prompt
 		return nil, ErrOverloaded
 	}
 	sc.mu.RUnlock()
+	if pending {
+		sc.pending.Add(-1)
+		pending = false
+	}
 	select {
 	case r := <-req.res:
 		return r.scores, r.err
@@ -421,12 +445,23 @@ func (sc *Scorer) claim(r *request) bool {
 	return true
 }
 
+// maxJoinWait caps how long a batch waits for images still being decoded.
+const maxJoinWait = 250 * time.Millisecond
+
 // loop is the batching goroutine: it takes the oldest request, adds whatever
-// arrives until the batch is full or the oldest has waited max wait, and runs
-// the batch. After Close it still runs what was queued (a closed channel
-// yields its buffered requests first), then exits.
+// arrives until the batch is full or max wait has passed since it started
+// collecting, and runs the batch. Past max wait it keeps waiting while images
+// are still being preprocessed (they are about to be queued, and joining now
+// saves them a whole batch), for at most a quarter of the recent batch time
+// (≤ maxJoinWait): under load the batch grows to the clients in flight, alone
+// a request waits only max wait. After Close it still runs what was queued
+// (a closed channel yields its buffered requests first), then exits.
 func (sc *Scorer) loop() {
 	defer close(sc.done)
+	// libtorch keeps its thread pool settings per OS thread: one thread runs
+	// every batch.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	buf := make([]float32, sc.cfg.maxBatch*sc.per)
 	var carry *request
 	for {
@@ -443,8 +478,12 @@ func (sc *Scorer) loop() {
 			continue
 		}
 		batch, n := []*request{first}, first.n
-		deadline := first.enq.Add(sc.cfg.maxWait)
-		var timer *time.Timer
+		start := time.Now()
+		deadline := start.Add(sc.cfg.maxWait)
+		join := start
+		if sc.cfg.maxWait > 0 {
+			join = start.Add(min(maxJoinWait, max(sc.cfg.maxWait, time.Duration(sc.batchEWMA.Load())/4)))
+		}
 		open := true
 	collect:
 		for n < sc.cfg.maxBatch {
@@ -455,15 +494,18 @@ func (sc *Scorer) loop() {
 			default:
 				wait := time.Until(deadline)
 				if wait <= 0 {
-					break collect
+					left := time.Until(join)
+					if left <= 0 || sc.pending.Load() == 0 {
+						break collect
+					}
+					wait = min(left, time.Millisecond) // then look at pending again
 				}
-				if timer == nil {
-					timer = time.NewTimer(wait)
-				}
+				timer := time.NewTimer(wait)
 				select {
 				case r, ok = <-sc.queue:
+					timer.Stop()
 				case <-timer.C:
-					break collect
+					continue collect
 				}
 			}
 			if !ok {
@@ -478,9 +520,6 @@ func (sc *Scorer) loop() {
 				batch = append(batch, r)
 				n += r.n
 			}
-		}
-		if timer != nil {
-			timer.Stop()
 		}
 		sc.run(batch, n, buf)
 		if !open {
@@ -518,6 +557,11 @@ func (sc *Scorer) run(batch []*request, n int, buf []float32) {
 	}
 	sc.batchSecs += elapsed.Seconds()
 	sc.statsMu.Unlock()
+	if prev := sc.batchEWMA.Load(); prev == 0 {
+		sc.batchEWMA.Store(int64(elapsed))
+	} else {
+		sc.batchEWMA.Store((3*prev + int64(elapsed)) / 4)
+	}
 	i := 0
 	for _, r := range batch {
 		if err != nil {

@@ -20,10 +20,12 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/clip"
+	"github.com/clipagiqa/clipagiqa/clipagiqa/imageprep"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/tokenizer"
 	"github.com/clipagiqa/clipagiqa/torch"
 )
@@ -39,6 +41,23 @@ type LoadResult struct {
 	P50, P99    time.Duration // latency of successful requests
 	MeanBatch   float64       // images per device batch during the level
 	BatchFill   float64       // MeanBatch / max batch
+	BatchTime   time.Duration // mean device batch compute time during the level
+
+	// Offline references measured in the same run (zero when not measured):
+	// the fused image encoder alone at batch round(MeanBatch) on
+	// preprocessed pixels, and one image's decode + preprocess.
+	OfflineBatch int
+	OfflineRate  float64       // images per second
+	OfflineTime  time.Duration // one encoder call at OfflineBatch
+	DecodeTime   time.Duration // decode + resize + normalise of one request image
+	RateRatio    float64       // Throughput / OfflineRate (target ≥ 0.9)
+	// CPURatio compares process CPU time per image, offline encoder over
+	// serving (load generator included): the efficiency part of RateRatio,
+	// which other work on a shared machine disturbs less.
+	CPURatio      float64
+	cpuPerImage   time.Duration // serving: process CPU time / answered request
+	P99OverBatch  float64       // P99 / BatchTime (target ≤ 2.5)
+	P50OverSingle float64       // P50 / (batch-1 encoder + decode), at concurrency 1 (target ≤ 1.15)
 }
 
 // LoadGen posts images (raw JPEG bodies, round robin) to url from
@@ -197,6 +216,8 @@ type BenchConfig struct {
 	Images           [][]byte // request bodies (default: 8 synthetic 640×480 JPEGs)
 	// Progress, if set, receives each level's result as it finishes.
 	Progress func(LoadResult)
+	// NoOffline skips the offline encoder and decode measurements (and the ratios).
+	NoOffline bool
 }
 
 // BenchReport is a finished benchmark.
@@ -265,13 +286,26 @@ func Bench(ctx context.Context, cfg BenchConfig) (*BenchReport, error) {
 	defer func() { stop(); <-served }()
 	url := "http://" + ln.Addr().String() + "/v1/score"
 
+	// The offline references run on a second copy of the model right after
+	// each level (the server idle), so that both see the same machine load.
+	var off *offline
+	if !cfg.NoOffline {
+		if off, err = newOffline(cfg.CLIP, cfg.Images, sc.Resolution()); err != nil {
+			return nil, fmt.Errorf("bench-serve: offline reference: %w", err)
+		}
+		defer off.close()
+	}
 	rep := &BenchReport{Model: cfg.Model}
 	for _, c := range cfg.Concurrency {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 		before := sc.Stats()
+		cpu0 := processCPU()
 		r := LoadGen(ctx, url, cfg.Images, c, cfg.Duration)
+		if r.Requests > 0 {
+			r.cpuPerImage = (processCPU() - cpu0) / time.Duration(r.Requests)
+		}
 		// Requests cut off at the end of the level may still be running;
 		// let them finish so the next level's batch counts start clean.
 		for wait := time.Now().Add(5 * time.Second); srv.inflight.Load() > 0 && time.Now().Before(wait); {
@@ -281,12 +315,19 @@ func Bench(ctx context.Context, cfg BenchConfig) (*BenchReport, error) {
 		if nb := after.Batches - before.Batches; nb > 0 {
 			r.MeanBatch = float64(after.Images-before.Images) / float64(nb)
 			r.BatchFill = r.MeanBatch / float64(sc.MaxBatch())
+			r.BatchTime = time.Duration((after.BatchSeconds - before.BatchSeconds) / float64(nb) * 1e9)
+		}
+		if off != nil {
+			if err := off.fill(ctx, &r); err != nil {
+				return nil, fmt.Errorf("bench-serve: offline reference: %w", err)
+			}
 		}
 		rep.Results = append(rep.Results, r)
 		if cfg.Progress != nil {
 			cfg.Progress(r)
 		}
 	}
+
 	rep.Markdown = benchMarkdown(cfg, sc, rep.Results, loadTime)
 	if cfg.Out != "" {
 		if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
@@ -349,13 +390,149 @@ func benchMarkdown(cfg BenchConfig, sc *clipagiqa.Scorer, results []LoadResult, 
 	}
 	fmt.Fprintf(&b, "Load: closed loop, each client POSTs the next raw %sJPEG (%d distinct images) to /v1/score on loopback as soon as the previous answer arrives; %s per level. Latency is per request (upload, decode, resize, queue, batch, answer); throughput counts 200 answers.\n\n",
 		size, len(cfg.Images), cfg.Duration)
-	b.WriteString("| concurrency | requests | errors | throughput (img/s) | p50 (ms) | p99 (ms) | mean batch | batch fill |\n")
-	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| concurrency | requests | errors | throughput (img/s) | p50 (ms) | p99 (ms) | mean batch | batch fill | batch time (ms) |\n")
+	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range results {
-		fmt.Fprintf(&b, "| %d | %d | %d | %.1f | %.1f | %.1f | %.2f | %.0f%% |\n", r.Concurrency, r.Requests, r.Errors,
-			r.Throughput, ms(r.P50), ms(r.P99), r.MeanBatch, 100*r.BatchFill)
+		fmt.Fprintf(&b, "| %d | %d | %d | %.2f | %.1f | %.1f | %.2f | %.0f%% | %.1f |\n", r.Concurrency, r.Requests, r.Errors,
+			r.Throughput, ms(r.P50), ms(r.P99), r.MeanBatch, 100*r.BatchFill, ms(r.BatchTime))
+	}
+	if len(results) == 0 || results[0].OfflineRate == 0 {
+		return b.String()
+	}
+	b.WriteString("\nAgainst the engine, measured right after each level in the same run: the fused image encoder alone on\n" +
+		"preprocessed pixels at the level's mean batch (rounded), and one request image's decode + preprocess " +
+		fmt.Sprintf("(%.1f ms).\n\n", ms(results[0].DecodeTime)))
+	b.WriteString("| concurrency | offline batch | offline img/s | throughput / offline (≥ 0.90) | CPU time / image, offline / serving | p99 / batch time (≤ 2.5) | p50 / (batch-1 encoder + decode) (≤ 1.15) |\n")
+	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range results {
+		single := "–"
+		if r.Concurrency == 1 {
+			single = fmt.Sprintf("%.2f", r.P50OverSingle)
+		}
+		fmt.Fprintf(&b, "| %d | %d | %.2f | %.2f | %.2f | %.2f | %s |\n", r.Concurrency, r.OfflineBatch, r.OfflineRate,
+			r.RateRatio, r.CPURatio, r.P99OverBatch, single)
 	}
 	return b.String()
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// offline times the engine without the server: the fused image encoder on
+// ready pixels and the decode + preprocess of the request images.
+type offline struct {
+	model  *clip.Model
+	images [][]byte
+	prep   imageprep.Options
+}
+
+func newOffline(clipPath string, images [][]byte, resolution int) (*offline, error) {
+	m, err := clip.Load(clipPath, clip.Options{})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := m.EnableFused(); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return &offline{model: m, images: images, prep: imageprep.DefaultOptions(resolution)}, nil
+}
+
+func (o *offline) close() { o.model.Close() }
+
+// processCPU is the process's user + system CPU time so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// encoderTime is the median of three encoder calls at batch n (after one
+// warm-up), and the process CPU time per image over them.
+func (o *offline) encoderTime(ctx context.Context, n int) (time.Duration, time.Duration, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	res := int64(o.model.Config.ImageResolution)
+	s := torch.NewScope().WithGrad(torch.InferenceMode)
+	defer s.Close()
+	px := s.Randn(torch.Float32, int64(n), 3, res, res)
+	if err := s.Err(); err != nil {
+		return 0, 0, err
+	}
+	var times []time.Duration
+	var cpu0 time.Duration
+	for i := range 4 {
+		if err := ctx.Err(); err != nil {
+			return 0, 0, err
+		}
+		if i == 1 {
+			cpu0 = processCPU()
+		}
+		sub := s.Sub()
+		t := time.Now()
+		o.model.EncodeImage(sub, px)
+		d := time.Since(t)
+		err := sub.Err()
+		sub.Close()
+		if err != nil {
+			return 0, 0, err
+		}
+		if i > 0 {
+			times = append(times, d)
+		}
+	}
+	cpu := (processCPU() - cpu0) / time.Duration(len(times)*n)
+	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+	return times[len(times)/2], cpu, nil
+}
+
+// decodeTime is the mean decode + preprocess time of one request image.
+func (o *offline) decodeTime() (time.Duration, error) {
+	const reps = 3
+	t := time.Now()
+	for range reps {
+		for _, b := range o.images {
+			img, err := imageprep.Decode(b, imageprep.DefaultMaxPixels)
+			if err != nil {
+				return 0, err
+			}
+			if _, err := imageprep.CenterTransform(img, o.prep); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return time.Since(t) / time.Duration(reps*len(o.images)), nil
+}
+
+// fill adds the offline references and ratios to a level's result.
+func (o *offline) fill(ctx context.Context, r *LoadResult) error {
+	if r.MeanBatch <= 0 {
+		return nil
+	}
+	r.OfflineBatch = max(1, int(math.Round(r.MeanBatch)))
+	d, cpu, err := o.encoderTime(ctx, r.OfflineBatch)
+	if err != nil {
+		return err
+	}
+	r.OfflineTime = d
+	r.OfflineRate = float64(r.OfflineBatch) / d.Seconds()
+	r.RateRatio = r.Throughput / r.OfflineRate
+	if r.cpuPerImage > 0 {
+		r.CPURatio = float64(cpu) / float64(r.cpuPerImage)
+	}
+	if r.BatchTime > 0 {
+		r.P99OverBatch = float64(r.P99) / float64(r.BatchTime)
+	}
+	if r.DecodeTime, err = o.decodeTime(); err != nil {
+		return err
+	}
+	if r.Concurrency == 1 {
+		one, _, err := o.encoderTime(ctx, 1)
+		if err != nil {
+			return err
+		}
+		r.P50OverSingle = float64(r.P50) / float64(one+r.DecodeTime)
+	}
+	return nil
+}
