@@ -448,14 +448,13 @@ func (sc *Scorer) claim(r *request) bool {
 // maxJoinWait caps how long a batch waits for images still being decoded.
 const maxJoinWait = 250 * time.Millisecond
 
-// loop is the batching goroutine: it takes the oldest request, adds whatever
-// arrives until the batch is full or max wait has passed since it started
-// collecting, and runs the batch. Past max wait it keeps waiting while images
-// are still being preprocessed (they are about to be queued, and joining now
-// saves them a whole batch), for at most a quarter of the recent batch time
-// (≤ maxJoinWait): under load the batch grows to the clients in flight, alone
-// a request waits only max wait. After Close it still runs what was queued
-// (a closed channel yields its buffered requests first), then exits.
+// loop is the batching goroutine: it takes the oldest request and adds
+// whatever arrives until the batch is full or nothing has arrived, nor been
+// in preprocessing (about to be queued: joining now saves it a whole batch),
+// for max wait; in all at most max wait or, if longer, a quarter of the
+// recent batch time (≤ maxJoinWait). Under load the batch grows to the requests in flight; alone,
+// a request waits max wait. After Close it still runs what was queued (a
+// closed channel yields its buffered requests first), then exits.
 func (sc *Scorer) loop() {
 	defer close(sc.done)
 	// libtorch keeps its thread pool settings per OS thread: one thread runs
@@ -479,11 +478,11 @@ func (sc *Scorer) loop() {
 		}
 		batch, n := []*request{first}, first.n
 		start := time.Now()
-		deadline := start.Add(sc.cfg.maxWait)
 		join := start
 		if sc.cfg.maxWait > 0 {
-			join = start.Add(min(maxJoinWait, max(sc.cfg.maxWait, time.Duration(sc.batchEWMA.Load())/4)))
+			join = start.Add(max(sc.cfg.maxWait, min(maxJoinWait, time.Duration(sc.batchEWMA.Load())/4)))
 		}
+		lastActive := start // when a request last arrived or was being preprocessed
 		open := true
 	collect:
 		for n < sc.cfg.maxBatch {
@@ -492,15 +491,15 @@ func (sc *Scorer) loop() {
 			select {
 			case r, ok = <-sc.queue: // already waiting: take it even past the deadline
 			default:
-				wait := time.Until(deadline)
-				if wait <= 0 {
-					left := time.Until(join)
-					if left <= 0 || sc.pending.Load() == 0 {
-						break collect
-					}
-					wait = min(left, time.Millisecond) // then look at pending again
+				now := time.Now()
+				if sc.pending.Load() > 0 {
+					lastActive = now
 				}
-				timer := time.NewTimer(wait)
+				quiet := sc.cfg.maxWait - now.Sub(lastActive)
+				if quiet <= 0 || !now.Before(join) {
+					break collect
+				}
+				timer := time.NewTimer(min(quiet, join.Sub(now), time.Millisecond)) // then look at pending again
 				select {
 				case r, ok = <-sc.queue:
 					timer.Stop()
@@ -512,6 +511,7 @@ func (sc *Scorer) loop() {
 				open = false
 				break collect
 			}
+			lastActive = time.Now()
 			if n+r.n > sc.cfg.maxBatch {
 				carry = r
 				break collect

@@ -528,9 +528,11 @@ func (o *offline) fill(ctx context.Context, r *LoadResult) error {
 		return err
 	}
 	if r.Concurrency == 1 {
-		one, _, err := o.encoderTime(ctx, 1)
-		if err != nil {
-			return err
+		one := d
+		if r.OfflineBatch != 1 {
+			if one, _, err = o.encoderTime(ctx, 1); err != nil {
+				return err
+			}
 		}
 		r.P50OverSingle = float64(r.P50) / float64(one+r.DecodeTime)
 	}
