@@ -96,3 +96,9 @@ test-browser: deps native
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; }
 	@[ -d $(BROWSER_DIR)/node_modules/playwright-core ] || (cd $(BROWSER_DIR) && npm ci --no-audit --no-fund)
 	CLIPAGIQA_BROWSER=1 CLIPAGIQA_BROWSER_OUT=$(BUILD_ABS)/browser $(GO_ENV) $(GO) test -count=1 -run 'TestBrowserPage' -v ./serve/
+
+# The serving targets of issue 12 (ViT-B/16 random weights, 640×480 JPEGs, 1/4/16 clients),
+# with the ratios against the offline fused encoder measured in the same run (~10 min).
+.PHONY: bench-serve-full
+bench-serve-full: deps build
+	bin/clipagiqa bench-serve --clip vitb16 --checkpoint random --model vitb16-random --duration 60s --out bench/results
