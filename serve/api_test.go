@@ -10,6 +10,7 @@ import (
 	"mime/multipart"
 	"net"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -207,4 +208,51 @@ func TestInfo(t *testing.T) {
 	assert.Equal(t, 8, in.MaxBatch)
 	assert.False(t, in.UsesPrompt)
 	assert.Equal(t, int64(DefaultMaxBytes), in.MaxBytes)
+}
+
+// promptBackend scores an image by its prompt's length and records the prompts.
+type promptBackend struct {
+	fakeBackend
+	mu   sync.Mutex
+	seen map[string]string // image bytes → prompt
+}
+
+func (p *promptBackend) UsesPrompt() bool { return true }
+
+func (p *promptBackend) ScoreBytesPrompt(ctx context.Context, data []byte, prompt string) (float64, error) {
+	p.mu.Lock()
+	p.seen[string(data)] = prompt
+	p.mu.Unlock()
+	return float64(len(prompt)), nil
+}
+
+// A prompt-aware backend gets each image's own prompt, reports them used,
+// and /v1/info says it uses prompts.
+func TestPromptsReachPromptAwareBackend(t *testing.T) {
+	pb := &promptBackend{fakeBackend: errBackend(), seen: map[string]string{}}
+	_, ts := newTestServer(t, pb, Config{})
+	var b bytes.Buffer
+	mw := multipart.NewWriter(&b)
+	for _, f := range []struct{ name, data string }{{"a", "AAA"}, {"b", "BBB"}} {
+		fw, err := mw.CreateFormFile("file", f.name)
+		require.NoError(t, err)
+		_, _ = fw.Write([]byte(f.data))
+	}
+	require.NoError(t, mw.WriteField("prompt", "a cat"))
+	require.NoError(t, mw.WriteField("prompt", "a red fox"))
+	require.NoError(t, mw.Close())
+	r := post(t, ts.URL+"/v1/score", mw.FormDataContentType(), &b)
+	require.Equal(t, http.StatusOK, r.code, r.Error)
+	assert.Equal(t, map[string]string{"AAA": "a cat", "BBB": "a red fox"}, pb.seen)
+	for i, want := range []float64{5, 9} {
+		assert.Equal(t, want, *r.Res[i].Score)
+		require.NotNil(t, r.Res[i].PromptUsed)
+		assert.True(t, *r.Res[i].PromptUsed)
+	}
+	resp, err := http.Get(ts.URL + "/v1/info")
+	require.NoError(t, err)
+	var in api.Info
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&in))
+	resp.Body.Close()
+	assert.True(t, in.UsesPrompt)
 }
