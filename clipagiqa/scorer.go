@@ -304,8 +304,8 @@ func (sc *Scorer) ScoreBytes(ctx context.Context, data []byte) (float64, error) 
 }
 
 // UsesPrompt reports whether the model reads the per-image prompts of
-// ScoreBytesPrompt. CLIP-AGIQA and CLIP-IQA score the image alone (false);
-// prompt-aware models (IP-IQA) will not.
+// ScoreBytesPrompt: false for CLIP-AGIQA and CLIP-IQA, which score the image
+// alone; a prompt-aware model (IP-IQA) reports true.
 func (sc *Scorer) UsesPrompt() bool { return false }
 
 // ScoreBytesPrompt is ScoreBytes with the text prompt the image was generated
@@ -452,9 +452,10 @@ const maxJoinWait = 250 * time.Millisecond
 // whatever arrives until the batch is full or nothing has arrived, nor been
 // in preprocessing (about to be queued: joining now saves it a whole batch),
 // for max wait; in all at most max wait or, if longer, a quarter of the
-// recent batch time (≤ maxJoinWait). Under load the batch grows to the requests in flight; alone,
-// a request waits max wait. After Close it still runs what was queued (a
-// closed channel yields its buffered requests first), then exits.
+// recent batch time (≤ maxJoinWait). Under load the batch grows to the
+// requests in flight; alone, a request waits max wait. After Close it still
+// runs what was queued (a closed channel yields its buffered requests
+// first), then exits.
 func (sc *Scorer) loop() {
 	defer close(sc.done)
 	// libtorch keeps its thread pool settings per OS thread: one thread runs
