@@ -114,14 +114,14 @@ type ScorerStats struct {
 
 // request is one caller's images waiting for the device.
 type request struct {
-	ctx    context.Context
+	ctx     context.Context
 	pixels  []float32 // n images, NCHW
 	prompts []string  // per image; nil when none were given
 	n       int
 	decoded bool // came through preprocess, which counted it in Scorer.pending
-	enq    time.Time
-	state  atomic.Int32 // reqPending → reqTaken (batcher) or reqCancelled (caller)
-	res    chan result  // buffered: the batcher never blocks on a gone caller
+	enq     time.Time
+	state   atomic.Int32 // reqPending → reqTaken (batcher) or reqCancelled (caller)
+	res     chan result  // buffered: the batcher never blocks on a gone caller
 }
 
 const (
