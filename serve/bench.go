@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -311,6 +312,14 @@ func Bench(ctx context.Context, cfg BenchConfig) (*BenchReport, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
+		// Time the encoder at the batch the level should reach before and
+		// after it, so that drifting machine load weighs on both sides alike.
+		var pre *encoderSample
+		if off != nil {
+			if pre, err = off.encoder(ctx, min(c, sc.MaxBatch())); err != nil {
+				return nil, fmt.Errorf("bench-serve: offline reference: %w", err)
+			}
+		}
 		before := sc.Stats()
 		cpu0 := processCPU()
 		r := LoadGen(ctx, url, cfg.Images, c, cfg.Duration)
@@ -329,7 +338,7 @@ func Bench(ctx context.Context, cfg BenchConfig) (*BenchReport, error) {
 			r.BatchTime = time.Duration((after.BatchSeconds - before.BatchSeconds) / float64(nb) * 1e9)
 		}
 		if off != nil {
-			if err := off.fill(ctx, &r); err != nil {
+			if err := off.fill(ctx, &r, pre); err != nil {
 				return nil, fmt.Errorf("bench-serve: offline reference: %w", err)
 			}
 		}
@@ -410,8 +419,9 @@ func benchMarkdown(cfg BenchConfig, sc *clipagiqa.Scorer, results []LoadResult, 
 	if len(results) == 0 || results[0].OfflineRate == 0 {
 		return b.String()
 	}
-	b.WriteString("\nAgainst the engine, measured right after each level in the same run: the fused image encoder alone on\n" +
-		"preprocessed pixels at the level's mean batch (rounded), and one request image's decode + preprocess " +
+	b.WriteString("\nAgainst the engine, measured in the same run: the fused image encoder alone on preprocessed pixels at\n" +
+		"the level's mean batch (rounded; median of three calls right after the level and three right before it when\n" +
+		"that batch was foreseen), and one request image's decode + preprocess " +
 		fmt.Sprintf("(%.1f ms).\n\n", ms(results[0].DecodeTime)))
 	b.WriteString("| concurrency | offline batch | offline img/s | throughput / offline (≥ 0.90) | CPU time / image, offline / serving | p99 / batch time (≤ 2.5) | p50 / (batch-1 encoder + decode) (≤ 1.15) |\n")
 	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|\n")
@@ -459,9 +469,34 @@ func processCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// encoderTime is the median of three encoder calls at batch n (after one
-// warm-up), and the process CPU time per image over them.
-func (o *offline) encoderTime(ctx context.Context, n int) (time.Duration, time.Duration, error) {
+// encoderSample is a few timed encoder calls at one batch size.
+type encoderSample struct {
+	batch int
+	times []time.Duration
+	cpu   time.Duration // process CPU time over the timed calls
+}
+
+// merge adds o's calls when they are at the same batch size.
+func (e *encoderSample) merge(o *encoderSample) {
+	if o != nil && o.batch == e.batch {
+		e.times = append(e.times, o.times...)
+		e.cpu += o.cpu
+	}
+}
+
+// median call time, and process CPU time per image.
+func (e *encoderSample) median() time.Duration {
+	t := slices.Clone(e.times)
+	slices.Sort(t)
+	return t[len(t)/2]
+}
+
+func (e *encoderSample) cpuPerImage() time.Duration {
+	return e.cpu / time.Duration(len(e.times)*e.batch)
+}
+
+// encoder times three encoder calls at batch n, after one warm-up.
+func (o *offline) encoder(ctx context.Context, n int) (*encoderSample, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	res := int64(o.model.Config.ImageResolution)
@@ -469,13 +504,13 @@ func (o *offline) encoderTime(ctx context.Context, n int) (time.Duration, time.D
 	defer s.Close()
 	px := s.Randn(torch.Float32, int64(n), 3, res, res)
 	if err := s.Err(); err != nil {
-		return 0, 0, err
+		return nil, err
 	}
-	var times []time.Duration
+	e := &encoderSample{batch: n}
 	var cpu0 time.Duration
 	for i := range 4 {
 		if err := ctx.Err(); err != nil {
-			return 0, 0, err
+			return nil, err
 		}
 		if i == 1 {
 			cpu0 = processCPU()
@@ -487,15 +522,14 @@ func (o *offline) encoderTime(ctx context.Context, n int) (time.Duration, time.D
 		err := sub.Err()
 		sub.Close()
 		if err != nil {
-			return 0, 0, err
+			return nil, err
 		}
 		if i > 0 {
-			times = append(times, d)
+			e.times = append(e.times, d)
 		}
 	}
-	cpu := (processCPU() - cpu0) / time.Duration(len(times)*n)
-	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
-	return times[len(times)/2], cpu, nil
+	e.cpu = processCPU() - cpu0
+	return e, nil
 }
 
 // decodeTime is the mean decode + preprocess time of one request image.
@@ -516,21 +550,23 @@ func (o *offline) decodeTime() (time.Duration, error) {
 	return time.Since(t) / time.Duration(reps*len(o.images)), nil
 }
 
-// fill adds the offline references and ratios to a level's result.
-func (o *offline) fill(ctx context.Context, r *LoadResult) error {
+// fill adds the offline references and ratios to a level's result; pre,
+// timed before the level, counts too when it is at the same batch size.
+func (o *offline) fill(ctx context.Context, r *LoadResult, pre *encoderSample) error {
 	if r.MeanBatch <= 0 {
 		return nil
 	}
 	r.OfflineBatch = max(1, int(math.Round(r.MeanBatch)))
-	d, cpu, err := o.encoderTime(ctx, r.OfflineBatch)
+	e, err := o.encoder(ctx, r.OfflineBatch)
 	if err != nil {
 		return err
 	}
-	r.OfflineTime = d
-	r.OfflineRate = float64(r.OfflineBatch) / d.Seconds()
+	e.merge(pre)
+	r.OfflineTime = e.median()
+	r.OfflineRate = float64(r.OfflineBatch) / r.OfflineTime.Seconds()
 	r.RateRatio = r.Throughput / r.OfflineRate
 	if r.cpuPerImage > 0 {
-		r.CPURatio = float64(cpu) / float64(r.cpuPerImage)
+		r.CPURatio = float64(e.cpuPerImage()) / float64(r.cpuPerImage)
 	}
 	if r.BatchTime > 0 {
 		r.P99OverBatch = float64(r.P99) / float64(r.BatchTime)
@@ -539,11 +575,13 @@ func (o *offline) fill(ctx context.Context, r *LoadResult) error {
 		return err
 	}
 	if r.Concurrency == 1 {
-		one := d
+		one := r.OfflineTime
 		if r.OfflineBatch != 1 {
-			if one, _, err = o.encoderTime(ctx, 1); err != nil {
+			e1, err := o.encoder(ctx, 1)
+			if err != nil {
 				return err
 			}
+			one = e1.median()
 		}
 		r.P50OverSingle = float64(r.P50) / float64(one+r.DecodeTime)
 	}
