@@ -87,3 +87,22 @@ print-env:
 
 clean:
 	rm -rf $(BUILD) bin
+
+# --- browser test (helper srv): the server's page in headless Chromium -----
+# Installs chromium (Debian) and playwright-core (npm, pinned by the lock file)
+# when missing; the screenshot lands in $(BUILD)/browser/page.png.
+BROWSER_DIR := serve/testdata/browser
+.PHONY: test-browser
+test-browser: deps native
+	@command -v chromium >/dev/null || { echo "installing: chromium"; $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@command -v npm >/dev/null || { echo "installing: nodejs npm"; $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; }
+	@[ -d $(BROWSER_DIR)/node_modules/playwright-core ] || (cd $(BROWSER_DIR) && npm ci --no-audit --no-fund)
+	CLIPAGIQA_BROWSER=1 CLIPAGIQA_BROWSER_OUT=$(BUILD_ABS)/browser $(GO_ENV) $(GO) test -count=1 -run 'TestBrowserPage' -v ./serve/
+
+# The serving targets of issue 12 (ViT-B/16 random weights, 640×480 JPEGs, 1/4/16 clients),
+# with the ratios against the offline fused encoder measured in the same run (~10 min).
+.PHONY: bench-serve-full
+bench-serve-full: deps build
+	bin/clipagiqa bench-serve --clip vitb16 --checkpoint random --model vitb16-random --duration 60s --out bench/results

@@ -114,12 +114,14 @@ type ScorerStats struct {
 
 // request is one caller's images waiting for the device.
 type request struct {
-	ctx    context.Context
-	pixels []float32 // n images, NCHW
-	n      int
-	enq    time.Time
-	state  atomic.Int32 // reqPending → reqTaken (batcher) or reqCancelled (caller)
-	res    chan result  // buffered: the batcher never blocks on a gone caller
+	ctx     context.Context
+	pixels  []float32 // n images, NCHW
+	prompts []string  // per image; nil when none were given
+	n       int
+	decoded bool // came through preprocess, which counted it in Scorer.pending
+	enq     time.Time
+	state   atomic.Int32 // reqPending → reqTaken (batcher) or reqCancelled (caller)
+	res     chan result  // buffered: the batcher never blocks on a gone caller
 }
 
 const (
@@ -152,6 +154,8 @@ type Scorer struct {
 	once   sync.Once
 
 	depth      atomic.Int64
+	pending    atomic.Int64 // images being preprocessed: they will be queued soon
+	batchEWMA  atomic.Int64 // recent device batch time (ns), for the join wait
 	overloaded atomic.Uint64
 	dropped    atomic.Uint64
 	statsMu    sync.Mutex
@@ -286,7 +290,7 @@ func (sc *Scorer) Score(ctx context.Context, img image.Image) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	out, err := sc.submit(ctx, px, 1)
+	out, err := sc.enqueue(ctx, &request{pixels: px, n: 1, decoded: true})
 	if err != nil {
 		return 0, err
 	}
@@ -296,11 +300,27 @@ func (sc *Scorer) Score(ctx context.Context, img image.Image) (float64, error) {
 // ScoreBytes decodes an encoded image (JPEG, PNG, GIF, BMP, WebP) and scores
 // it; the pixel limit is checked from the header before decoding.
 func (sc *Scorer) ScoreBytes(ctx context.Context, data []byte) (float64, error) {
+	return sc.scoreBytes(ctx, data, nil)
+}
+
+// UsesPrompt reports whether the model reads the per-image prompts of
+// ScoreBytesPrompt: false for CLIP-AGIQA and CLIP-IQA, which score the image
+// alone; a prompt-aware model (IP-IQA) reports true.
+func (sc *Scorer) UsesPrompt() bool { return false }
+
+// ScoreBytesPrompt is ScoreBytes with the text prompt the image was generated
+// from, for prompt-aware models; a model that does not use prompts
+// (UsesPrompt false) ignores it.
+func (sc *Scorer) ScoreBytesPrompt(ctx context.Context, data []byte, prompt string) (float64, error) {
+	return sc.scoreBytes(ctx, data, []string{prompt})
+}
+
+func (sc *Scorer) scoreBytes(ctx context.Context, data []byte, prompts []string) (float64, error) {
 	px, err := sc.preprocess(ctx, func() (*imageprep.Image, error) { return imageprep.Decode(data, sc.cfg.maxPixels) })
 	if err != nil {
 		return 0, err
 	}
-	out, err := sc.submit(ctx, px, 1)
+	out, err := sc.enqueue(ctx, &request{pixels: px, prompts: prompts, n: 1, decoded: true})
 	if err != nil {
 		return 0, err
 	}
@@ -325,11 +345,19 @@ func (sc *Scorer) ScoreBatch(ctx context.Context, images [][]byte) (scores []flo
 }
 
 // preprocess decodes and transforms one image in the caller's goroutine,
-// holding one of the bounded preprocessing slots.
-func (sc *Scorer) preprocess(ctx context.Context, decode func() (*imageprep.Image, error)) ([]float32, error) {
+// holding one of the bounded preprocessing slots. The image counts as pending
+// (the batcher may wait for it to join a batch) until enqueue takes it, or
+// until preprocess fails.
+func (sc *Scorer) preprocess(ctx context.Context, decode func() (*imageprep.Image, error)) (px []float32, err error) {
 	if sc.isClosed() {
 		return nil, ErrClosed
 	}
+	sc.pending.Add(1)
+	defer func() {
+		if err != nil {
+			sc.pending.Add(-1)
+		}
+	}()
 	select {
 	case sc.decode <- struct{}{}:
 	case <-ctx.Done():
@@ -340,7 +368,7 @@ func (sc *Scorer) preprocess(ctx context.Context, decode func() (*imageprep.Imag
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidImage, err)
 	}
-	px, err := imageprep.CenterTransform(img, sc.prep)
+	px, err = imageprep.CenterTransform(img, sc.prep)
 	if err != nil {
 		return nil, fmt.Errorf("%w: preprocess: %w", ErrInvalidImage, err)
 	}
@@ -355,10 +383,24 @@ func (sc *Scorer) isClosed() bool {
 
 // submit queues n preprocessed images and waits for their scores.
 func (sc *Scorer) submit(ctx context.Context, px []float32, n int) ([]float64, error) {
+	return sc.enqueue(ctx, &request{pixels: px, n: n})
+}
+
+// enqueue queues req (its pixels, prompts, n and decoded set) and waits for
+// its scores.
+func (sc *Scorer) enqueue(ctx context.Context, req *request) ([]float64, error) {
+	// A preprocessed image stops being pending once it is queued (so the
+	// batcher sees it as one or the other), or when it is refused.
+	pending := req.decoded
+	defer func() {
+		if pending {
+			sc.pending.Add(-1)
+		}
+	}()
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	req := &request{ctx: ctx, pixels: px, n: n, enq: time.Now(), res: make(chan result, 1)}
+	req.ctx, req.enq, req.res = ctx, time.Now(), make(chan result, 1)
 	sc.mu.RLock()
 	if sc.closed {
 		sc.mu.RUnlock()
@@ -373,6 +415,10 @@ func (sc *Scorer) submit(ctx context.Context, px []float32, n int) ([]float64, e
 		return nil, ErrOverloaded
 	}
 	sc.mu.RUnlock()
+	if pending {
+		sc.pending.Add(-1)
+		pending = false
+	}
 	select {
 	case r := <-req.res:
 		return r.scores, r.err
@@ -399,12 +445,23 @@ func (sc *Scorer) claim(r *request) bool {
 	return true
 }
 
-// loop is the batching goroutine: it takes the oldest request, adds whatever
-// arrives until the batch is full or the oldest has waited max wait, and runs
-// the batch. After Close it still runs what was queued (a closed channel
-// yields its buffered requests first), then exits.
+// maxJoinWait caps how long a batch waits for images still being decoded.
+const maxJoinWait = 250 * time.Millisecond
+
+// loop is the batching goroutine: it takes the oldest request and adds
+// whatever arrives until the batch is full or nothing has arrived, nor been
+// in preprocessing (about to be queued: joining now saves it a whole batch),
+// for max wait; in all at most max wait or, if longer, a quarter of the
+// recent batch time (≤ maxJoinWait). Under load the batch grows to the
+// requests in flight; alone, a request waits max wait. After Close it still
+// runs what was queued (a closed channel yields its buffered requests
+// first), then exits.
 func (sc *Scorer) loop() {
 	defer close(sc.done)
+	// libtorch keeps its thread pool settings per OS thread: one thread runs
+	// every batch.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	buf := make([]float32, sc.cfg.maxBatch*sc.per)
 	var carry *request
 	for {
@@ -421,8 +478,12 @@ func (sc *Scorer) loop() {
 			continue
 		}
 		batch, n := []*request{first}, first.n
-		deadline := first.enq.Add(sc.cfg.maxWait)
-		var timer *time.Timer
+		start := time.Now()
+		join := start
+		if sc.cfg.maxWait > 0 {
+			join = start.Add(max(sc.cfg.maxWait, min(maxJoinWait, time.Duration(sc.batchEWMA.Load())/4)))
+		}
+		lastActive := start // when a request last arrived or was being preprocessed
 		open := true
 	collect:
 		for n < sc.cfg.maxBatch {
@@ -431,23 +492,27 @@ func (sc *Scorer) loop() {
 			select {
 			case r, ok = <-sc.queue: // already waiting: take it even past the deadline
 			default:
-				wait := time.Until(deadline)
-				if wait <= 0 {
+				now := time.Now()
+				if sc.pending.Load() > 0 {
+					lastActive = now
+				}
+				quiet := sc.cfg.maxWait - now.Sub(lastActive)
+				if quiet <= 0 || !now.Before(join) {
 					break collect
 				}
-				if timer == nil {
-					timer = time.NewTimer(wait)
-				}
+				timer := time.NewTimer(min(quiet, join.Sub(now), time.Millisecond)) // then look at pending again
 				select {
 				case r, ok = <-sc.queue:
+					timer.Stop()
 				case <-timer.C:
-					break collect
+					continue collect
 				}
 			}
 			if !ok {
 				open = false
 				break collect
 			}
+			lastActive = time.Now()
 			if n+r.n > sc.cfg.maxBatch {
 				carry = r
 				break collect
@@ -456,9 +521,6 @@ func (sc *Scorer) loop() {
 				batch = append(batch, r)
 				n += r.n
 			}
-		}
-		if timer != nil {
-			timer.Stop()
 		}
 		sc.run(batch, n, buf)
 		if !open {
@@ -474,11 +536,18 @@ func (sc *Scorer) run(batch []*request, n int, buf []float32) {
 	}
 	start := time.Now()
 	off := 0
+	var prompts []string // per image of the batch, "" where none was given
 	for _, r := range batch {
 		copy(buf[off:], r.pixels)
 		off += len(r.pixels)
+		if r.prompts != nil && prompts == nil {
+			prompts = make([]string, n)
+		}
+		if r.prompts != nil {
+			copy(prompts[off/sc.per-r.n:], r.prompts)
+		}
 	}
-	scores, err := sc.forward(buf[:off], n)
+	scores, err := sc.forward(buf[:off], n, prompts)
 	elapsed := time.Since(start)
 	// Count before answering, so a caller sees its batch in Stats.
 	sc.statsMu.Lock()
@@ -489,6 +558,11 @@ func (sc *Scorer) run(batch []*request, n int, buf []float32) {
 	}
 	sc.batchSecs += elapsed.Seconds()
 	sc.statsMu.Unlock()
+	if prev := sc.batchEWMA.Load(); prev == 0 {
+		sc.batchEWMA.Store(int64(elapsed))
+	} else {
+		sc.batchEWMA.Store((3*prev + int64(elapsed)) / 4)
+	}
 	i := 0
 	for _, r := range batch {
 		if err != nil {
@@ -501,7 +575,10 @@ func (sc *Scorer) run(batch []*request, n int, buf []float32) {
 }
 
 // forward runs the model on n preprocessed images in one inference scope.
-func (sc *Scorer) forward(px []float32, n int) (out []float64, err error) {
+// prompts (nil, or one per image) are for prompt-aware models; CLIP-AGIQA and
+// CLIP-IQA do not read them.
+func (sc *Scorer) forward(px []float32, n int, prompts []string) (out []float64, err error) {
+	_ = prompts
 	defer func() {
 		// cgo ops report errors, but a bug here must not kill the batcher.
 		if r := recover(); r != nil {

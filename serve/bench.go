@@ -17,13 +17,16 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/clip"
+	"github.com/clipagiqa/clipagiqa/clipagiqa/imageprep"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/tokenizer"
 	"github.com/clipagiqa/clipagiqa/torch"
 )
@@ -35,10 +38,30 @@ type LoadResult struct {
 	Errors      int           // other answers or transport errors
 	Codes       map[int]int   // status code counts (0: transport error)
 	Elapsed     time.Duration // wall time of the level
-	Throughput  float64       // successful requests per second
-	P50, P99    time.Duration // latency of successful requests
-	MeanBatch   float64       // images per device batch during the level
-	BatchFill   float64       // MeanBatch / max batch
+	// Throughput is successful requests per second from the start to the
+	// last 200 answer: requests cut off by the end of the level (with large
+	// batches, up to a whole batch) count neither their work nor their time.
+	Throughput float64
+	P50, P99   time.Duration // latency of successful requests
+	MeanBatch  float64       // images per device batch during the level
+	BatchFill  float64       // MeanBatch / max batch
+	BatchTime  time.Duration // mean device batch compute time during the level
+
+	// Offline references measured in the same run (zero when not measured):
+	// the fused image encoder alone at batch round(MeanBatch) on
+	// preprocessed pixels, and one image's decode + preprocess.
+	OfflineBatch int
+	OfflineRate  float64       // images per second
+	OfflineTime  time.Duration // one encoder call at OfflineBatch
+	DecodeTime   time.Duration // decode + resize + normalise of one request image
+	RateRatio    float64       // Throughput / OfflineRate (target ≥ 0.9)
+	// CPURatio compares process CPU time per image, offline encoder over
+	// serving (load generator included): the efficiency part of RateRatio,
+	// which other work on a shared machine disturbs less.
+	CPURatio      float64
+	cpuPerImage   time.Duration // serving: process CPU time / answered request
+	P99OverBatch  float64       // P99 / BatchTime (target ≤ 2.5)
+	P50OverSingle float64       // P50 / (batch-1 encoder + decode), at concurrency 1 (target ≤ 1.15)
 }
 
 // LoadGen posts images (raw JPEG bodies, round robin) to url from
@@ -53,6 +76,7 @@ func LoadGen(ctx context.Context, url string, images [][]byte, concurrency int, 
 	var mu sync.Mutex
 	res := LoadResult{Concurrency: concurrency, Codes: map[int]int{}}
 	var lat []time.Duration
+	var lastOK time.Time
 	start := time.Now()
 	var wg sync.WaitGroup
 	for w := range concurrency {
@@ -60,6 +84,7 @@ func LoadGen(ctx context.Context, url string, images [][]byte, concurrency int, 
 		go func() {
 			defer wg.Done()
 			var mine []time.Duration
+			var last time.Time
 			codes := map[int]int{}
 			for i := w; ctx.Err() == nil; i++ {
 				body := images[i%len(images)]
@@ -84,10 +109,14 @@ func LoadGen(ctx context.Context, url string, images [][]byte, concurrency int, 
 				}
 				codes[resp.StatusCode]++
 				if resp.StatusCode == http.StatusOK {
-					mine = append(mine, time.Since(t0))
+					last = time.Now()
+					mine = append(mine, last.Sub(t0))
 				}
 			}
 			mu.Lock()
+			if last.After(lastOK) {
+				lastOK = last
+			}
 			lat = append(lat, mine...)
 			for c, n := range codes {
 				res.Codes[c] += n
@@ -104,7 +133,9 @@ func LoadGen(ctx context.Context, url string, images [][]byte, concurrency int, 
 			res.Errors += n
 		}
 	}
-	res.Throughput = float64(res.Requests) / res.Elapsed.Seconds()
+	if res.Requests > 0 {
+		res.Throughput = float64(res.Requests) / lastOK.Sub(start).Seconds()
+	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	res.P50, res.P99 = percentile(lat, 0.50), percentile(lat, 0.99)
 	return res
@@ -197,6 +228,8 @@ type BenchConfig struct {
 	Images           [][]byte // request bodies (default: 8 synthetic 640×480 JPEGs)
 	// Progress, if set, receives each level's result as it finishes.
 	Progress func(LoadResult)
+	// NoOffline skips the offline encoder and decode measurements (and the ratios).
+	NoOffline bool
 }
 
 // BenchReport is a finished benchmark.
@@ -265,13 +298,34 @@ func Bench(ctx context.Context, cfg BenchConfig) (*BenchReport, error) {
 	defer func() { stop(); <-served }()
 	url := "http://" + ln.Addr().String() + "/v1/score"
 
+	// The offline references run on a second copy of the model right after
+	// each level (the server idle), so that both see the same machine load.
+	var off *offline
+	if !cfg.NoOffline {
+		if off, err = newOffline(cfg.CLIP, cfg.Images, sc.Resolution()); err != nil {
+			return nil, fmt.Errorf("bench-serve: offline reference: %w", err)
+		}
+		defer off.close()
+	}
 	rep := &BenchReport{Model: cfg.Model}
 	for _, c := range cfg.Concurrency {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
+		// Time the encoder at the batch the level should reach before and
+		// after it, so that drifting machine load weighs on both sides alike.
+		var pre *encoderSample
+		if off != nil {
+			if pre, err = off.encoder(ctx, min(c, sc.MaxBatch())); err != nil {
+				return nil, fmt.Errorf("bench-serve: offline reference: %w", err)
+			}
+		}
 		before := sc.Stats()
+		cpu0 := processCPU()
 		r := LoadGen(ctx, url, cfg.Images, c, cfg.Duration)
+		if r.Requests > 0 {
+			r.cpuPerImage = (processCPU() - cpu0) / time.Duration(r.Requests)
+		}
 		// Requests cut off at the end of the level may still be running;
 		// let them finish so the next level's batch counts start clean.
 		for wait := time.Now().Add(5 * time.Second); srv.inflight.Load() > 0 && time.Now().Before(wait); {
@@ -281,12 +335,19 @@ func Bench(ctx context.Context, cfg BenchConfig) (*BenchReport, error) {
 		if nb := after.Batches - before.Batches; nb > 0 {
 			r.MeanBatch = float64(after.Images-before.Images) / float64(nb)
 			r.BatchFill = r.MeanBatch / float64(sc.MaxBatch())
+			r.BatchTime = time.Duration((after.BatchSeconds - before.BatchSeconds) / float64(nb) * 1e9)
+		}
+		if off != nil {
+			if err := off.fill(ctx, &r, pre); err != nil {
+				return nil, fmt.Errorf("bench-serve: offline reference: %w", err)
+			}
 		}
 		rep.Results = append(rep.Results, r)
 		if cfg.Progress != nil {
 			cfg.Progress(r)
 		}
 	}
+
 	rep.Markdown = benchMarkdown(cfg, sc, rep.Results, loadTime)
 	if cfg.Out != "" {
 		if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
@@ -347,15 +408,182 @@ func benchMarkdown(cfg BenchConfig, sc *clipagiqa.Scorer, results []LoadResult, 
 			size = fmt.Sprintf("%d×%d ", ic.Width, ic.Height)
 		}
 	}
-	fmt.Fprintf(&b, "Load: closed loop, each client POSTs the next raw %sJPEG (%d distinct images) to /v1/score on loopback as soon as the previous answer arrives; %s per level. Latency is per request (upload, decode, resize, queue, batch, answer); throughput counts 200 answers.\n\n",
+	fmt.Fprintf(&b, "Load: closed loop, each client POSTs the next raw %sJPEG (%d distinct images) to /v1/score on loopback as soon as the previous answer arrives; %s per level. Latency is per request (upload, decode, resize, queue, batch, answer); throughput counts 200 answers up to the last one.\n\n",
 		size, len(cfg.Images), cfg.Duration)
-	b.WriteString("| concurrency | requests | errors | throughput (img/s) | p50 (ms) | p99 (ms) | mean batch | batch fill |\n")
-	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| concurrency | requests | errors | throughput (img/s) | p50 (ms) | p99 (ms) | mean batch | batch fill | batch time (ms) |\n")
+	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range results {
-		fmt.Fprintf(&b, "| %d | %d | %d | %.1f | %.1f | %.1f | %.2f | %.0f%% |\n", r.Concurrency, r.Requests, r.Errors,
-			r.Throughput, ms(r.P50), ms(r.P99), r.MeanBatch, 100*r.BatchFill)
+		fmt.Fprintf(&b, "| %d | %d | %d | %.2f | %.1f | %.1f | %.2f | %.0f%% | %.1f |\n", r.Concurrency, r.Requests, r.Errors,
+			r.Throughput, ms(r.P50), ms(r.P99), r.MeanBatch, 100*r.BatchFill, ms(r.BatchTime))
+	}
+	if len(results) == 0 || results[0].OfflineRate == 0 {
+		return b.String()
+	}
+	b.WriteString("\nAgainst the engine, measured in the same run: the fused image encoder alone on preprocessed pixels at\n" +
+		"the level's mean batch (rounded; median of three calls right after the level and three right before it when\n" +
+		"that batch was foreseen), and one request image's decode + preprocess " +
+		fmt.Sprintf("(%.1f ms).\n\n", ms(results[0].DecodeTime)))
+	b.WriteString("| concurrency | offline batch | offline img/s | throughput / offline (≥ 0.90) | CPU time / image, offline / serving | p99 / batch time (≤ 2.5) | p50 / (batch-1 encoder + decode) (≤ 1.15) |\n")
+	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range results {
+		single := "–"
+		if r.Concurrency == 1 {
+			single = fmt.Sprintf("%.2f", r.P50OverSingle)
+		}
+		fmt.Fprintf(&b, "| %d | %d | %.2f | %.2f | %.2f | %.2f | %s |\n", r.Concurrency, r.OfflineBatch, r.OfflineRate,
+			r.RateRatio, r.CPURatio, r.P99OverBatch, single)
 	}
 	return b.String()
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// offline times the engine without the server: the fused image encoder on
+// ready pixels and the decode + preprocess of the request images.
+type offline struct {
+	model  *clip.Model
+	images [][]byte
+	prep   imageprep.Options
+}
+
+func newOffline(clipPath string, images [][]byte, resolution int) (*offline, error) {
+	m, err := clip.Load(clipPath, clip.Options{})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := m.EnableFused(); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return &offline{model: m, images: images, prep: imageprep.DefaultOptions(resolution)}, nil
+}
+
+func (o *offline) close() { o.model.Close() }
+
+// processCPU is the process's user + system CPU time so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// encoderSample is a few timed encoder calls at one batch size.
+type encoderSample struct {
+	batch int
+	times []time.Duration
+	cpu   time.Duration // process CPU time over the timed calls
+}
+
+// merge adds o's calls when they are at the same batch size.
+func (e *encoderSample) merge(o *encoderSample) {
+	if o != nil && o.batch == e.batch {
+		e.times = append(e.times, o.times...)
+		e.cpu += o.cpu
+	}
+}
+
+// median call time, and process CPU time per image.
+func (e *encoderSample) median() time.Duration {
+	t := slices.Clone(e.times)
+	slices.Sort(t)
+	return t[len(t)/2]
+}
+
+func (e *encoderSample) cpuPerImage() time.Duration {
+	return e.cpu / time.Duration(len(e.times)*e.batch)
+}
+
+// encoder times three encoder calls at batch n, after one warm-up.
+func (o *offline) encoder(ctx context.Context, n int) (*encoderSample, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	res := int64(o.model.Config.ImageResolution)
+	s := torch.NewScope().WithGrad(torch.InferenceMode)
+	defer s.Close()
+	px := s.Randn(torch.Float32, int64(n), 3, res, res)
+	if err := s.Err(); err != nil {
+		return nil, err
+	}
+	e := &encoderSample{batch: n}
+	var cpu0 time.Duration
+	for i := range 4 {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if i == 1 {
+			cpu0 = processCPU()
+		}
+		sub := s.Sub()
+		t := time.Now()
+		o.model.EncodeImage(sub, px)
+		d := time.Since(t)
+		err := sub.Err()
+		sub.Close()
+		if err != nil {
+			return nil, err
+		}
+		if i > 0 {
+			e.times = append(e.times, d)
+		}
+	}
+	e.cpu = processCPU() - cpu0
+	return e, nil
+}
+
+// decodeTime is the mean decode + preprocess time of one request image.
+func (o *offline) decodeTime() (time.Duration, error) {
+	const reps = 3
+	t := time.Now()
+	for range reps {
+		for _, b := range o.images {
+			img, err := imageprep.Decode(b, imageprep.DefaultMaxPixels)
+			if err != nil {
+				return 0, err
+			}
+			if _, err := imageprep.CenterTransform(img, o.prep); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return time.Since(t) / time.Duration(reps*len(o.images)), nil
+}
+
+// fill adds the offline references and ratios to a level's result; pre,
+// timed before the level, counts too when it is at the same batch size.
+func (o *offline) fill(ctx context.Context, r *LoadResult, pre *encoderSample) error {
+	if r.MeanBatch <= 0 {
+		return nil
+	}
+	r.OfflineBatch = max(1, int(math.Round(r.MeanBatch)))
+	e, err := o.encoder(ctx, r.OfflineBatch)
+	if err != nil {
+		return err
+	}
+	e.merge(pre)
+	r.OfflineTime = e.median()
+	r.OfflineRate = float64(r.OfflineBatch) / r.OfflineTime.Seconds()
+	r.RateRatio = r.Throughput / r.OfflineRate
+	if r.cpuPerImage > 0 {
+		r.CPURatio = float64(e.cpuPerImage()) / float64(r.cpuPerImage)
+	}
+	if r.BatchTime > 0 {
+		r.P99OverBatch = float64(r.P99) / float64(r.BatchTime)
+	}
+	if r.DecodeTime, err = o.decodeTime(); err != nil {
+		return err
+	}
+	if r.Concurrency == 1 {
+		one := r.OfflineTime
+		if r.OfflineBatch != 1 {
+			e1, err := o.encoder(ctx, 1)
+			if err != nil {
+				return err
+			}
+			one = e1.median()
+		}
+		r.P50OverSingle = float64(r.P50) / float64(one+r.DecodeTime)
+	}
+	return nil
+}

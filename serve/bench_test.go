@@ -60,15 +60,29 @@ func TestBenchWritesTable(t *testing.T) {
 		assert.GreaterOrEqual(t, r.MeanBatch, 1.0)
 		assert.LessOrEqual(t, r.MeanBatch, 4.0)
 		assert.LessOrEqual(t, r.P50, r.P99)
+		assert.Equal(t, max(1, int(r.MeanBatch+0.5)), r.OfflineBatch)
+		assert.Positive(t, r.OfflineRate)
+		assert.InDelta(t, r.Throughput/r.OfflineRate, r.RateRatio, 1e-9)
+		assert.Positive(t, r.CPURatio)
+		assert.Positive(t, r.BatchTime)
+		assert.InDelta(t, float64(r.P99)/float64(r.BatchTime), r.P99OverBatch, 1e-9)
+		assert.Positive(t, r.DecodeTime)
 	}
+	assert.Positive(t, rep.Results[0].P50OverSingle, "measured at one client")
+	assert.Zero(t, rep.Results[1].P50OverSingle, "only at one client")
 	assert.Equal(t, filepath.Join(out, "serve-tiny_clip_vit_fp16.md"), rep.Path)
 	b, err := os.ReadFile(rep.Path)
 	require.NoError(t, err)
 	md := string(b)
 	assert.Contains(t, md, "| concurrency | requests | errors | throughput (img/s) | p50 (ms) | p99 (ms) | mean batch | batch fill |")
-	lines := strings.Split(strings.TrimSpace(md), "\n")
-	assert.True(t, strings.HasPrefix(lines[len(lines)-2], "| 1 |"), lines[len(lines)-2])
-	assert.True(t, strings.HasPrefix(lines[len(lines)-1], "| 3 |"), lines[len(lines)-1])
+	tables := strings.Split(md, "Against the engine")
+	require.Len(t, tables, 2, "a table of ratios follows the load table")
+	for _, tab := range tables {
+		lines := strings.Split(strings.TrimSpace(tab), "\n")
+		assert.True(t, strings.HasPrefix(lines[len(lines)-2], "| 1 |"), lines[len(lines)-2])
+		assert.True(t, strings.HasPrefix(lines[len(lines)-1], "| 3 |"), lines[len(lines)-1])
+	}
+	assert.Contains(t, md, "throughput / offline (≥ 0.90)")
 }
 
 func TestSyntheticJPEGsDeterministic(t *testing.T) {

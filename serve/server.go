@@ -1,11 +1,14 @@
 // Package serve is clipagiqa's HTTP scoring server: POST /v1/score with a raw
-// image or a multipart form of images, health and readiness probes, and
+// image or a multipart form of images, GET /v1/info, a browser page at /, the
+// OpenAPI document at /openapi.json, health and readiness probes, and
 // Prometheus metrics, on top of a batching clipagiqa.Scorer. It also holds the
-// load generator behind `clipagiqa bench-serve`.
+// load generator behind `clipagiqa bench-serve`. The wire types are in
+// serve/api and a Go client in serve/client.
 package serve
 
 import (
 	"context"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,7 +27,9 @@ import (
 	"time"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa"
+	"github.com/clipagiqa/clipagiqa/clipagiqa/clip"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/imageprep"
+	"github.com/clipagiqa/clipagiqa/serve/api"
 )
 
 // Backend scores encoded images; *clipagiqa.Scorer is one.
@@ -33,16 +38,37 @@ type Backend interface {
 	Stats() clipagiqa.ScorerStats
 }
 
+// PromptBackend is a Backend that takes a per-image prompt (the text the
+// image was generated from); *clipagiqa.Scorer is one. UsesPrompt false means
+// the prompt is accepted and ignored.
+type PromptBackend interface {
+	Backend
+	ScoreBytesPrompt(ctx context.Context, data []byte, prompt string) (float64, error)
+	UsesPrompt() bool
+}
+
+// describer is what /v1/info reads from a backend that has it.
+type describer interface {
+	Method() string
+	MaxBatch() int
+	Resolution() int
+}
+
 // HTTP defaults.
 const (
-	DefaultMaxBytes = 32 << 20
-	DefaultTimeout  = 30 * time.Second
+	DefaultMaxBytes   = 32 << 20
+	DefaultTimeout    = 30 * time.Second
+	DefaultDrainBytes = 128 << 20
 )
 
 // Config tunes the HTTP layer; zero fields take the defaults.
 type Config struct {
 	// MaxBytes caps a request body (default 32 MiB); larger bodies get 413.
 	MaxBytes int64
+	// DrainBytes is how much of a refused (413) body is read and discarded
+	// after the answer, so that a client still sending gets the 413 rather
+	// than a connection reset (default 128 MiB; bounded by Timeout too).
+	DrainBytes int64
 	// MaxParts caps the files of a multipart request (default 64).
 	MaxParts int
 	// Timeout bounds reading the body and scoring it (default 30s): 408 for a
@@ -55,6 +81,8 @@ type Config struct {
 	RetryAfter time.Duration
 	// ShutdownTimeout bounds the wait for in-flight requests on shutdown (default 30s).
 	ShutdownTimeout time.Duration
+	// Model names the CLIP weights in /v1/info and on the page.
+	Model string
 	// Logger receives JSON access and error logs (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -62,6 +90,9 @@ type Config struct {
 func (c Config) withDefaults() Config {
 	if c.MaxBytes <= 0 {
 		c.MaxBytes = DefaultMaxBytes
+	}
+	if c.DrainBytes <= 0 {
+		c.DrainBytes = DefaultDrainBytes
 	}
 	if c.MaxParts <= 0 {
 		c.MaxParts = 64
@@ -102,20 +133,61 @@ type Server struct {
 
 type backendBox struct{ b Backend }
 
+// Route is one endpoint of the API; Routes lists them for the OpenAPI
+// document's drift test.
+type Route struct {
+	Path    string
+	Methods []string // methods answered; others get 405
+	name    string   // metrics label
+	handler http.HandlerFunc
+}
+
+// Routes are the server's endpoints, as registered on its mux.
+func (s *Server) Routes() []Route {
+	get := []string{http.MethodGet}
+	return []Route{
+		{"/", get, "page", s.handlePage},
+		{"/openapi.json", get, "openapi", s.handleOpenAPI},
+		{"/v1/score", []string{http.MethodPost}, "score", s.handleScore},
+		{"/v1/info", get, "info", s.handleInfo},
+		{"/healthz", get, "healthz", s.handleHealth},
+		{"/readyz", get, "readyz", s.handleReady},
+		{"/metrics", get, "metrics", s.handleMetrics},
+	}
+}
+
 // New returns a server that is live but not ready.
 func New(cfg Config) *Server {
 	cfg = cfg.withDefaults()
 	s := &Server{cfg: cfg, log: cfg.Logger, metrics: NewMetrics()}
 	mux := http.NewServeMux()
-	mux.Handle("/v1/score", s.wrap("score", http.HandlerFunc(s.handleScore)))
-	mux.Handle("/healthz", s.wrap("healthz", http.HandlerFunc(s.handleHealth)))
-	mux.Handle("/readyz", s.wrap("readyz", http.HandlerFunc(s.handleReady)))
-	mux.Handle("/metrics", s.wrap("metrics", http.HandlerFunc(s.handleMetrics)))
+	for _, rt := range s.Routes() {
+		pattern := rt.Path
+		if pattern == "/" {
+			pattern = "/{$}" // only the page itself; other paths are 404
+		}
+		mux.Handle(pattern, s.wrap(rt.name, allow(rt.Methods, rt.handler)))
+	}
 	mux.Handle("/", s.wrap("other", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
+		writeError(w, http.StatusNotFound, api.CodeNotFound, "no such endpoint: "+r.URL.Path)
 	})))
 	s.handler = mux
 	return s
+}
+
+// allow answers 405 with an Allow header for methods h does not serve (HEAD
+// is served where GET is).
+func allow(methods []string, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		for _, m := range methods {
+			if r.Method == m || (m == http.MethodGet && r.Method == http.MethodHead) {
+				h(w, r)
+				return
+			}
+		}
+		w.Header().Set("Allow", strings.Join(methods, ", "))
+		writeError(w, http.StatusMethodNotAllowed, api.CodeMethodNotAllowed, "use "+strings.Join(methods, " or "))
+	}
 }
 
 // Handler is the server's HTTP handler.
@@ -218,7 +290,7 @@ func (s *Server) wrap(name string, h http.Handler) http.Handler {
 				}
 				s.log.Error("handler panic", "handler", name, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 				if rec.code == 0 {
-					writeError(rec, http.StatusInternalServerError, "internal error")
+					writeError(rec, http.StatusInternalServerError, api.CodeInternal, "internal error")
 				}
 			}
 			s.metrics.addInflight(-1)
@@ -245,27 +317,57 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// errorBody is the JSON of a failed request.
-type errorBody struct {
-	Error   string   `json:"error"`
-	Results []Result `json:"results,omitempty"`
+func writeError(w http.ResponseWriter, status int, code api.ErrorCode, msg string) {
+	writeJSON(w, status, api.ErrorBody{Error: msg, Code: code})
 }
 
-func writeError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, errorBody{Error: msg})
+//go:embed openapi.json
+var openAPIDoc []byte
+
+// OpenAPI is the API's OpenAPI 3 document, as served at /openapi.json.
+func OpenAPI() []byte { return append([]byte(nil), openAPIDoc...) }
+
+func (s *Server) handleOpenAPI(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	_, _ = w.Write(openAPIDoc)
 }
 
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	writeJSON(w, http.StatusOK, api.Status{Status: "ok"})
 }
 
 func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	if !s.Ready() {
 		w.Header().Set("Retry-After", s.retryAfter())
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "loading"})
+		writeJSON(w, http.StatusServiceUnavailable, api.Status{Status: "loading"})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	writeJSON(w, http.StatusOK, api.Status{Status: "ready"})
+}
+
+// info describes the current backend (Ready false while loading).
+func (s *Server) info() api.Info {
+	in := api.Info{Model: s.cfg.Model, MaxFiles: s.cfg.MaxParts, MaxBytes: s.cfg.MaxBytes}
+	b := s.current()
+	if b == nil {
+		return in
+	}
+	in.Ready = true
+	if d, ok := b.(describer); ok {
+		in.Method, in.MaxBatch, in.Resolution = d.Method(), d.MaxBatch(), d.Resolution()
+	}
+	if c, ok := b.(interface{ CLIPConfig() clip.Config }); ok {
+		in.Backbone = c.CLIPConfig().Backbone
+	}
+	if p, ok := b.(PromptBackend); ok {
+		in.UsesPrompt = p.UsesPrompt()
+	}
+	return in
+}
+
+func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.info())
 }
 
 func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
@@ -285,41 +387,35 @@ func (s *Server) retryAfter() string {
 	return strconv.Itoa(int(max(1, (s.cfg.RetryAfter+time.Second-1)/time.Second)))
 }
 
-// Result is one image's outcome: a score, or the reason it has none.
-type Result struct {
-	Image string   `json:"image"`
-	Score *float64 `json:"score,omitempty"`
-	Error string   `json:"error,omitempty"`
-}
+// Result is one image's outcome (the wire type api.Result).
+type Result = api.Result
 
-// Response is the body of a successful score request.
-type Response struct {
-	Results []Result `json:"results"`
-}
+// Response is the body of a successful score request (api.Response).
+type Response = api.Response
 
 // errSlowBody reports a body not received within the timeout.
 var errSlowBody = errors.New("request body not received in time")
 
-// statusOf maps an error to its HTTP status; bad input is always 4xx.
-func statusOf(err error) int {
+// classify maps an error to its HTTP status and error code; bad input is always 4xx.
+func classify(err error) (int, api.ErrorCode) {
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe):
-		return http.StatusRequestEntityTooLarge
+		return http.StatusRequestEntityTooLarge, api.CodeTooLarge
 	case errors.Is(err, errSlowBody):
-		return http.StatusRequestTimeout
+		return http.StatusRequestTimeout, api.CodeUploadTimeout
 	case errors.Is(err, imageprep.ErrTooManyPixels):
-		return http.StatusUnprocessableEntity
+		return http.StatusUnprocessableEntity, api.CodeTooManyPixels
 	case errors.Is(err, clipagiqa.ErrInvalidImage):
-		return http.StatusBadRequest
+		return http.StatusBadRequest, api.CodeInvalidImage
 	case errors.Is(err, clipagiqa.ErrOverloaded), errors.Is(err, clipagiqa.ErrClosed):
-		return http.StatusServiceUnavailable
+		return http.StatusServiceUnavailable, api.CodeOverloaded
 	case errors.Is(err, context.DeadlineExceeded):
-		return http.StatusGatewayTimeout
+		return http.StatusGatewayTimeout, api.CodeScoreTimeout
 	case errors.Is(err, context.Canceled):
-		return 499 // client closed the request (nginx's convention); nobody reads it
+		return 499, api.CodeCanceled // client closed the request (nginx's convention); nobody reads it
 	}
-	return http.StatusInternalServerError
+	return http.StatusInternalServerError, api.CodeInternal
 }
 
 // messageOf is what a client sees: the error for 4xx, a generic text for 5xx
@@ -352,47 +448,93 @@ func readBody(r io.Reader) ([]byte, error) {
 	return data, nil
 }
 
-func (s *Server) fail(w http.ResponseWriter, err error) {
-	code := statusOf(err)
+// upload is a score request's body in the making.
+type upload struct {
+	raw io.Reader // the body before the size limit, for draining
+}
+
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, up *upload, err error) {
+	code, ecode := classify(err)
 	if code >= 500 && code != http.StatusServiceUnavailable && code != http.StatusGatewayTimeout {
 		s.log.Error("score failed", "status", code, "err", err)
 	}
 	if code == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", s.retryAfter())
 	}
-	writeError(w, code, messageOf(code, err))
+	if code == http.StatusRequestEntityTooLarge && up != nil {
+		s.refuseLarge(w, up, ecode, messageOf(code, err))
+		return
+	}
+	writeError(w, code, ecode, messageOf(code, err))
+}
+
+// refuseLarge answers 413 at once with Connection: close, then reads and
+// discards what the client is still sending (at most DrainBytes, within
+// Timeout): a client that writes its whole body before reading gets the
+// status instead of a reset from closing a socket with unread data.
+func (s *Server) refuseLarge(w http.ResponseWriter, up *upload, code api.ErrorCode, msg string) {
+	rc := http.NewResponseController(w)
+	_ = rc.EnableFullDuplex() // HTTP/1: keep reading the body after answering
+	w.Header().Set("Connection", "close")
+	writeError(w, http.StatusRequestEntityTooLarge, code, msg)
+	_ = rc.Flush()
+	_ = rc.SetReadDeadline(time.Now().Add(s.cfg.Timeout))
+	_, _ = io.CopyN(io.Discard, up.raw, s.cfg.DrainBytes)
+}
+
+// imagePrompt is one image of a request with its optional prompt.
+type imagePrompt struct {
+	name      string
+	data      []byte
+	prompt    string
+	hasPrompt bool
+}
+
+// score scores one image, with its prompt when it has one.
+func score(ctx context.Context, b Backend, im imagePrompt) (float64, *bool, error) {
+	if !im.hasPrompt {
+		v, err := b.ScoreBytes(ctx, im.data)
+		return v, nil, err
+	}
+	pb, ok := b.(PromptBackend)
+	if !ok {
+		used := false
+		v, err := b.ScoreBytes(ctx, im.data)
+		return v, &used, err
+	}
+	used := pb.UsesPrompt()
+	v, err := pb.ScoreBytesPrompt(ctx, im.data, im.prompt)
+	return v, &used, err
 }
 
 func (s *Server) handleScore(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		writeError(w, http.StatusMethodNotAllowed, "use POST")
-		return
-	}
 	b := s.current()
 	if b == nil {
 		w.Header().Set("Retry-After", s.retryAfter())
-		writeError(w, http.StatusServiceUnavailable, "model not ready")
+		writeError(w, http.StatusServiceUnavailable, api.CodeNotReady, "model not ready")
 		return
 	}
 	if n := s.inflight.Add(1); n > int64(s.cfg.MaxInFlight) {
 		s.inflight.Add(-1)
-		s.fail(w, clipagiqa.ErrOverloaded)
+		s.fail(w, r, nil, clipagiqa.ErrOverloaded)
 		return
 	}
 	defer s.inflight.Add(-1)
+	up := &upload{raw: r.Body}
 	if r.ContentLength > s.cfg.MaxBytes {
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body of %d bytes is larger than %d", r.ContentLength, s.cfg.MaxBytes))
+		s.refuseLarge(w, up, api.CodeTooLarge, fmt.Sprintf("request body of %d bytes is larger than %d", r.ContentLength, s.cfg.MaxBytes))
 		return
 	}
 	mt, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil {
-		writeError(w, http.StatusUnsupportedMediaType, "missing or invalid Content-Type: send image/*, application/octet-stream or multipart/form-data")
+		writeError(w, http.StatusUnsupportedMediaType, api.CodeUnsupportedMediaType,
+			"missing or invalid Content-Type: send image/*, application/octet-stream or multipart/form-data")
 		return
 	}
 	multi := mt == "multipart/form-data"
 	if !multi && !strings.HasPrefix(mt, "image/") && mt != "application/octet-stream" {
-		writeError(w, http.StatusUnsupportedMediaType, fmt.Sprintf("Content-Type %s: send image/*, application/octet-stream or multipart/form-data", mt))
+		writeError(w, http.StatusUnsupportedMediaType, api.CodeUnsupportedMediaType,
+			fmt.Sprintf("Content-Type %s: send image/*, application/octet-stream or multipart/form-data", mt))
 		return
 	}
 	// Bound the upload in size and time; a failed deadline set (e.g. on a
@@ -402,43 +544,56 @@ func (s *Server) handleScore(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBytes)
 	ctx, cancel := context.WithDeadline(r.Context(), deadline)
 	defer cancel()
+	q := r.URL.Query()
+	defaultPrompt, hasDefault := q.Get("prompt"), q.Has("prompt")
 	if multi {
-		s.scoreMultipart(ctx, w, r, b, params["boundary"])
+		s.scoreMultipart(ctx, w, r, up, b, params["boundary"], defaultPrompt, hasDefault)
 		return
 	}
 	data, err := readBody(r.Body)
 	if err != nil {
-		s.fail(w, err)
+		s.fail(w, r, up, err)
 		return
 	}
 	if len(data) == 0 {
-		writeError(w, http.StatusBadRequest, "empty body: send the image file as the request body")
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "empty body: send the image file as the request body")
 		return
 	}
-	name := r.URL.Query().Get("name")
+	name := q.Get("name")
 	if name == "" {
 		name = "image"
 	}
-	score, err := b.ScoreBytes(ctx, data)
+	im := imagePrompt{name: name, data: data, prompt: defaultPrompt, hasPrompt: hasDefault}
+	v, used, err := score(ctx, b, im)
 	if err != nil {
 		s.metrics.ObserveImages(0, 1)
-		s.fail(w, err)
+		s.fail(w, r, nil, err)
 		return
 	}
 	s.metrics.ObserveImages(1, 0)
-	writeJSON(w, http.StatusOK, Response{Results: []Result{{Image: name, Score: &score}}})
+	res := Result{Image: name, Score: &v, PromptUsed: used}
+	if hasDefault {
+		res.Prompt = defaultPrompt
+	}
+	writeJSON(w, http.StatusOK, Response{Results: []Result{res}})
 }
 
+// maxPromptBytes bounds one prompt field of a multipart request.
+const maxPromptBytes = 64 << 10
+
 // scoreMultipart scores every file part; bad parts get an error entry while
-// good parts are scored.
-func (s *Server) scoreMultipart(ctx context.Context, w http.ResponseWriter, r *http.Request, b Backend, boundary string) {
+// good parts are scored. Text parts named "prompt" give the files their
+// prompts in order (the k-th prompt goes with the k-th file); files without
+// one take the query's ?prompt=, if any.
+func (s *Server) scoreMultipart(ctx context.Context, w http.ResponseWriter, r *http.Request, up *upload, b Backend,
+	boundary, defaultPrompt string, hasDefault bool) {
 	if boundary == "" {
-		writeError(w, http.StatusBadRequest, "multipart/form-data without a boundary")
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "multipart/form-data without a boundary")
 		return
 	}
 	mr := multipart.NewReader(r.Body, boundary)
-	var names []string
-	var files [][]byte
+	var files []imagePrompt
+	var prompts []string
 	for {
 		part, err := mr.NextPart()
 		if err == io.EOF {
@@ -451,12 +606,26 @@ func (s *Server) scoreMultipart(ctx context.Context, w http.ResponseWriter, r *h
 			} else {
 				err = fmt.Errorf("%w: malformed multipart body: %w", clipagiqa.ErrInvalidImage, err)
 			}
-			s.fail(w, err)
+			s.fail(w, r, up, err)
 			return
+		}
+		if part.FormName() == "prompt" && part.FileName() == "" {
+			text, err := readBody(io.LimitReader(part, maxPromptBytes+1))
+			part.Close()
+			if err != nil {
+				s.fail(w, r, up, err)
+				return
+			}
+			if len(text) > maxPromptBytes {
+				writeError(w, http.StatusBadRequest, api.CodeBadRequest, fmt.Sprintf("prompt %d is longer than %d bytes", len(prompts), maxPromptBytes))
+				return
+			}
+			prompts = append(prompts, string(text))
+			continue
 		}
 		if len(files) == s.cfg.MaxParts {
 			part.Close()
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("more than %d files in one request", s.cfg.MaxParts))
+			s.refuseLarge(w, up, api.CodeTooManyFiles, fmt.Sprintf("more than %d files in one request", s.cfg.MaxParts))
 			return
 		}
 		name := part.FileName()
@@ -469,32 +638,47 @@ func (s *Server) scoreMultipart(ctx context.Context, w http.ResponseWriter, r *h
 		data, err := readBody(part)
 		part.Close()
 		if err != nil {
-			s.fail(w, err)
+			s.fail(w, r, up, err)
 			return
 		}
-		names = append(names, name)
-		files = append(files, data)
+		files = append(files, imagePrompt{name: name, data: data})
 	}
 	if len(files) == 0 {
-		writeError(w, http.StatusBadRequest, "multipart body has no files")
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, "multipart body has no files")
 		return
+	}
+	if len(prompts) > len(files) {
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest,
+			fmt.Sprintf("%d prompt fields for %d files: send at most one prompt per file, in the files' order", len(prompts), len(files)))
+		return
+	}
+	for i := range files {
+		if i < len(prompts) {
+			files[i].prompt, files[i].hasPrompt = prompts[i], true
+		} else if hasDefault {
+			files[i].prompt, files[i].hasPrompt = defaultPrompt, true
+		}
 	}
 	results := make([]Result, len(files))
 	errs := make([]error, len(files))
 	var wg sync.WaitGroup
-	for i := range files {
-		results[i].Image = names[i]
-		if len(files[i]) == 0 {
+	for i, im := range files {
+		results[i].Image = im.name
+		if im.hasPrompt {
+			results[i].Prompt = im.prompt
+		}
+		if len(im.data) == 0 {
 			errs[i] = fmt.Errorf("%w: empty file", clipagiqa.ErrInvalidImage)
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			v, err := b.ScoreBytes(ctx, files[i])
+			v, used, err := score(ctx, b, im)
 			if err == nil {
 				results[i].Score = &v
 			}
+			results[i].PromptUsed = used
 			errs[i] = err
 		}()
 	}
@@ -509,21 +693,22 @@ func (s *Server) scoreMultipart(ctx context.Context, w http.ResponseWriter, r *h
 		if first == nil {
 			first = err
 		}
-		results[i].Error = messageOf(statusOf(err), err)
+		code, ecode := classify(err)
+		results[i].Error, results[i].Code = messageOf(code, err), ecode
 	}
 	s.metrics.ObserveImages(ok, len(files)-ok)
 	if ok > 0 {
 		writeJSON(w, http.StatusOK, Response{Results: results})
 		return
 	}
-	code := statusOf(first)
+	code, ecode := classify(first)
 	if code == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", s.retryAfter())
 	}
 	if code == http.StatusInternalServerError {
 		s.log.Error("score failed", "status", code, "err", first)
 	}
-	writeJSON(w, code, errorBody{Error: "no image could be scored: " + messageOf(code, first), Results: results})
+	writeJSON(w, code, api.ErrorBody{Error: "no image could be scored: " + messageOf(code, first), Code: ecode, Results: results})
 }
 
 // errReader replays an error through readBody's classification.

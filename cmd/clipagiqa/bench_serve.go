@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/clipagiqa/clipagiqa/internal/benchkit"
 	"github.com/clipagiqa/clipagiqa/serve"
 	"github.com/urfave/cli/v2"
 )
@@ -38,14 +39,34 @@ func benchServeCommand() *cli.Command {
 		&cli.DurationFlag{Name: "duration", Value: 10 * time.Second, Usage: "time per level"},
 		&cli.StringFlag{Name: "out", Value: "bench/results", Usage: "directory for serve-<model>.md (empty: print only)"},
 		&cli.StringFlag{Name: "model", Usage: "name in the output file (default: the CLIP file name)"},
+		&cli.BoolFlag{Name: "no-offline", Usage: "skip the offline encoder and decode references (and the ratios)"},
+		&cli.StringFlag{Name: "cache-dir", Usage: "where --clip vitb16 keeps its generated weights (default: the user cache dir)"},
 	}, serveScorerFlags(benchServeCLIP, benchServeCheckpoint, `; "random" benchmarks a random-weight head`)...)
 	return &cli.Command{
 		Name:  "bench-serve",
 		Usage: "load-test the HTTP server in-process on loopback: throughput, p50/p99 latency, batch fill",
 		Description: "Starts `serve` on 127.0.0.1:0 and drives it with closed-loop Go clients at each\n" +
-			"concurrency level, posting synthetic 640×480 JPEGs. Defaults use the tiny reference fixture.",
+			"concurrency level, posting synthetic 640×480 JPEGs. Then, in the same run, times the fused image\n" +
+			"encoder offline at each level's mean batch and one image's decode, and prints the ratios:\n" +
+			"throughput / offline, p99 / mean batch time, and (1 client) p50 / (batch-1 encoder + decode).\n" +
+			"Defaults use the tiny reference fixture; the full-size run is\n" +
+			"  clipagiqa bench-serve --clip vitb16 --checkpoint random --model vitb16-random --duration 60s\n" +
+			"(--clip vitb16: a random ViT-B/16 generated once with testdata/gen/make_clip.py).",
 		Flags: flags,
 		Action: func(c *cli.Context) error {
+			clipPath := c.String("clip")
+			if clipPath == "vitb16" {
+				p, err := benchkit.EnsureViTB16(benchkit.Options{Root: ".", Cache: c.String("cache-dir"), Log: c.App.ErrWriter})
+				if err != nil {
+					return fmt.Errorf("--clip vitb16: %w", err)
+				}
+				if err := c.Set("clip", p); err != nil {
+					return err
+				}
+				if c.String("model") == "" {
+					_ = c.Set("model", "vitb16")
+				}
+			}
 			opts, err := serveScorerOptions(c)
 			if err != nil {
 				return err
@@ -60,6 +81,7 @@ func benchServeCommand() *cli.Command {
 			rep, err := serve.Bench(ctx, serve.BenchConfig{
 				CLIP: c.String("clip"), Checkpoint: c.String("checkpoint"), Concurrency: levels,
 				Duration: c.Duration("duration"), Out: c.String("out"), Model: c.String("model"), Scorer: opts,
+				NoOffline: c.Bool("no-offline"),
 				Progress: func(r serve.LoadResult) {
 					fmt.Fprintf(os.Stderr, "concurrency %d: %.1f img/s, p50 %v, p99 %v, mean batch %.2f, errors %d\n",
 						r.Concurrency, r.Throughput, r.P50, r.P99, r.MeanBatch, r.Errors)

@@ -6,6 +6,9 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
 	"syscall"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa"
@@ -43,11 +46,16 @@ func serveScorerOptions(c *cli.Context) ([]clipagiqa.ScorerOption, error) {
 	if c.String("clip") == "" {
 		return nil, fmt.Errorf("--clip is required")
 	}
+	// All cores for the model by default: a batch is the unit of work.
+	threads := c.Int("threads")
+	if threads <= 0 {
+		threads = runtime.NumCPU()
+	}
 	return []clipagiqa.ScorerOption{
 		clipagiqa.WithDevice(dev), clipagiqa.WithPrecision(prec), clipagiqa.WithEpoch(c.Int("epoch")),
 		clipagiqa.WithMethod(c.String("method")), clipagiqa.WithMaxBatch(c.Int("max-batch")),
 		clipagiqa.WithMaxWait(c.Duration("max-wait")), clipagiqa.WithQueueSize(c.Int("queue")),
-		clipagiqa.WithMaxPixels(c.Int64("max-pixels")), clipagiqa.WithThreads(c.Int("threads")), clipagiqa.WithFused(!c.Bool("no-fused")),
+		clipagiqa.WithMaxPixels(c.Int64("max-pixels")), clipagiqa.WithThreads(threads), clipagiqa.WithFused(!c.Bool("no-fused")),
 	}, nil
 }
 
@@ -63,12 +71,14 @@ func serveCommand() *cli.Command {
 	}, serveScorerFlags("", "", "")...)
 	return &cli.Command{
 		Name:  "serve",
-		Usage: "serve image quality scores over HTTP (POST /v1/score, /healthz, /readyz, /metrics)",
+		Usage: "serve image quality scores over HTTP (POST /v1/score, GET /v1/info, a browser page at /, /openapi.json, /healthz, /readyz, /metrics)",
 		Description: "POST /v1/score takes a raw image body (Content-Type image/* or application/octet-stream;\n" +
-			"?name= labels it) or multipart/form-data with one or more files, and answers\n" +
+			"?name= labels it, ?prompt= gives its prompt) or multipart/form-data with one or more files\n" +
+			"(and optional text parts named prompt, paired with the files in order), and answers\n" +
 			`{"results":[{"image":name,"score":x}]}` + ". Concurrent requests share device batches.\n" +
-			"Bad input gets a 4xx JSON error; a full queue 503 with Retry-After. SIGTERM/SIGINT stop\n" +
-			"accepting connections and finish the requests in flight.",
+			"Bad input gets a 4xx JSON error {\"error\":message,\"code\":stable-code}; a full queue 503 with\n" +
+			"Retry-After. GET / is a page to drop images on; GET /openapi.json documents the API (Go client:\n" +
+			"package serve/client). SIGTERM/SIGINT stop accepting connections and finish the requests in flight.",
 		Flags: flags,
 		Action: func(c *cli.Context) error {
 			opts, err := serveScorerOptions(c)
@@ -84,6 +94,7 @@ func serveCommand() *cli.Command {
 			return serve.Run(ctx, serve.RunConfig{
 				CLIP: c.String("clip"), Checkpoint: c.String("checkpoint"), Addr: c.String("addr"), Scorer: opts,
 				Server: serve.Config{
+					Model:    modelName(c.String("clip")),
 					MaxBytes: c.Int64("max-bytes"), MaxParts: c.Int("max-parts"), Timeout: c.Duration("timeout"),
 					MaxInFlight: c.Int("max-inflight"), ShutdownTimeout: c.Duration("shutdown-timeout"),
 					Logger: serve.NewJSONLogger(os.Stderr, level),
@@ -91,4 +102,10 @@ func serveCommand() *cli.Command {
 			})
 		},
 	}
+}
+
+// modelName is the CLIP file name without its extension, for /v1/info.
+func modelName(path string) string {
+	base := filepath.Base(path)
+	return strings.TrimSuffix(base, filepath.Ext(base))
 }
