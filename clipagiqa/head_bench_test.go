@@ -40,7 +40,7 @@ func BenchmarkInferenceHead(b *testing.B) {
 	b.Run("encoder+head", func(b *testing.B) {
 		px := make([]float32, n*sc.per)
 		for b.Loop() {
-			if _, err := sc.forward(px, n); err != nil {
+			if _, err := sc.forward(px, n, nil); err != nil {
 				b.Fatal(err)
 			}
 		}
