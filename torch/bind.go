@@ -36,7 +36,8 @@ var tensorPtrType = reflect.TypeOf((*Tensor)(nil))
 // Bind fills the *Tensor fields of the struct dst points to from sd, by the
 // checkpoint names in their `torch:"..."` tags joined with dots under prefix.
 // Nested structs (and slices of them, pre-sized by the caller, indexed as
-// name.N) are walked. Bound tensors move out of sd, converted by conv (nil
+// name.N) are walked; a struct pointer tagged ",optional" stays nil when no
+// checkpoint name starts with its prefix. Bound tensors move out of sd, converted by conv (nil
 // keeps them as they are); shape checks are the model's job.
 func Bind(dst any, sd *StateDict, prefix string, conv Convert) (BindReport, error) {
 	var rep BindReport
@@ -109,6 +110,10 @@ func bindValue(v reflect.Value, sd *StateDict, prefix string, conv Convert, rep 
 				return err
 			}
 		case f.Type.Kind() == reflect.Pointer && f.Type.Elem().Kind() == reflect.Struct:
+			if optional && !hasPrefix(sd, name+".") {
+				fv.Set(reflect.Zero(f.Type)) // an optional sub-module the checkpoint lacks stays nil
+				continue
+			}
 			if fv.IsNil() {
 				fv.Set(reflect.New(f.Type.Elem()))
 			}
@@ -133,6 +138,15 @@ func bindValue(v reflect.Value, sd *StateDict, prefix string, conv Convert, rep 
 		}
 	}
 	return nil
+}
+
+func hasPrefix(sd *StateDict, prefix string) bool {
+	for n := range sd.Tensors {
+		if strings.HasPrefix(n, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // CloseAll closes every *Tensor field reachable from the struct dst points to.
