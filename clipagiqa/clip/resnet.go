@@ -12,45 +12,26 @@ const bnEps = 1e-5
 // BatchNorm2d holds a BatchNorm layer's affine parameters and running
 // statistics (kept in float32 whatever the compute precision).
 type BatchNorm2d struct {
-	Weight            *torch.Tensor `torch:"weight"`       // [C]
-	Bias              *torch.Tensor `torch:"bias"`         // [C]
-	RunningMean       *torch.Tensor `torch:"running_mean"` // [C]
-	RunningVar        *torch.Tensor `torch:"running_var"`  // [C]
-	NumBatchesTracked *torch.Tensor `torch:"num_batches_tracked,optional"`
+	Weight            *torch.Tensor `torch:"weight"`              // [C]
+	Bias              *torch.Tensor `torch:"bias"`                // [C]
+	RunningMean       *torch.Tensor `torch:"running_mean,buffer"` // [C]
+	RunningVar        *torch.Tensor `torch:"running_var,buffer"`  // [C]
+	NumBatchesTracked *torch.Tensor `torch:"num_batches_tracked,buffer,optional"`
 }
 
-// forward normalises x [N, C, H, W] with the running statistics (eval mode),
-// as PyTorch's CPU kernel does: x·α + β with α = w/sqrt(var+eps), β = b − mean·α.
+// forward normalises x [N, C, H, W] with the running statistics (eval mode).
+// Half-precision inputs are normalised in float32, like CLIP's LayerNorm.
 func (b *BatchNorm2d) forward(s *torch.Scope, x *torch.Tensor, dt torch.DType) *torch.Tensor {
-	alpha := s.Div(b.Weight, s.Sqrt(s.AddScalar(b.RunningVar, bnEps)))
-	beta := s.Minus(b.Bias, s.Mul(b.RunningMean, alpha))
-	alpha, beta = s.Reshape(alpha, 1, -1, 1, 1), s.Reshape(beta, 1, -1, 1, 1)
 	if dt == torch.Float32 {
-		return s.Add(s.Mul(x, alpha), beta)
+		return s.BatchNorm(x, b.Weight, b.Bias, b.RunningMean, b.RunningVar, false, 0, bnEps)
 	}
-	return s.Cast(s.Add(s.Mul(s.Cast(x, torch.Float32), alpha), beta), dt)
+	y := s.BatchNorm(s.Cast(x, torch.Float32), b.Weight, b.Bias, b.RunningMean, b.RunningVar, false, 0, bnEps)
+	return s.Cast(y, dt)
 }
 
-// avgPool2d is nn.AvgPool2d(k) (stride k, no padding): trailing rows and
-// columns that do not fill a window are dropped.
+// avgPool2d is nn.AvgPool2d(k): stride k, no padding, floor mode.
 func avgPool2d(s *torch.Scope, x *torch.Tensor, k int64) *torch.Tensor {
-	shape := x.Shape()
-	if len(shape) != 4 {
-		s.Fail(fmt.Errorf("avg pool: input has shape %v, want 4 dimensions", shape))
-		return nil
-	}
-	n, c, h, w := shape[0], shape[1], shape[2]/k, shape[3]/k
-	if h == 0 || w == 0 {
-		s.Fail(fmt.Errorf("avg pool: input %v is smaller than the %d×%d window", shape, k, k))
-		return nil
-	}
-	if h*k != shape[2] {
-		x = s.Narrow(x, 2, 0, h*k)
-	}
-	if w*k != shape[3] {
-		x = s.Narrow(x, 3, 0, w*k)
-	}
-	return s.Mean(s.Reshape(x, n, c, h, k, w, k), false, 3, 5)
+	return s.AvgPool2D(x, torch.AvgPool2DOpts(torch.Sq(k)))
 }
 
 // Downsample is a Bottleneck's shortcut projection: avgpool(stride), 1×1
@@ -70,7 +51,7 @@ type Bottleneck struct {
 	BN2        BatchNorm2d   `torch:"bn2"`
 	Conv3      *torch.Tensor `torch:"conv3.weight"` // [4P, P, 1, 1]
 	BN3        BatchNorm2d   `torch:"bn3"`
-	Downsample *Downsample   `torch:"downsample,optional"` // nil: identity shortcut
+	Downsample *Downsample   `torch:"downsample,optional"` // nil: identity shortcut (stride 1, same channels)
 
 	Stride int64
 }
@@ -161,14 +142,20 @@ type ModifiedResNet struct {
 // newModifiedResNet lays out the blocks cfg describes (weights unbound).
 func newModifiedResNet(cfg Config, dt torch.DType) *ModifiedResNet {
 	r := &ModifiedResNet{cfg: cfg, dtype: dt, AttnPool: AttentionPool2d{Heads: cfg.VisionHeads}}
+	in := cfg.VisionWidth
 	for st, layer := range r.stages() {
 		*layer = make([]*Bottleneck, cfg.VisionStages[st])
+		planes := cfg.VisionWidth << st
 		for i := range *layer {
-			stride := int64(1)
+			b := &Bottleneck{Stride: 1}
 			if st > 0 && i == 0 {
-				stride = 2
+				b.Stride = 2
 			}
-			(*layer)[i] = &Bottleneck{Stride: stride}
+			if b.Stride > 1 || in != 4*planes {
+				b.Downsample = &Downsample{}
+			}
+			(*layer)[i] = b
+			in = 4 * planes
 		}
 	}
 	return r
@@ -274,13 +261,7 @@ func (r *ModifiedResNet) checkShapes() error {
 			want[pre+"conv2.weight"] = [2][]int64{b.Conv2.Shape(), {p, p, 3, 3}}
 			want[pre+"conv3.weight"] = [2][]int64{b.Conv3.Shape(), {4 * p, p, 1, 1}}
 			want[pre+"bn3.weight"] = [2][]int64{b.BN3.Weight.Shape(), {4 * p}}
-			needs := b.Stride > 1 || in != 4*p
-			switch {
-			case needs && b.Downsample == nil:
-				return fmt.Errorf("ResNet block %s has stride %d and %d→%d channels but no downsample tensors", pre[:len(pre)-1], b.Stride, in, 4*p)
-			case !needs && b.Downsample != nil:
-				return fmt.Errorf("ResNet block %s has downsample tensors but keeps stride 1 and %d channels", pre[:len(pre)-1], in)
-			case needs:
+			if b.Downsample != nil {
 				want[pre+"downsample.0.weight"] = [2][]int64{b.Downsample.Conv.Shape(), {4 * p, in, 1, 1}}
 			}
 			in = 4 * p
