@@ -78,10 +78,12 @@ func TestResNetEncodeImageMatchesOfficial(t *testing.T) {
 	exp, err := ipiqaref.Load()
 	require.NoError(t, err)
 	m := loadTinyRN(t)
+	live := torch.LiveTensors()
 	s := torch.NewScope().WithGrad(torch.InferenceMode)
-	defer s.Close()
 	got := float32s(t, m.EncodeImage(s, fixturePixels(t, s, 224)))
 	require.NoError(t, s.Err())
+	s.Close()
+	assert.Equal(t, live, torch.LiveTensors(), "the forward frees every intermediate")
 	want := ipiqaref.Flatten(exp.Image2Prompt.VisualOutputEvalBefore)
 	tol := rnPoolTol * ipiqaref.MaxAbsOf(want)
 	e := ipiqaref.MaxAbs(got, want)
@@ -293,4 +295,11 @@ func toF32(v []float64) []float32 {
 		out[i] = float32(x)
 	}
 	return out
+}
+
+// FLOPsPerImage against torch.profiler(with_flops=True) on make_clip_rn.py's
+// tiny-rn (96×96): conv2d 17,455,104 + addmm 2,768,896 + bmm 10,240.
+func TestResNetFLOPsMatchProfiler(t *testing.T) {
+	c := Config{Backbone: BackboneResNet, ImageResolution: 96, VisionWidth: 8, VisionStages: []int{1, 2, 1, 1}, EmbedDim: 32}
+	assert.InDelta(t, 17455104+2768896+10240, c.FLOPsPerImage(), 1)
 }
