@@ -300,7 +300,13 @@ func (r *ModifiedResNet) checkShapes() error {
 			want[pre+"conv2.weight"] = [2][]int64{b.Conv2.Shape(), {p, p, 3, 3}}
 			want[pre+"conv3.weight"] = [2][]int64{b.Conv3.Shape(), {4 * p, p, 1, 1}}
 			want[pre+"bn3.weight"] = [2][]int64{b.BN3.Weight.Shape(), {4 * p}}
-			if b.Downsample != nil {
+			needs := b.Stride > 1 || in != 4*p
+			switch {
+			case needs && b.Downsample == nil:
+				return fmt.Errorf("ResNet block %s has stride %d and %d→%d channels but no downsample tensors", pre[:len(pre)-1], b.Stride, in, 4*p)
+			case !needs && b.Downsample != nil:
+				return fmt.Errorf("ResNet block %s has downsample tensors but keeps stride 1 and %d channels", pre[:len(pre)-1], in)
+			case needs:
 				want[pre+"downsample.0.weight"] = [2][]int64{b.Downsample.Conv.Shape(), {4 * p, in, 1, 1}}
 			}
 			in = 4 * p

@@ -184,7 +184,7 @@ func TestResNetBadInputs(t *testing.T) {
 		{[]string{"visual.layer2.0.downsample.0.weight", "visual.layer2.0.downsample.1.weight",
 			"visual.layer2.0.downsample.1.bias", "visual.layer2.0.downsample.1.running_mean",
 			"visual.layer2.0.downsample.1.running_var", "visual.layer2.0.downsample.1.num_batches_tracked"},
-			"visual.layer2.0.downsample.1.running_var"},
+			"visual.layer2.0 has stride 2 and 16→32 channels but no downsample tensors"},
 		{[]string{"visual.layer3.0.bn2.running_var"}, "visual.layer3.0.bn2.running_var"},
 		{[]string{"visual.attnpool.positional_embedding"}, "missing tensor visual.attnpool.positional_embedding"},
 	} {
