@@ -39,7 +39,7 @@ NATIVE_LIBS = $(BUILD)/lib/libclipagiqa_shim.so $(BUILD)/lib/libcgotorch.so
 VERSION    := $(shell cat VERSION)
 GO_LDFLAGS  = -X main.version=$(VERSION)
 
-.PHONY: all deps native build test vet demo bench bench-quick bench-serve fixtures clean print-env
+.PHONY: all deps native build test vet demo bench bench-quick bench-serve fixtures clean print-env install deb test-package
 
 all: build
 
@@ -93,6 +93,25 @@ bench-serve: deps build
 # (After `make install` nothing is needed: clipagiqa.pc is on pkg-config's path.)
 print-env:
 	@echo "export CGO_ENABLED=1 PKG_CONFIG_PATH='$(PC_DIR)'"
+
+# Install like a C library; then any Go module builds with plain `go build`.
+#   make install [PREFIX=/usr/local] [DESTDIR=/staging]
+PREFIX  ?= /usr/local
+DESTDIR ?=
+install: native
+	GO=$(GO) VERSION=$(VERSION) packaging/install.sh $(BUILD) $(PREFIX) $(DESTDIR)
+
+# Debian packages bin/clipagiqa_$(VERSION)_<arch>.deb and clipagiqa-dev_… (packaging/deb.sh).
+deb: native
+	GO=$(GO) VERSION=$(VERSION) packaging/deb.sh $(BUILD) bin
+
+# The "fresh machine" proof: a clean Debian bookworm root (cached in PKG_ROOT),
+# the .debs installed there by apt, the CLI run and a separate Go module built
+# with pkg-config only (packaging/test-package.sh). Needs root.
+PKG_ROOT ?= /var/cache/clipagiqa/bookworm
+test-package: deb
+	@command -v debootstrap >/dev/null || { echo "installing debootstrap"; $(SUDO) apt-get install -y -qq debootstrap >/dev/null; }
+	$(SUDO) env GO=$$(command -v $(GO)) VERSION=$(VERSION) PKG_ROOT=$(PKG_ROOT) packaging/test-package.sh bin $(BUILD)
 
 clean:
 	rm -rf $(BUILD) bin

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs clipagiqa like a C library: `make install PREFIX=... DESTDIR=...`.
+#   PREFIX/lib/clipagiqa/         libclipagiqa_shim.so, libcgotorch.so (RUNPATH to libtorch)
+#   PREFIX/lib/clipagiqa/torch-link/  libc10.so, libtorch.so, libtorch_cpu.so (linker names only)
+#   PREFIX/lib/pkgconfig/clipagiqa.pc
+#   PREFIX/bin/clipagiqa          the CLI, linked through that .pc (RUNPATH PREFIX/lib/clipagiqa)
+#   PREFIX/share/man/man1/clipagiqa.1.gz
+# Usage: install.sh BUILD_DIR PREFIX [DESTDIR]; GO and VERSION from the environment.
+set -euo pipefail
+build=$1 prefix=$2 destdir=${3:-}
+go=${GO:-go}
+version=${VERSION:?VERSION not set}
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+case $prefix in /*) ;; *) echo "install: PREFIX must be absolute, got '$prefix'" >&2; exit 2 ;; esac
+stage="$destdir$prefix"
+
+DESTDIR=$destdir cmake --install "$build" --prefix "$prefix" >/dev/null
+test -f "$stage/lib/pkgconfig/clipagiqa.pc" || { echo "install: $stage/lib/pkgconfig/clipagiqa.pc was not written" >&2; exit 1; }
+
+# Link the CLI against the installed .pc so its RUNPATH names PREFIX, not the
+# build tree; with DESTDIR the sysroot maps -L into the staging tree.
+out="$build/install-bin"
+mkdir -p "$out"
+(cd "$here" && env CGO_ENABLED=1 PKG_CONFIG_PATH="$stage/lib/pkgconfig" \
+	${destdir:+PKG_CONFIG_SYSROOT_DIR="$destdir"} \
+	"$go" build -trimpath -ldflags "-X main.version=$version" -o "$out/clipagiqa" ./cmd/clipagiqa)
+install -D -m 0755 "$out/clipagiqa" "$stage/bin/clipagiqa"
+
+mkdir -p "$stage/share/man/man1"
+LD_LIBRARY_PATH="$stage/lib/clipagiqa" "$here/packaging/manpage.sh" "$out/clipagiqa" "$version" "$prefix" \
+	| gzip -9n >"$stage/share/man/man1/clipagiqa.1.gz"
+echo "installed clipagiqa $version into ${destdir:+$destdir (DESTDIR) }$prefix"
