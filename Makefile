@@ -34,7 +34,10 @@ endif
 # repo that is build/pkgconfig/clipagiqa.pc, which links build/lib with an rpath.
 # Binaries link only our two libraries; those carry libtorch's location.
 PC_DIR      = $(BUILD_ABS)/pkgconfig
-GO_ENV      = CGO_ENABLED=1 PKG_CONFIG_PATH="$(PC_DIR)$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH}"
+# Go's build cache does not key on pkg-config's output: a define carrying the
+# build folder's path keeps packages linked against another .pc from being reused.
+PC_ID       = $(shell printf %s '$(PC_DIR)' | sha256sum | cut -c1-16)
+GO_ENV      = CGO_ENABLED=1 PKG_CONFIG_PATH="$(PC_DIR)$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH}" CGO_CFLAGS="-O2 -g -DCLIPAGIQA_PC_ID=$(PC_ID)"
 NATIVE_LIBS = $(BUILD)/lib/libclipagiqa_shim.so $(BUILD)/lib/libcgotorch.so
 VERSION    := $(shell cat VERSION)
 GO_LDFLAGS  = -X main.version=$(VERSION)
@@ -92,7 +95,7 @@ bench-serve: deps build
 # Prints the environment the Go tools need, for `eval $(make -s print-env)`.
 # (After `make install` nothing is needed: clipagiqa.pc is on pkg-config's path.)
 print-env:
-	@echo "export CGO_ENABLED=1 PKG_CONFIG_PATH='$(PC_DIR)'"
+	@echo "export CGO_ENABLED=1 PKG_CONFIG_PATH='$(PC_DIR)' CGO_CFLAGS='-O2 -g -DCLIPAGIQA_PC_ID=$(PC_ID)'"
 
 # Install like a C library; then any Go module builds with plain `go build`.
 #   make install [PREFIX=/usr/local] [DESTDIR=/staging]

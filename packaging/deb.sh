@@ -80,7 +80,7 @@ Version: $version
 Architecture: $arch
 Maintainer: $maintainer
 Installed-Size: $(installed_size "$dev")
-Depends: clipagiqa (= $version), pkg-config, gcc, libturbojpeg0-dev
+Depends: clipagiqa (= $version), pkg-config, gcc, libc6-dev, libturbojpeg0-dev
 Section: libdevel
 Priority: optional
 Homepage: https://github.com/clipagiqa/clipagiqa

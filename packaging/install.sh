@@ -19,12 +19,23 @@ DESTDIR=$destdir cmake --install "$build" --prefix "$prefix" >/dev/null
 test -f "$stage/lib/pkgconfig/clipagiqa.pc" || { echo "install: $stage/lib/pkgconfig/clipagiqa.pc was not written" >&2; exit 1; }
 
 # Link the CLI against the installed .pc so its RUNPATH names PREFIX, not the
-# build tree; with DESTDIR the sysroot maps -L into the staging tree.
+# build tree. With DESTDIR, a copy of the .pc points -L into the staging tree.
+# Go's build cache does not key on pkg-config's output, so a define carrying
+# the .pc's hash keeps a torch package linked for another prefix from being reused.
+pc="$build/install-pc/clipagiqa.pc"
+mkdir -p "$(dirname "$pc")"
+sed -e "s|^libdir=.*|libdir=$stage/lib/clipagiqa|" \
+	-e "s|^rpathdir=.*|rpathdir=$prefix/lib/clipagiqa|" \
+	-e "s|^torch_linkdir=.*|torch_linkdir=$stage/lib/clipagiqa/torch-link|" \
+	"$stage/lib/pkgconfig/clipagiqa.pc" >"$pc"
+pc_id=$(sha256sum "$pc" | cut -c1-16)
 out="$build/install-bin"
 mkdir -p "$out"
-(cd "$here" && env CGO_ENABLED=1 PKG_CONFIG_PATH="$stage/lib/pkgconfig" \
-	${destdir:+PKG_CONFIG_SYSROOT_DIR="$destdir"} \
+(cd "$here" && env CGO_ENABLED=1 PKG_CONFIG_PATH="$(dirname "$pc")" \
+	CGO_CFLAGS="$("$go" env CGO_CFLAGS) -DCLIPAGIQA_PC_ID=$pc_id" \
 	"$go" build -trimpath -ldflags "-X main.version=$version" -o "$out/clipagiqa" ./cmd/clipagiqa)
+readelf -d "$out/clipagiqa" | grep -q "RUNPATH.*\[$prefix/lib/clipagiqa[]:]" ||
+	{ echo "install: $out/clipagiqa does not have RUNPATH $prefix/lib/clipagiqa first" >&2; exit 1; }
 install -D -m 0755 "$out/clipagiqa" "$stage/bin/clipagiqa"
 
 mkdir -p "$stage/share/man/man1"
