@@ -117,8 +117,9 @@ in_root dpkg -s libtorch-dev >/dev/null 2>&1 && { say "FAIL: libtorch-dev got in
 say "   installed in $((SECONDS - t0)) s: $(in_root dpkg-query -W -f='${Package} ${Version}\n' clipagiqa libtorch1.13 libturbojpeg0 | paste -sd, | sed 's/,/, /g')"
 
 say "2. clipagiqa info / man page / predict on the fixture images"
-in_root clipagiqa info | tee -a "$log"
-in_root clipagiqa info | grep -q "ok=true" || { say "FAIL: clipagiqa info does not report a matching shim"; exit 1; }
+info=$(in_root clipagiqa info)
+echo "$info" | tee -a "$log"
+grep -q "ok=true" <<<"$info" || { say "FAIL: clipagiqa info does not report a matching shim"; exit 1; }
 in_root test -s /usr/share/man/man1/clipagiqa.1.gz || { say "FAIL: no man page"; exit 1; }
 fix=/src/testdata/clip-agiqa-ref
 imgs=$(cd "$src/testdata/clip-agiqa-ref" && ls img_*.png | sed "s|^|$fix/|" | paste -sd' ')
@@ -141,10 +142,10 @@ say "   consumer: $(tr -d '\n ' <"$build/test-package-consumer.json" | grep -o '
 
 say "4. build-time messages"
 out=$(in_root sh -c "cd /src/testdata/consumer && CGO_ENABLED=0 go build -o /dev/null . 2>&1" || true)
-echo "$out" | grep -q clipagiqa_needs_cgo || { echo "$out"; say "FAIL: CGO_ENABLED=0 does not name what to install"; exit 1; }
+grep -q clipagiqa_needs_cgo <<<"$out" || { echo "$out"; say "FAIL: CGO_ENABLED=0 does not name what to install"; exit 1; }
 say "   CGO_ENABLED=0: $(echo "$out" | grep -o 'undefined: clipagiqa_needs_cgo[A-Za-z_0-9]*' | head -1)"
 out=$(in_root sh -c "cd /src/testdata/consumer && PKG_CONFIG_LIBDIR=/nonexistent go build -o /dev/null . 2>&1" || true)
-echo "$out" | grep -q "clipagiqa.pc" || { echo "$out"; say "FAIL: a missing clipagiqa.pc is not named"; exit 1; }
+grep -q "clipagiqa.pc" <<<"$out" || { echo "$out"; say "FAIL: a missing clipagiqa.pc is not named"; exit 1; }
 say "   without clipagiqa.pc: $(echo "$out" | grep -m1 -o "Package clipagiqa was not found[^.]*")"
 
 say "PASS in $((SECONDS - t0)) s (log: $log)"
