@@ -82,6 +82,7 @@ mkdir -p "$work/upper" "$work/ovl"
 mnt "$root" -t overlay overlay -o "lowerdir=$root_cache,upperdir=$work/upper,workdir=$work/ovl"
 mnt "$root/proc" -t proc proc
 mnt "$root/dev" --bind /dev
+mnt "$root/dev/pts" --bind /dev/pts
 # persistent caches (outside the root): apt downloads and Go's build cache
 mkdir -p "$root_cache-apt" "$root_cache-gocache"
 mnt "$root/var/cache/apt/archives" --bind "$root_cache-apt"

@@ -29,6 +29,7 @@ type report struct {
 	Torch     string             `json:"torch"`
 	Shim      string             `json:"shim"`
 	Needed    []string           `json:"needed"`
+	ShimPath  string             `json:"shim_path"`
 	Scores    map[string]float64 `json:"scores"`
 	MaxAbsErr float64            `json:"max_abs_err"`
 	CLIMaxErr *float64           `json:"cli_max_abs_err,omitempty"`
