@@ -43,7 +43,7 @@ func loadedLibrary(t *testing.T, base string) string {
 	return ""
 }
 
-func hasPrefix(libs []string, prefix string) bool {
+func anyHasPrefix(libs []string, prefix string) bool {
 	for _, l := range libs {
 		if strings.HasPrefix(l, prefix) {
 			return true
@@ -78,12 +78,12 @@ func TestBinaryLinksOnlyOurNativeLibraries(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			libs := neededLibs(t, tc.path)
 			for _, want := range tc.mustHave {
-				if !hasPrefix(libs, want) {
+				if !anyHasPrefix(libs, want) {
 					t.Errorf("%s: NEEDED %v lacks %s*", tc.path, libs, want)
 				}
 			}
 			for _, bad := range tc.mustNotHave {
-				if hasPrefix(libs, bad) {
+				if anyHasPrefix(libs, bad) {
 					t.Errorf("%s: NEEDED %v has %s*: it must reach libtorch only through our libraries", tc.path, libs, bad)
 				}
 			}
