@@ -36,7 +36,7 @@ var tensorPtrType = reflect.TypeOf((*Tensor)(nil))
 // Bind fills the *Tensor fields of the struct dst points to from sd, by the
 // checkpoint names in their `torch:"..."` tags joined with dots under prefix.
 // Nested structs (and slices of them, pre-sized by the caller, indexed as
-// name.N) are walked. Bound tensors move out of sd, converted by conv (nil
+// name.N) are walked (see WalkTagged for the tag syntax). Bound tensors move out of sd, converted by conv (nil
 // keeps them as they are); shape checks are the model's job.
 func Bind(dst any, sd *StateDict, prefix string, conv Convert) (BindReport, error) {
 	var rep BindReport
@@ -68,69 +68,31 @@ func join(prefix, name string) string {
 }
 
 func bindValue(v reflect.Value, sd *StateDict, prefix string, conv Convert, rep *BindReport, used map[string]bool) error {
-	t := v.Type()
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		tag, ok := f.Tag.Lookup("torch")
-		if !ok || tag == "-" {
-			continue
+	err := walkValue(v, prefix, func(f TaggedField) error {
+		src, ok := sd.Tensors[f.Name]
+		if !ok {
+			if !f.Optional {
+				rep.Missing = append(rep.Missing, f.Name)
+			}
+			return nil
 		}
-		optional := false
-		if strings.HasSuffix(tag, ",optional") {
-			optional = true
-			tag = strings.TrimSuffix(tag, ",optional")
+		used[f.Name] = true
+		out := src
+		if conv != nil {
+			var err error
+			if out, err = conv(f.Name, src); err != nil {
+				return fmt.Errorf("convert %s: %w", f.Name, err)
+			}
 		}
-		name := join(prefix, tag)
-		fv := v.Field(i)
-		switch {
-		case f.Type == tensorPtrType:
-			src, ok := sd.Tensors[name]
-			if !ok {
-				if !optional {
-					rep.Missing = append(rep.Missing, name)
-				}
-				continue
-			}
-			used[name] = true
-			out := src
-			if conv != nil {
-				var err error
-				if out, err = conv(name, src); err != nil {
-					return fmt.Errorf("bind %s: %w", name, err)
-				}
-			}
-			if out != src {
-				src.Close()
-			}
-			delete(sd.Tensors, name)
-			fv.Set(reflect.ValueOf(out))
-		case f.Type.Kind() == reflect.Struct:
-			if err := bindValue(fv, sd, name, conv, rep, used); err != nil {
-				return err
-			}
-		case f.Type.Kind() == reflect.Pointer && f.Type.Elem().Kind() == reflect.Struct:
-			if fv.IsNil() {
-				fv.Set(reflect.New(f.Type.Elem()))
-			}
-			if err := bindValue(fv.Elem(), sd, name, conv, rep, used); err != nil {
-				return err
-			}
-		case f.Type.Kind() == reflect.Slice:
-			for j := 0; j < fv.Len(); j++ {
-				ev := fv.Index(j)
-				if ev.Kind() == reflect.Pointer {
-					if ev.IsNil() {
-						ev.Set(reflect.New(ev.Type().Elem()))
-					}
-					ev = ev.Elem()
-				}
-				if err := bindValue(ev, sd, fmt.Sprintf("%s.%d", name, j), conv, rep, used); err != nil {
-					return err
-				}
-			}
-		default:
-			return fmt.Errorf("bind: field %s (%s) has a torch tag but is not a tensor, struct or slice", f.Name, f.Type)
+		if out != src {
+			src.Close()
 		}
+		delete(sd.Tensors, f.Name)
+		*f.Ptr = out
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("bind: %w", err)
 	}
 	return nil
 }

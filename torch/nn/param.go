@@ -1,0 +1,14 @@
+// Package nn holds named parameters and buffers of models (Store, Path) and
+// the layers built on torch's ops (Linear, LayerNorm, Conv2d, BatchNorm2d,
+// pooling, Dropout, Embedding, MultiheadAttention, Interpolate). Names are
+// PyTorch's dotted state_dict paths, so checkpoints map one to one.
+package nn
+
+import "github.com/clipagiqa/clipagiqa/torch"
+
+// NamedParam is a parameter with its PyTorch dotted path, as yielded by
+// named_parameters(); optimizers key their state by Name.
+type NamedParam struct {
+	Name string
+	T    *torch.Tensor
+}
