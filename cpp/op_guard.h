@@ -16,6 +16,16 @@
 #include <stdexcept>
 #include <string>
 
+// Autocast API: the CMake feature test's answer where the build provides one,
+// else the libtorch version (the per-device API arrived in 2.4).
+#if defined(CT_AUTOCAST_PER_DEVICE)
+#define CT_OP_AUTOCAST_PER_DEVICE CT_AUTOCAST_PER_DEVICE
+#elif TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+#define CT_OP_AUTOCAST_PER_DEVICE 1
+#else
+#define CT_OP_AUTOCAST_PER_DEVICE 0
+#endif
+
 namespace ct_op {
 
 inline char *dup_string(const char *s) {
@@ -53,7 +63,7 @@ class Mode {
         throw std::invalid_argument("unknown autocast dtype code " + std::to_string(m.autocast_dtype));
       auto dt = static_cast<at::ScalarType>(m.autocast_dtype);
       autocast_ = true;
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+#if CT_OP_AUTOCAST_PER_DEVICE
       prev_enabled_ = at::autocast::is_autocast_enabled(at::kCUDA);
       prev_dtype_ = at::autocast::get_autocast_dtype(at::kCUDA);
       at::autocast::set_autocast_enabled(at::kCUDA, true);
@@ -70,7 +80,7 @@ class Mode {
   ~Mode() {
     if (!autocast_) return;
     if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+#if CT_OP_AUTOCAST_PER_DEVICE
     at::autocast::set_autocast_enabled(at::kCUDA, prev_enabled_);
     at::autocast::set_autocast_dtype(at::kCUDA, prev_dtype_);
 #else

@@ -36,8 +36,11 @@ var tensorPtrType = reflect.TypeOf((*Tensor)(nil))
 // Bind fills the *Tensor fields of the struct dst points to from sd, by the
 // checkpoint names in their `torch:"..."` tags joined with dots under prefix.
 // Nested structs (and slices of them, pre-sized by the caller, indexed as
-// name.N) are walked (see WalkTagged for the tag syntax). Bound tensors move out of sd, converted by conv (nil
-// keeps them as they are); shape checks are the model's job.
+// name.N) are walked (see WalkTagged for the tag syntax). Nil struct pointers
+// are allocated, except that one tagged ",optional" is left nil when no
+// checkpoint name starts with its prefix (an absent sub-module). Bound
+// tensors move out of sd, converted by conv (nil keeps them as they are);
+// shape checks are the model's job.
 func Bind(dst any, sd *StateDict, prefix string, conv Convert) (BindReport, error) {
 	var rep BindReport
 	used := map[string]bool{}
@@ -68,6 +71,16 @@ func join(prefix, name string) string {
 }
 
 func bindValue(v reflect.Value, sd *StateDict, prefix string, conv Convert, rep *BindReport, used map[string]bool) error {
+	enter := func(ptr reflect.Value, name string, optional bool) bool {
+		if optional && !hasPrefix(sd, name+".") {
+			ptr.Set(reflect.Zero(ptr.Type()))
+			return false
+		}
+		if ptr.IsNil() {
+			ptr.Set(reflect.New(ptr.Type().Elem()))
+		}
+		return true
+	}
 	err := walkValue(v, prefix, func(f TaggedField) error {
 		src, ok := sd.Tensors[f.Name]
 		if !ok {
@@ -90,11 +103,20 @@ func bindValue(v reflect.Value, sd *StateDict, prefix string, conv Convert, rep 
 		delete(sd.Tensors, f.Name)
 		*f.Ptr = out
 		return nil
-	})
+	}, enter)
 	if err != nil {
 		return fmt.Errorf("bind: %w", err)
 	}
 	return nil
+}
+
+func hasPrefix(sd *StateDict, prefix string) bool {
+	for n := range sd.Tensors {
+		if strings.HasPrefix(n, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // CloseAll closes every *Tensor field reachable from the struct dst points to.

@@ -17,7 +17,7 @@ func Sq(n int64) Pair { return Pair{n, n} }
 
 func (p *Pair) c() *C.int64_t { return (*C.int64_t)(unsafe.Pointer(&p[0])) }
 
-func cBool(b bool) C.int32_t {
+func cFlag(b bool) C.int32_t {
 	if b {
 		return 1
 	}
@@ -65,7 +65,7 @@ func (s *Scope) BatchNorm(x, w, b, runningMean, runningVar *Tensor, training boo
 		return nil
 	}
 	return s.run("batch_norm", []*Tensor{x, w, b, runningMean, runningVar}, func(in []C.ct_tensor, out *C.ct_tensor) C.ct_error {
-		return C.ct_batch_norm(s.mode, in[0], in[1], in[2], in[3], in[4], cBool(training), C.double(momentum), C.double(eps), out)
+		return C.ct_batch_norm(s.mode, in[0], in[1], in[2], in[3], in[4], cFlag(training), C.double(momentum), C.double(eps), out)
 	})
 }
 
@@ -93,7 +93,7 @@ func (s *Scope) AvgPool2D(x *Tensor, o AvgPool2DOptions) *Tensor {
 		o.Stride = o.Kernel
 	}
 	return s.run(fmt.Sprintf("avg_pool2d%+v", o), []*Tensor{x}, func(in []C.ct_tensor, out *C.ct_tensor) C.ct_error {
-		return C.ct_avg_pool2d(s.mode, in[0], o.Kernel.c(), o.Stride.c(), o.Padding.c(), cBool(o.CeilMode), cBool(o.CountIncludePad), C.int64_t(o.DivisorOverride), out)
+		return C.ct_avg_pool2d(s.mode, in[0], o.Kernel.c(), o.Stride.c(), o.Padding.c(), cFlag(o.CeilMode), cFlag(o.CountIncludePad), C.int64_t(o.DivisorOverride), out)
 	})
 }
 
@@ -116,7 +116,7 @@ func (s *Scope) MaxPool2D(x *Tensor, o MaxPool2DOptions) *Tensor {
 		o.Dilation = Sq(1)
 	}
 	return s.run(fmt.Sprintf("max_pool2d%+v", o), []*Tensor{x}, func(in []C.ct_tensor, out *C.ct_tensor) C.ct_error {
-		return C.ct_max_pool2d(s.mode, in[0], o.Kernel.c(), o.Stride.c(), o.Padding.c(), o.Dilation.c(), cBool(o.CeilMode), out)
+		return C.ct_max_pool2d(s.mode, in[0], o.Kernel.c(), o.Stride.c(), o.Padding.c(), o.Dilation.c(), cFlag(o.CeilMode), out)
 	})
 }
 
@@ -160,7 +160,7 @@ func (s *Scope) Interpolate(x *Tensor, size Pair, mode InterpMode, alignCorners 
 		return nil
 	}
 	return s.run(fmt.Sprintf("interpolate(%v, %v)", size, mode), []*Tensor{x}, func(in []C.ct_tensor, out *C.ct_tensor) C.ct_error {
-		return C.ct_interpolate(s.mode, in[0], size.c(), C.int32_t(mode), cBool(alignCorners), out)
+		return C.ct_interpolate(s.mode, in[0], size.c(), C.int32_t(mode), cFlag(alignCorners), out)
 	})
 }
 
@@ -181,9 +181,9 @@ func (s *Scope) Amax(x *Tensor, keepdim bool, dims ...int64) *Tensor {
 	}
 	return s.run("amax", []*Tensor{x}, func(in []C.ct_tensor, out *C.ct_tensor) C.ct_error {
 		if len(dims) == 0 {
-			return C.ct_amax(s.mode, in[0], nil, 0, cBool(keepdim), out)
+			return C.ct_amax(s.mode, in[0], nil, 0, cFlag(keepdim), out)
 		}
-		return C.ct_amax(s.mode, in[0], (*C.int64_t)(unsafe.Pointer(&dims[0])), C.int64_t(len(dims)), cBool(keepdim), out)
+		return C.ct_amax(s.mode, in[0], (*C.int64_t)(unsafe.Pointer(&dims[0])), C.int64_t(len(dims)), cFlag(keepdim), out)
 	})
 }
 

@@ -259,3 +259,38 @@ func TestClipGradNormMatchesPyTorch(t *testing.T) {
 	_, err := ClipGradNorm([]*Tensor{nil}, 1, 2)
 	require.Error(t, err)
 }
+
+// libtorch's own shape checks come back as Go errors naming the op and its
+// inputs; later ops of the scope then do nothing.
+func TestNNOpsReportLibtorchErrors(t *testing.T) {
+	cases := []struct {
+		name string
+		run  func(s *Scope) *Tensor
+		want string
+	}{
+		{"conv2d channels", func(s *Scope) *Tensor {
+			return s.Conv2DEx(s.Randn(Float32, 1, 3, 8, 8), s.Randn(Float32, 4, 2, 3, 3), nil, Conv2DOptions{})
+		}, "to have 2 channels, but got 3 channels"},
+		{"conv2d groups", func(s *Scope) *Tensor {
+			return s.Conv2DEx(s.Randn(Float32, 1, 4, 8, 8), s.Randn(Float32, 4, 2, 3, 3), nil, Conv2DOptions{Groups: 3})
+		}, "Groups:3}(float32[1 4 8 8], float32[4 2 3 3], nil): Given groups=3"},
+		{"avg_pool2d kernel too large", func(s *Scope) *Tensor {
+			return s.AvgPool2D(s.Randn(Float32, 1, 1, 2, 2), AvgPool2DOpts(Sq(5)))
+		}, "Output size is too small"},
+		{"batch_norm channels", func(s *Scope) *Tensor {
+			return s.BatchNorm(s.Randn(Float32, 2, 3, 4, 4), nil, nil, s.Zeros(Float32, 5), s.Zeros(Float32, 5), false, 0.1, 1e-5)
+		}, "running_mean should contain 3 elements not 5"},
+		{"masked_fill non-bool mask", func(s *Scope) *Tensor {
+			return s.MaskedFill(s.Randn(Float32, 2, 2), s.Randn(Float32, 2, 2), 0)
+		}, "masked_fill(float32[2 2], float32[2 2]): Mask tensor can take 0 and 1 values only"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := NewScope()
+			defer s.Close()
+			require.Nil(t, c.run(s))
+			require.ErrorContains(t, s.Err(), c.want)
+			require.Nil(t, s.Flatten(s.Randn(Float32, 2, 2), 0, 1), "ops after an error do nothing")
+		})
+	}
+}

@@ -16,17 +16,20 @@ type TaggedField struct {
 
 // WalkTagged calls fn, in field order, for every *Tensor field reachable from
 // the struct dst points to through `torch:"name[,optional][,buffer]"` tags
-// (the rules of Bind): nested structs and pointers to structs (allocated when
-// nil; left nil and skipped when tagged ",optional", an absent sub-module)
-// extend the path, slices of them are indexed as name.N. A tag "-" or no
-// tag skips a field.
+// (the rules of Bind): nested structs and pointers to structs extend the path,
+// slices of them are indexed as name.N. Nil struct pointers are skipped (an
+// absent sub-module); a tag "-" or no tag skips a field.
 func WalkTagged(dst any, prefix string, fn func(TaggedField) error) error {
 	v := reflect.ValueOf(dst)
 	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
 		return fmt.Errorf("walk tagged tensors: want a pointer to a struct, got %T", dst)
 	}
-	return walkValue(v.Elem(), prefix, fn)
+	return walkValue(v.Elem(), prefix, fn, func(ptr reflect.Value, _ string, _ bool) bool { return !ptr.IsNil() })
 }
+
+// structPtrPolicy decides whether the walk enters the struct pointer ptr
+// named name; it may allocate or clear ptr first.
+type structPtrPolicy func(ptr reflect.Value, name string, optional bool) bool
 
 func parseTag(tag string) (name string, optional, buffer bool, err error) {
 	parts := strings.Split(tag, ",")
@@ -43,7 +46,7 @@ func parseTag(tag string) (name string, optional, buffer bool, err error) {
 	return parts[0], optional, buffer, nil
 }
 
-func walkValue(v reflect.Value, prefix string, fn func(TaggedField) error) error {
+func walkValue(v reflect.Value, prefix string, fn func(TaggedField) error, enter structPtrPolicy) error {
 	t := v.Type()
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
@@ -63,32 +66,30 @@ func walkValue(v reflect.Value, prefix string, fn func(TaggedField) error) error
 				return err
 			}
 		case f.Type.Kind() == reflect.Struct:
-			if err := walkValue(fv, name, fn); err != nil {
+			if err := walkValue(fv, name, fn, enter); err != nil {
 				return err
 			}
 		case f.Type.Kind() == reflect.Pointer && f.Type.Elem().Kind() == reflect.Struct:
-			if fv.IsNil() {
-				if optional {
-					continue // an absent optional sub-module (e.g. a ResNet block without a shortcut projection)
-				}
-				fv.Set(reflect.New(f.Type.Elem()))
+			if !enter(fv, name, optional) {
+				continue
 			}
-			if err := walkValue(fv.Elem(), name, fn); err != nil {
+			if err := walkValue(fv.Elem(), name, fn, enter); err != nil {
 				return err
 			}
 		case f.Type.Kind() == reflect.Slice:
 			for j := 0; j < fv.Len(); j++ {
 				ev := fv.Index(j)
-				if ev.Kind() == reflect.Pointer {
-					if ev.IsNil() {
-						ev.Set(reflect.New(ev.Type().Elem()))
+				en := fmt.Sprintf("%s.%d", name, j)
+				if ev.Kind() == reflect.Pointer && ev.Type().Elem().Kind() == reflect.Struct {
+					if !enter(ev, en, false) {
+						continue
 					}
 					ev = ev.Elem()
 				}
 				if ev.Kind() != reflect.Struct {
 					return fmt.Errorf("field %s (%s) has a torch tag but its elements are not structs", f.Name, f.Type)
 				}
-				if err := walkValue(ev, fmt.Sprintf("%s.%d", name, j), fn); err != nil {
+				if err := walkValue(ev, en, fn, enter); err != nil {
 					return err
 				}
 			}

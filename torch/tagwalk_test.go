@@ -25,7 +25,7 @@ type walkNet struct {
 }
 
 func TestWalkTaggedNamesAndOptions(t *testing.T) {
-	n := walkNet{Layers: make([]*walkBlock, 2)}
+	n := walkNet{Layers: []*walkBlock{{BN: &walkBN{}}, {BN: &walkBN{}}}}
 	var got []TaggedField
 	require.NoError(t, WalkTagged(&n, "visual", func(f TaggedField) error {
 		got = append(got, f)
@@ -52,28 +52,53 @@ func TestWalkTaggedNamesAndOptions(t *testing.T) {
 	require.Same(t, x, n.Layers[0].BN.Weight)
 }
 
-// A nil struct pointer tagged ",optional" is an absent sub-module: skipped
-// and left nil; a non-nil one is walked.
-func TestWalkTaggedOptionalSubmodule(t *testing.T) {
-	type block struct {
-		Conv *Tensor `torch:"conv1.weight"`
-		Down *walkBN `torch:"downsample,optional"`
+func TestWalkTaggedSkipsNilStructPointers(t *testing.T) {
+	n := walkNet{Layers: []*walkBlock{nil, {}}}
+	var got []string
+	require.NoError(t, WalkTagged(&n, "", func(f TaggedField) error {
+		got = append(got, f.Name)
+		return nil
+	}))
+	require.Equal(t, []string{"stem.weight", "stem.running_mean", "stem.num_batches_tracked", "layer1.1.conv1.weight"}, got)
+	require.Nil(t, n.Layers[0], "the walk does not allocate")
+	require.Nil(t, n.Layers[1].BN)
+}
+
+// Bind allocates nil struct pointers, but leaves an optional one nil when the
+// checkpoint has nothing under its prefix.
+func TestBindOptionalStructPointer(t *testing.T) {
+	type head struct {
+		W *Tensor `torch:"weight"`
 	}
-	blocks := []*block{{}, {Down: &walkBN{}}}
-	for i, b := range blocks {
-		var names []string
-		require.NoError(t, WalkTagged(b, "b", func(f TaggedField) error {
-			names = append(names, f.Name)
-			return nil
-		}))
-		if i == 0 {
-			require.Equal(t, []string{"b.conv1.weight"}, names)
-			require.Nil(t, b.Down)
-		} else {
-			require.Equal(t, []string{"b.conv1.weight", "b.downsample.weight", "b.downsample.running_mean",
-				"b.downsample.num_batches_tracked"}, names)
-		}
+	type model struct {
+		Body *head `torch:"body"`
+		Head *head `torch:"head,optional"`
 	}
+	mk := func() *Tensor {
+		x, err := FromFloat32([]float32{1}, 1)
+		require.NoError(t, err)
+		return x
+	}
+	sd := NewStateDict()
+	sd.Set("body.weight", mk())
+	var m model
+	rep, err := Bind(&m, sd, "", nil)
+	require.NoError(t, err)
+	require.NoError(t, rep.Err())
+	require.NotNil(t, m.Body.W)
+	require.Nil(t, m.Head)
+	CloseAll(&m)
+	sd.Close()
+
+	sd = NewStateDict()
+	sd.Set("body.weight", mk())
+	sd.Set("head.weight", mk())
+	var m2 model
+	_, err = Bind(&m2, sd, "", nil)
+	require.NoError(t, err)
+	require.NotNil(t, m2.Head.W)
+	CloseAll(&m2)
+	sd.Close()
 }
 
 func TestWalkTaggedErrors(t *testing.T) {

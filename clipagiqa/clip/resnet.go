@@ -19,14 +19,43 @@ type BatchNorm2d struct {
 	NumBatchesTracked *torch.Tensor `torch:"num_batches_tracked,buffer,optional"`
 }
 
-// forward normalises x [N, C, H, W] with the running statistics (eval mode).
-// Half-precision inputs are normalised in float32, like CLIP's LayerNorm.
-func (b *BatchNorm2d) forward(s *torch.Scope, x *torch.Tensor, dt torch.DType) *torch.Tensor {
-	if dt == torch.Float32 {
-		return s.BatchNorm(x, b.Weight, b.Bias, b.RunningMean, b.RunningVar, false, 0, bnEps)
+// bnMomentum is PyTorch's BatchNorm2d default running-average factor.
+const bnMomentum = 0.1
+
+// rnMode is how a ModifiedResNet forward computes.
+type rnMode struct {
+	dt    torch.DType // compute precision
+	train bool        // BatchNorm on batch statistics, updating the running ones
+}
+
+// forward normalises x [N, C, H, W]: in eval mode with the running
+// statistics; in train mode with the batch's (biased variance), updating
+// running = 0.9·running + 0.1·batch (unbiased variance) and
+// num_batches_tracked, as nn.BatchNorm2d.train() does. Half-precision inputs
+// are normalised in float32, like CLIP's LayerNorm.
+func (b *BatchNorm2d) forward(s *torch.Scope, x *torch.Tensor, m rnMode) *torch.Tensor {
+	if m.train && s.Err() == nil && b.NumBatchesTracked != nil {
+		if err := increment(b.NumBatchesTracked); err != nil {
+			s.Fail(fmt.Errorf("batch norm: num_batches_tracked: %w", err))
+			return nil
+		}
 	}
-	y := s.BatchNorm(s.Cast(x, torch.Float32), b.Weight, b.Bias, b.RunningMean, b.RunningVar, false, 0, bnEps)
-	return s.Cast(y, dt)
+	if m.dt == torch.Float32 {
+		return s.BatchNorm(x, b.Weight, b.Bias, b.RunningMean, b.RunningVar, m.train, bnMomentum, bnEps)
+	}
+	y := s.BatchNorm(s.Cast(x, torch.Float32), b.Weight, b.Bias, b.RunningMean, b.RunningVar, m.train, bnMomentum, bnEps)
+	return s.Cast(y, m.dt)
+}
+
+// increment adds 1 to a counter tensor in place.
+func increment(t *torch.Tensor) error {
+	s := torch.NewScope().WithGrad(torch.NoGrad)
+	defer s.Close()
+	next := s.AddScalar(t, 1)
+	if err := s.Err(); err != nil {
+		return err
+	}
+	return t.CopyFrom(next)
 }
 
 // avgPool2d is nn.AvgPool2d(k): stride k, no padding, floor mode.
@@ -56,19 +85,19 @@ type Bottleneck struct {
 	Stride int64
 }
 
-func (b *Bottleneck) forward(s *torch.Scope, x *torch.Tensor, dt torch.DType) *torch.Tensor {
-	out := s.Relu(b.BN1.forward(s, s.Conv2D(x, b.Conv1, nil, 1, 0), dt))
-	out = s.Relu(b.BN2.forward(s, s.Conv2D(out, b.Conv2, nil, 1, 1), dt))
+func (b *Bottleneck) forward(s *torch.Scope, x *torch.Tensor, mode rnMode) *torch.Tensor {
+	out := s.Relu(b.BN1.forward(s, s.Conv2D(x, b.Conv1, nil, 1, 0), mode))
+	out = s.Relu(b.BN2.forward(s, s.Conv2D(out, b.Conv2, nil, 1, 1), mode))
 	if b.Stride > 1 {
 		out = avgPool2d(s, out, b.Stride)
 	}
-	out = b.BN3.forward(s, s.Conv2D(out, b.Conv3, nil, 1, 0), dt)
+	out = b.BN3.forward(s, s.Conv2D(out, b.Conv3, nil, 1, 0), mode)
 	identity := x
 	if d := b.Downsample; d != nil {
 		if b.Stride > 1 {
 			identity = avgPool2d(s, identity, b.Stride)
 		}
-		identity = d.BN.forward(s, s.Conv2D(identity, d.Conv, nil, 1, 0), dt)
+		identity = d.BN.forward(s, s.Conv2D(identity, d.Conv, nil, 1, 0), mode)
 	}
 	return s.Relu(s.Add(out, identity))
 }
@@ -121,7 +150,7 @@ func (a *AttentionPool2d) ForwardWith(s *torch.Scope, x, pos *torch.Tensor) *tor
 // ModifiedResNet is CLIP's ResNet image encoder (RN50, RN101, RN50x4, …): a
 // three-conv stem with an average pool, four stages of Bottlenecks whose
 // stride is an average pool, and attention pooling. BatchNorm uses its
-// running statistics (eval mode).
+// running statistics (eval mode) unless SetTraining(true).
 type ModifiedResNet struct {
 	Conv1    *torch.Tensor   `torch:"conv1.weight"` // [W/2, 3, 3, 3], stride 2
 	BN1      BatchNorm2d     `torch:"bn1"`
@@ -135,9 +164,19 @@ type ModifiedResNet struct {
 	Layer4   []*Bottleneck   `torch:"layer4"`
 	AttnPool AttentionPool2d `torch:"attnpool"`
 
-	cfg   Config
-	dtype torch.DType
+	cfg      Config
+	dtype    torch.DType
+	training bool
 }
+
+// SetTraining puts the BatchNorm layers in training mode (true: batch
+// statistics, running statistics and num_batches_tracked updated on every
+// forward, as module.train() in PyTorch) or back in eval mode (false, the
+// default: running statistics). It is for fine-tuning the encoder.
+func (r *ModifiedResNet) SetTraining(train bool) { r.training = train }
+
+// Training reports whether the BatchNorm layers use batch statistics.
+func (r *ModifiedResNet) Training() bool { return r.training }
 
 // newModifiedResNet lays out the blocks cfg describes (weights unbound).
 func newModifiedResNet(cfg Config, dt torch.DType) *ModifiedResNet {
@@ -214,11 +253,11 @@ func (r *ModifiedResNet) forward(s *torch.Scope, pixels *torch.Tensor, stage fun
 		}
 		x = s.Adopt(y)
 	}
-	dt := r.dtype
+	mode := rnMode{dt: r.dtype, train: r.training}
 	step(func(s *torch.Scope, in *torch.Tensor) *torch.Tensor {
-		h := s.Relu(r.BN1.forward(s, s.Conv2D(s.Cast(in, dt), r.Conv1, nil, 2, 1), dt))
-		h = s.Relu(r.BN2.forward(s, s.Conv2D(h, r.Conv2, nil, 1, 1), dt))
-		h = s.Relu(r.BN3.forward(s, s.Conv2D(h, r.Conv3, nil, 1, 1), dt))
+		h := s.Relu(r.BN1.forward(s, s.Conv2D(s.Cast(in, mode.dt), r.Conv1, nil, 2, 1), mode))
+		h = s.Relu(r.BN2.forward(s, s.Conv2D(h, r.Conv2, nil, 1, 1), mode))
+		h = s.Relu(r.BN3.forward(s, s.Conv2D(h, r.Conv3, nil, 1, 1), mode))
 		return avgPool2d(s, h, 2)
 	})
 	if stage != nil && x != nil {
@@ -226,7 +265,7 @@ func (r *ModifiedResNet) forward(s *torch.Scope, pixels *torch.Tensor, stage fun
 	}
 	for st, layer := range r.stages() {
 		for _, b := range *layer {
-			step(func(s *torch.Scope, in *torch.Tensor) *torch.Tensor { return b.forward(s, in, dt) })
+			step(func(s *torch.Scope, in *torch.Tensor) *torch.Tensor { return b.forward(s, in, mode) })
 		}
 		if stage != nil && x != nil {
 			stage(st+1, x)
@@ -261,7 +300,13 @@ func (r *ModifiedResNet) checkShapes() error {
 			want[pre+"conv2.weight"] = [2][]int64{b.Conv2.Shape(), {p, p, 3, 3}}
 			want[pre+"conv3.weight"] = [2][]int64{b.Conv3.Shape(), {4 * p, p, 1, 1}}
 			want[pre+"bn3.weight"] = [2][]int64{b.BN3.Weight.Shape(), {4 * p}}
-			if b.Downsample != nil {
+			needs := b.Stride > 1 || in != 4*p
+			switch {
+			case needs && b.Downsample == nil:
+				return fmt.Errorf("ResNet block %s has stride %d and %d→%d channels but no downsample tensors", pre[:len(pre)-1], b.Stride, in, 4*p)
+			case !needs && b.Downsample != nil:
+				return fmt.Errorf("ResNet block %s has downsample tensors but keeps stride 1 and %d channels", pre[:len(pre)-1], in)
+			case needs:
 				want[pre+"downsample.0.weight"] = [2][]int64{b.Downsample.Conv.Shape(), {4 * p, in, 1, 1}}
 			}
 			in = 4 * p

@@ -1,6 +1,7 @@
 package clip
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/clipagiqa/clipagiqa/internal/ipiqaref"
@@ -77,10 +78,12 @@ func TestResNetEncodeImageMatchesOfficial(t *testing.T) {
 	exp, err := ipiqaref.Load()
 	require.NoError(t, err)
 	m := loadTinyRN(t)
+	live := torch.LiveTensors()
 	s := torch.NewScope().WithGrad(torch.InferenceMode)
-	defer s.Close()
 	got := float32s(t, m.EncodeImage(s, fixturePixels(t, s, 224)))
 	require.NoError(t, s.Err())
+	s.Close()
+	assert.Equal(t, live, torch.LiveTensors(), "the forward frees every intermediate")
 	want := ipiqaref.Flatten(exp.Image2Prompt.VisualOutputEvalBefore)
 	tol := rnPoolTol * ipiqaref.MaxAbsOf(want)
 	e := ipiqaref.MaxAbs(got, want)
@@ -181,7 +184,7 @@ func TestResNetBadInputs(t *testing.T) {
 		{[]string{"visual.layer2.0.downsample.0.weight", "visual.layer2.0.downsample.1.weight",
 			"visual.layer2.0.downsample.1.bias", "visual.layer2.0.downsample.1.running_mean",
 			"visual.layer2.0.downsample.1.running_var", "visual.layer2.0.downsample.1.num_batches_tracked"},
-			"visual.layer2.0.downsample.1.running_var"},
+			"visual.layer2.0 has stride 2 and 16→32 channels but no downsample tensors"},
 		{[]string{"visual.layer3.0.bn2.running_var"}, "visual.layer3.0.bn2.running_var"},
 		{[]string{"visual.attnpool.positional_embedding"}, "missing tensor visual.attnpool.positional_embedding"},
 	} {
@@ -197,4 +200,106 @@ func TestResNetBadInputs(t *testing.T) {
 		require.Error(t, err, c.want)
 		assert.Contains(t, err.Error(), c.want)
 	}
+}
+
+// Train-mode BatchNorm and the backward pass through the whole encoder: the
+// fixture's Image2Prompt step (visual at 224 in train mode, cosine embedding
+// loss against the prompt embeddings). Tolerances from the README: outputs
+// 2e-5 × max abs, loss atol 1e-6, gradients 5e-3 × max abs of each tensor's
+// gradient (atol 1e-7 for the ≈0 k_proj.bias), running stats rtol 1e-5.
+func TestResNetTrainModeMatchesOfficialImage2Prompt(t *testing.T) {
+	exp, err := ipiqaref.Load()
+	require.NoError(t, err)
+	ref := exp.Image2Prompt
+	m := loadTinyRN(t)
+	rn := m.Visual.(*ModifiedResNet)
+	rn.SetTraining(true)
+	require.True(t, rn.Training())
+	params := map[string]*torch.Tensor{}
+	require.NoError(t, torch.WalkTagged(rn, "", func(f torch.TaggedField) error {
+		if !f.Buffer {
+			params[f.Name] = *f.Ptr
+			return (*f.Ptr).SetRequiresGrad(true)
+		}
+		return nil
+	}))
+	require.Len(t, params, len(ref.Grads))
+
+	s := torch.NewScope()
+	defer s.Close()
+	out := rn.Encode(s, fixturePixels(t, s, 224))
+	require.NoError(t, s.Err())
+	want := ipiqaref.Flatten(ref.VisualOutputTrainMode)
+	got := float32s(t, out)
+	e := ipiqaref.MaxAbs(got, want)
+	t.Logf("train-mode output: max abs err %.3g (tolerance %.3g)", e, rnPoolTol*ipiqaref.MaxAbsOf(want))
+	assert.LessOrEqual(t, e, rnPoolTol*ipiqaref.MaxAbsOf(want))
+
+	target := s.FromFloat32(toF32(ipiqaref.Flatten(ref.PromptEmbeddings)), ipiqaref.Images, int64(len(ref.PromptEmbeddings[0])))
+	ones := s.FromFloat32([]float32{1, 1, 1, 1, 1, 1, 1, 1}, ipiqaref.Images)
+	loss := s.CosineEmbeddingLoss(out, target, ones, 0)
+	require.NoError(t, s.Err())
+	lv, err := loss.Item()
+	require.NoError(t, err)
+	t.Logf("loss %.9g, official %.9g", lv, ref.Loss)
+	assert.InDelta(t, ref.Loss, lv, 1e-6)
+	require.NoError(t, loss.Backward())
+	worst, worstName := 0.0, ""
+	for name, sum := range ref.Grads {
+		g, err := params[name].Grad()
+		require.NoError(t, err, name)
+		tol := 5e-3 * max(-sum.Min, sum.Max)
+		if name == "attnpool.k_proj.bias" {
+			tol = 1e-7
+		}
+		r, what := sum.Compare(float32s(t, g), tol)
+		g.Close()
+		if r > worst {
+			worst, worstName = r, name+": "+what
+		}
+		assert.LessOrEqual(t, r, 1.0, "%s: %s", name, what)
+	}
+	t.Logf("gradients: worst deviation %.3g of tolerance (%s)", worst, worstName)
+
+	bns := map[string]*BatchNorm2d{"bn1": &rn.BN1, "bn2": &rn.BN2, "bn3": &rn.BN3}
+	for st, layer := range rn.stages() {
+		for i, b := range *layer {
+			pre := fmt.Sprintf("layer%d.%d.", st+1, i)
+			bns[pre+"bn1"], bns[pre+"bn2"], bns[pre+"bn3"] = &b.BN1, &b.BN2, &b.BN3
+			if b.Downsample != nil {
+				bns[pre+"downsample.1"] = &b.Downsample.BN
+			}
+		}
+	}
+	require.Len(t, bns, len(ref.BNRunningStatsAfter))
+	for name, stats := range ref.BNRunningStatsAfter {
+		bn := bns[name]
+		require.NotNil(t, bn, name)
+		for _, c := range []struct {
+			key    string
+			sum    ipiqaref.Summary
+			tensor *torch.Tensor
+		}{{"running_mean", stats.RunningMean, bn.RunningMean}, {"running_var", stats.RunningVar, bn.RunningVar}} {
+			r, what := c.sum.Compare(float32s(t, c.tensor), 1e-5*max(-c.sum.Min, c.sum.Max))
+			assert.LessOrEqual(t, r, 1.0, "%s.%s: %s", name, c.key, what)
+		}
+		n, err := bn.NumBatchesTracked.Item()
+		require.NoError(t, err)
+		assert.Equal(t, float64(stats.NumBatchesTracked), n, name)
+	}
+}
+
+func toF32(v []float64) []float32 {
+	out := make([]float32, len(v))
+	for i, x := range v {
+		out[i] = float32(x)
+	}
+	return out
+}
+
+// FLOPsPerImage against torch.profiler(with_flops=True) on make_clip_rn.py's
+// tiny-rn (96×96): conv2d 17,455,104 + addmm 2,768,896 + bmm 10,240.
+func TestResNetFLOPsMatchProfiler(t *testing.T) {
+	c := Config{Backbone: BackboneResNet, ImageResolution: 96, VisionWidth: 8, VisionStages: []int{1, 2, 1, 1}, EmbedDim: 32}
+	assert.InDelta(t, 17455104+2768896+10240, c.FLOPsPerImage(), 1)
 }

@@ -38,6 +38,13 @@ type Summary struct {
 	ProbeValues []float64 `json:"probe_values"`
 }
 
+// BNStats are a BatchNorm layer's buffers after a step.
+type BNStats struct {
+	RunningMean       Summary `json:"running_mean"`
+	RunningVar        Summary `json:"running_var"`
+	NumBatchesTracked int64   `json:"num_batches_tracked"`
+}
+
 // Prompt is one fixture prompt with its CLIP token ids.
 type Prompt struct {
 	Text     string  `json:"text"`
@@ -75,8 +82,12 @@ type Expected struct {
 		GlobalVisual    [][]float64        `json:"global_visual"`
 	} `json:"eval"`
 	Image2Prompt struct {
-		PromptEmbeddings       [][]float64 `json:"prompt_embeddings"`
-		VisualOutputEvalBefore [][]float64 `json:"visual_output_eval_before"`
+		PromptEmbeddings       [][]float64        `json:"prompt_embeddings"`
+		VisualOutputEvalBefore [][]float64        `json:"visual_output_eval_before"`
+		VisualOutputTrainMode  [][]float64        `json:"visual_output_train_mode"`
+		Loss                   float64            `json:"loss"`
+		Grads                  map[string]Summary `json:"grads"`
+		BNRunningStatsAfter    map[string]BNStats `json:"bn_running_stats_after"`
 	} `json:"image2prompt"`
 }
 

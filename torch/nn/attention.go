@@ -33,6 +33,9 @@ type MHAOptions struct {
 	Training bool
 	// BatchFirst takes and returns [N, L, E] instead of [L, N, E].
 	BatchFirst bool
+	// ScaleAfterProduct divides q·kᵀ by √d (IP-IQA's cross attention)
+	// instead of scaling q first (PyTorch); equal up to rounding.
+	ScaleAfterProduct bool
 }
 
 // MultiHeadAttention is F.multi_head_attention_forward(query, key, value,
@@ -78,12 +81,17 @@ func MultiHeadAttention(s *torch.Scope, query, key, value *torch.Tensor, w MHAWe
 	v := heads(s.Linear(value, wv, bv), S)
 	mask := attentionMask(s, o, N, H, S)
 	var out *torch.Tensor
-	if o.Dropout > 0 && o.Training {
-		scores := s.MatMul(s.DivScalar(q, math.Sqrt(float64(hd))), s.Transpose(k, 1, 2))
+	if (o.Dropout > 0 && o.Training) || o.ScaleAfterProduct {
+		var scores *torch.Tensor
+		if o.ScaleAfterProduct {
+			scores = s.DivScalar(s.MatMul(q, s.Transpose(k, 1, 2)), math.Sqrt(float64(hd)))
+		} else {
+			scores = s.MatMul(s.DivScalar(q, math.Sqrt(float64(hd))), s.Transpose(k, 1, 2))
+		}
 		if mask != nil {
 			scores = s.Add(scores, mask)
 		}
-		out = s.BMM(s.Dropout(s.Softmax(scores, -1), o.Dropout, true), v)
+		out = s.BMM(s.Dropout(s.Softmax(scores, -1), o.Dropout, o.Training), v)
 	} else {
 		out = s.Attention(q, k, v, mask)
 	}
@@ -161,10 +169,34 @@ const (
 	// E: q_proj_weight, k_proj_weight, v_proj_weight, in_proj_bias,
 	// out_proj.{weight,bias}.
 	SeparateProjWeights
-	// SeparateLinears is CLIP's AttentionPool2d (and IP-IQA): Linear modules
-	// k_proj, q_proj, v_proj and c_proj, registered in that (CLIP's) order;
-	// c_proj's output size may differ from E.
+	// SeparateLinears is four Linear modules, named and ordered by
+	// MultiheadAttentionConfig.Linears (CLIP's AttentionPool2d by default:
+	// k_proj, q_proj, v_proj, c_proj; IP-IQA's cross attention: q_proj,
+	// k_proj, v_proj, out_proj). Query and output sizes may differ from E.
 	SeparateLinears
+)
+
+// ProjRole is what one Linear of the SeparateLinears layout projects.
+type ProjRole int
+
+// Roles of the four projections.
+const (
+	QueryProj ProjRole = iota
+	KeyProj
+	ValueProj
+	OutProj
+)
+
+// LinearProj names one Linear of the SeparateLinears layout.
+type LinearProj struct {
+	Role ProjRole
+	Name string
+}
+
+// Names and registration orders of the SeparateLinears layout.
+var (
+	CLIPAttnPoolLinears   = []LinearProj{{KeyProj, "k_proj"}, {QueryProj, "q_proj"}, {ValueProj, "v_proj"}, {OutProj, "c_proj"}}
+	IPIQACrossAttnLinears = []LinearProj{{QueryProj, "q_proj"}, {KeyProj, "k_proj"}, {ValueProj, "v_proj"}, {OutProj, "out_proj"}}
 )
 
 // MultiheadAttentionConfig describes a MultiheadAttention.
@@ -172,10 +204,16 @@ type MultiheadAttentionConfig struct {
 	Heads      int64
 	Layout     MHALayout
 	KDim, VDim int64 // key and value input sizes; 0 means E
+	QDim       int64 // query input size; 0 means E (SeparateLinears only may differ)
 	OutDim     int64 // output size; 0 means E (SeparateLinears only may differ)
-	Bias       bool  // projection biases (PyTorch's default is bias=True)
-	Dropout    float64
-	BatchFirst bool
+	// Linears names and orders the SeparateLinears projections; nil means
+	// CLIPAttnPoolLinears.
+	Linears []LinearProj
+	// ScaleAfterProduct: see MHAOptions.
+	ScaleAfterProduct bool
+	Bias              bool // projection biases (PyTorch's default is bias=True)
+	Dropout           float64
+	BatchFirst        bool
 }
 
 // MultiheadAttention is torch.nn.MultiheadAttention (or CLIP's separate
@@ -194,8 +232,9 @@ func NewMultiheadAttention(p Path, embed int64, c MultiheadAttentionConfig) (*Mu
 		return nil, fmt.Errorf("multihead attention %q: embedding size %d is not divisible by %d heads", p.prefix, embed, c.Heads)
 	}
 	kdim, vdim, odim := orDefault(c.KDim, embed), orDefault(c.VDim, embed), orDefault(c.OutDim, embed)
-	if odim != embed && c.Layout != SeparateLinears {
-		return nil, fmt.Errorf("multihead attention %q: output size %d ≠ %d needs the SeparateLinears layout", p.prefix, odim, embed)
+	qdim := orDefault(c.QDim, embed)
+	if (odim != embed || qdim != embed) && c.Layout != SeparateLinears {
+		return nil, fmt.Errorf("multihead attention %q: query/output sizes %d/%d ≠ %d need the SeparateLinears layout", p.prefix, qdim, odim, embed)
 	}
 	if (kdim != embed || vdim != embed) && c.Layout == PackedProjection {
 		return nil, fmt.Errorf("multihead attention %q: key/value sizes %d/%d ≠ %d need separate projections", p.prefix, kdim, vdim, embed)
@@ -220,21 +259,36 @@ func NewMultiheadAttention(p Path, embed int64, c MultiheadAttentionConfig) (*Mu
 			w.OutProjBias = out.NewParam("bias", Zeros, embed)
 		}
 	case SeparateLinears:
-		var lin [4]*Linear
-		for i, spec := range []struct {
-			name    string
-			in, out int64
-		}{{"k_proj", kdim, embed}, {"q_proj", embed, embed}, {"v_proj", vdim, embed}, {"c_proj", embed, odim}} { // CLIP's order
-			l, err := NewLinear(p.Sub(spec.name), spec.in, spec.out, c.Bias)
+		linears := c.Linears
+		if linears == nil {
+			linears = CLIPAttnPoolLinears
+		}
+		sizes := map[ProjRole][2]int64{QueryProj: {qdim, embed}, KeyProj: {kdim, embed}, ValueProj: {vdim, embed}, OutProj: {embed, odim}}
+		seen := map[ProjRole]bool{}
+		for _, lp := range linears {
+			sz, ok := sizes[lp.Role]
+			if !ok || seen[lp.Role] {
+				return nil, fmt.Errorf("multihead attention %q: projection %q has an unknown or repeated role", p.prefix, lp.Name)
+			}
+			seen[lp.Role] = true
+			l, err := NewLinear(p.Sub(lp.Name), sz[0], sz[1], c.Bias)
 			if err != nil {
 				return nil, err
 			}
-			lin[i] = l
+			switch lp.Role {
+			case QueryProj:
+				w.QProjWeight, w.QBias = l.Weight, l.Bias
+			case KeyProj:
+				w.KProjWeight, w.KBias = l.Weight, l.Bias
+			case ValueProj:
+				w.VProjWeight, w.VBias = l.Weight, l.Bias
+			case OutProj:
+				w.OutProjWeight, w.OutProjBias = l.Weight, l.Bias
+			}
 		}
-		w.KProjWeight, w.KBias = lin[0].Weight, lin[0].Bias
-		w.QProjWeight, w.QBias = lin[1].Weight, lin[1].Bias
-		w.VProjWeight, w.VBias = lin[2].Weight, lin[2].Bias
-		w.OutProjWeight, w.OutProjBias = lin[3].Weight, lin[3].Bias
+		if len(seen) != 4 {
+			return nil, fmt.Errorf("multihead attention %q: SeparateLinears needs query, key, value and output projections", p.prefix)
+		}
 	default:
 		return nil, fmt.Errorf("multihead attention %q: unknown layout %d", p.prefix, c.Layout)
 	}
@@ -247,6 +301,7 @@ func (m *MultiheadAttention) Forward(s *torch.Scope, query, key, value, attnMask
 	return MultiHeadAttention(s, query, key, value, m.Weights, MHAOptions{
 		Heads: m.Config.Heads, AttnMask: attnMask, KeyPaddingMask: keyPaddingMask,
 		Dropout: m.Config.Dropout, Training: m.path.Training(), BatchFirst: m.Config.BatchFirst,
+		ScaleAfterProduct: m.Config.ScaleAfterProduct,
 	})
 }
 

@@ -71,14 +71,14 @@ func (m *LayerNorm) float32(s *torch.Scope, t *torch.Tensor) *torch.Tensor {
 	return s.Cast(t, torch.Float32)
 }
 
-// Conv2dConfig describes a torch.nn.Conv2d besides its channel counts.
-// Options' zero fields take PyTorch's defaults (stride 1, no padding,
-// dilation 1, one group). Bias must be asked for (CLIP's convolutions have
-// none; PyTorch's default is bias=True).
+// Conv2dConfig describes a torch.nn.Conv2d besides its channel counts. Zero
+// Stride, Dilation and Groups take PyTorch's defaults (1); Padding defaults
+// to none. Bias must be asked for (CLIP's convolutions have none; PyTorch's
+// default is bias=True).
 type Conv2dConfig struct {
-	Kernel torch.Pair
-	torch.Conv2DOptions
-	Bias bool
+	Kernel, Stride, Padding, Dilation torch.Pair
+	Groups                            int64
+	Bias                              bool
 }
 
 // Conv2d is torch.nn.Conv2d. Tensors: weight [out, in/groups, kh, kw], bias [out].
@@ -94,7 +94,8 @@ func NewConv2d(p Path, in, out int64, c Conv2dConfig) (*Conv2d, error) {
 		return nil, fmt.Errorf("conv2d %q: %d in and %d out channels are not divisible by %d groups", p.prefix, in, out, groups)
 	}
 	fanIn := in / groups * c.Kernel[0] * c.Kernel[1]
-	m := &Conv2d{Weight: p.NewParam("weight", KaimingUniform(fanIn), out, in/groups, c.Kernel[0], c.Kernel[1]), Options: c.Conv2DOptions}
+	opts := torch.Conv2DOptions{Stride: c.Stride, Padding: c.Padding, Dilation: c.Dilation, Groups: c.Groups}
+	m := &Conv2d{Weight: p.NewParam("weight", KaimingUniform(fanIn), out, in/groups, c.Kernel[0], c.Kernel[1]), Options: opts}
 	if c.Bias {
 		m.Bias = p.NewParam("bias", KaimingUniform(fanIn), out)
 	}
@@ -148,6 +149,10 @@ func NewBatchNorm2d(p Path, features int64, c BatchNormConfig) (*BatchNorm2d, er
 
 // Forward normalises [N, C, H, W] per channel.
 func (m *BatchNorm2d) Forward(s *torch.Scope, x *torch.Tensor) *torch.Tensor {
+	if x != nil && s.Err() == nil && x.Dim() != 4 {
+		s.Fail(fmt.Errorf("batch norm %q: expected a 4-D input, got %v", m.path.prefix, x.Shape()))
+		return nil
+	}
 	if !m.path.Training() {
 		return s.BatchNorm(x, m.Weight, m.Bias, m.RunningMean, m.RunningVar, false, 0, m.Config.Eps)
 	}

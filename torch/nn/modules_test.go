@@ -87,12 +87,17 @@ type moduleRef struct {
 	} `json:"layer_norm_fp16"`
 }
 
+func loadJSON(t *testing.T, path string, dst any) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(b, dst))
+}
+
 func loadModuleRef(t *testing.T) moduleRef {
 	t.Helper()
-	b, err := os.ReadFile("testdata/modules.json")
-	require.NoError(t, err)
 	var r moduleRef
-	require.NoError(t, json.Unmarshal(b, &r))
+	loadJSON(t, "testdata/modules.json", &r)
 	require.NotEmpty(t, r.Cases)
 	return r
 }
@@ -196,9 +201,8 @@ func TestModulesAgainstPyTorch(t *testing.T) {
 			case "conv2d_stride_pad", "conv2d_groups_dilation":
 				var m *Conv2d
 				m, err = NewConv2d(root, num(a, "cin"), num(a, "cout"), Conv2dConfig{
-					Kernel:        pair(a, "kernel"),
-					Conv2DOptions: torch.Conv2DOptions{Stride: pair(a, "stride"), Padding: pair(a, "padding"), Dilation: pair(a, "dilation"), Groups: num(a, "groups")},
-					Bias:          a["bias"].(bool),
+					Kernel: pair(a, "kernel"), Stride: pair(a, "stride"), Padding: pair(a, "padding"), Dilation: pair(a, "dilation"),
+					Groups: num(a, "groups"), Bias: a["bias"].(bool),
 				})
 				forward = func() *torch.Tensor { return m.Forward(s, in[0]) }
 			case "embedding_padding":
@@ -239,6 +243,11 @@ func TestModulesAgainstPyTorch(t *testing.T) {
 				forward = func() *torch.Tensor {
 					return m.Forward(s, s.Narrow(in[0], 0, 0, 1), in[0], in[0], nil, nil)
 				}
+			case "cross_attn_ipiqa_style":
+				var m *MultiheadAttention
+				m, err = NewMultiheadAttention(root, num(a, "embed"), MultiheadAttentionConfig{Heads: num(a, "heads"), Layout: SeparateLinears,
+					Linears: IPIQACrossAttnLinears, QDim: num(a, "qdim"), OutDim: num(a, "out"), Bias: true, ScaleAfterProduct: true})
+				forward = func() *torch.Tensor { return m.Forward(s, in[0], in[1], in[1], nil, nil) }
 			default:
 				t.Fatalf("no Go mapping for case %q", c.Name)
 			}

@@ -12,3 +12,12 @@ type NamedParam struct {
 	Name string
 	T    *torch.Tensor
 }
+
+// Tensors returns the tensors of ps in order (for torch.NewSGD).
+func Tensors(ps []NamedParam) []*torch.Tensor {
+	out := make([]*torch.Tensor, len(ps))
+	for i, p := range ps {
+		out[i] = p.T
+	}
+	return out
+}

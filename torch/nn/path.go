@@ -259,6 +259,20 @@ func (p Path) SetTrainable(on bool) error {
 	return err
 }
 
+// Freeze is IP-IQA's freeze_module on a module: every parameter under p
+// stops training (SetTrainable(false)) and the sub-tree stays in eval mode
+// through later Train calls (PinEval(true)).
+func (p Path) Freeze() error {
+	if !p.ok() {
+		return errStore
+	}
+	if err := p.SetTrainable(false); err != nil {
+		return err
+	}
+	p.PinEval(true)
+	return nil
+}
+
 // Train sets the mode of the sub-tree at p, like module.train(on) on a
 // submodule: modes set deeper are cleared. Pinned sub-trees stay in eval.
 func (p Path) Train(on bool) {

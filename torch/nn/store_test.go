@@ -28,7 +28,7 @@ func newTwoTowers(t *testing.T) *twoTowers {
 	m := &twoTowers{store: st}
 	var err error
 	visual := st.Sub("visual")
-	m.conv, err = NewConv2d(visual.Sub("conv1"), 3, 4, Conv2dConfig{Kernel: torch.Sq(3), Conv2DOptions: torch.Conv2DOptions{Padding: torch.Sq(1)}})
+	m.conv, err = NewConv2d(visual.Sub("conv1"), 3, 4, Conv2dConfig{Kernel: torch.Sq(3), Padding: torch.Sq(1)})
 	require.NoError(t, err)
 	m.bn, err = NewBatchNorm2d(visual.Sub("bn1"), 4, BatchNormDefaults)
 	require.NoError(t, err)
@@ -245,7 +245,7 @@ func TestStoreRegistrationErrorsAreSticky(t *testing.T) {
 
 	_, err = NewLinear(Path{}, 2, 3, true)
 	require.ErrorIs(t, err, errStore)
-	_, err = NewConv2d(NewStore().Root(), 3, 4, Conv2dConfig{Kernel: torch.Sq(1), Conv2DOptions: torch.Conv2DOptions{Groups: 2}})
+	_, err = NewConv2d(NewStore().Root(), 3, 4, Conv2dConfig{Kernel: torch.Sq(1), Groups: 2})
 	require.ErrorContains(t, err, "not divisible by 2 groups")
 }
 
@@ -278,6 +278,11 @@ func TestInitialisers(t *testing.T) {
 	require.ErrorContains(t, err, "not divisible by 3 heads")
 	_, err = NewMultiheadAttention(st.Sub("attn3"), 8, MultiheadAttentionConfig{Heads: 2, KDim: 4})
 	require.ErrorContains(t, err, "need separate projections")
+	_, err = NewMultiheadAttention(st.Sub("attn4"), 8, MultiheadAttentionConfig{Heads: 2, Layout: SeparateLinears,
+		Linears: []LinearProj{{QueryProj, "q"}, {QueryProj, "q2"}}})
+	require.ErrorContains(t, err, `projection "q2" has an unknown or repeated role`)
+	_, err = NewMultiheadAttention(st.Sub("attn5"), 8, MultiheadAttentionConfig{Heads: 2, QDim: 4})
+	require.ErrorContains(t, err, "need the SeparateLinears layout")
 }
 
 // A CLIP-style tagged struct registered under a prefix: names follow the
@@ -363,4 +368,62 @@ func TestForwardLoopKeepsLiveTensorsFlat(t *testing.T) {
 	require.Equal(t, after1, torch.LiveTensors(), "no handles accumulate across steps")
 	m.store.Close()
 	require.Equal(t, base, torch.LiveTensors(), "Close frees every stored tensor")
+}
+
+// The store's trainable parameters feed an optimizer; frozen ones stay put.
+func TestTrainableFeedsOptimizer(t *testing.T) {
+	m := newTwoTowers(t)
+	defer m.store.Close()
+	require.NoError(t, m.store.Sub("text").SetTrainable(false))
+	opt, err := torch.NewSGD(Tensors(m.store.Trainable()), torch.SGDOptions{LR: 0.05})
+	require.NoError(t, err)
+	defer opt.Close()
+	textBefore, _ := m.textLN.Weight.Float32s()
+	loss := func() float64 {
+		s := torch.NewScope()
+		defer s.Close()
+		x := s.FromFloat32([]float32{
+			0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+			0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1,
+			0.5, 0.5, 0.5, 0.1, 0.1, 0.1, 0.9, 0.9, 0.9,
+		}, 1, 3, 3, 3)
+		h := s.Flatten(s.AdaptiveAvgPool2D(ReLU{}.Forward(s, m.conv.Forward(s, x)), torch.Sq(1)), 1, 3)
+		l := s.Sum(s.Square(s.AddScalar(m.head.Forward(s, h), -1)), false)
+		require.NoError(t, s.Err())
+		require.NoError(t, opt.ZeroGrad())
+		require.NoError(t, l.Backward())
+		v, err := l.Item()
+		require.NoError(t, err)
+		return v
+	}
+	first := loss()
+	for range 20 {
+		require.NoError(t, opt.Step())
+		loss()
+	}
+	require.Less(t, loss(), first/2, "training the visual tower lowers the loss")
+	textAfter, _ := m.textLN.Weight.Float32s()
+	require.Equal(t, textBefore, textAfter, "the frozen tower is untouched")
+}
+
+func TestForwardErrorsNameTheModule(t *testing.T) {
+	st := NewStore()
+	defer st.Close()
+	bn, err := NewBatchNorm2d(st.Sub("visual").Sub("bn1"), 3, BatchNormDefaults)
+	require.NoError(t, err)
+	s := torch.NewScope()
+	defer s.Close()
+	require.Nil(t, bn.Forward(s, s.Randn(torch.Float32, 2, 3)))
+	require.ErrorContains(t, s.Err(), `batch norm "visual.bn1": expected a 4-D input, got [2 3]`)
+	nb, err := bn.NumBatchesTracked.Int64s()
+	require.NoError(t, err)
+	require.Equal(t, []int64{0}, nb, "a refused batch is not counted")
+
+	s2 := torch.NewScope()
+	defer s2.Close()
+	mha, err := NewMultiheadAttention(st.Sub("attn"), 4, MultiheadAttentionConfig{Heads: 2})
+	require.NoError(t, err)
+	x := s2.Randn(torch.Float32, 3, 4)
+	require.Nil(t, mha.Forward(s2, x, x, x, nil, nil))
+	require.ErrorContains(t, s2.Err(), "want 3-D query")
 }

@@ -117,6 +117,35 @@ class AttnPoolHead(nn.Module):
 
 case("attnpool_linears", AttnPoolHead(E, H, 10), [torch.randn(6, N, E)], lambda m, x: m(x), heads=H, embed=E, out=10)
 
+
+class CrossAttn(nn.Module):
+    """A cross attention in the style of IP-IQA's TextAttentionPool2d: text
+    queries of another width (qdim) attend to image tokens; q·kᵀ is divided
+    by √d after the product; projections q_proj, k_proj, v_proj, out_proj."""
+
+    def __init__(self, qdim, embed, heads, out):
+        super().__init__()
+        self.q_proj = nn.Linear(qdim, embed)
+        self.k_proj = nn.Linear(embed, embed)
+        self.v_proj = nn.Linear(embed, embed)
+        self.out_proj = nn.Linear(embed, out)
+        self.heads = heads
+
+    def forward(self, q, kv):  # q: [L, N, qdim], kv: [S, N, E]
+        L, N, _ = q.shape
+        S = kv.shape[0]
+        E = self.k_proj.out_features
+        hd = E // self.heads
+        split = lambda x, n: x.reshape(n, N * self.heads, hd).transpose(0, 1)
+        qh, kh, vh = split(self.q_proj(q), L), split(self.k_proj(kv), S), split(self.v_proj(kv), S)
+        attn = torch.softmax(torch.bmm(qh, kh.transpose(1, 2)) / hd ** 0.5, dim=-1)
+        o = torch.bmm(attn, vh).transpose(0, 1).reshape(L * N, E)
+        return self.out_proj(o).reshape(L, N, -1)
+
+
+case("cross_attn_ipiqa_style", CrossAttn(6, E, H, 5), [torch.randn(3, N, 6), torch.randn(7, N, E)],
+     lambda m, q, kv: m(q, kv), heads=H, embed=E, qdim=6, out=5)
+
 # BatchNorm2d: three training steps, then eval.
 bn_cases = []
 for name, momentum in [("batch_norm2d", 0.1), ("batch_norm2d_cumulative", None)]:
@@ -167,3 +196,72 @@ out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "modules.js
 with open(out, "w") as f:
     json.dump({"torch": torch.__version__, "cases": cases, "batch_norm": bn_cases, "layer_norm_fp16": ln_fp16}, f, allow_nan=False)
 print("wrote", os.path.normpath(out), len(cases), "cases,", len(bn_cases), "batch-norm cases")
+
+
+# A CLIP ModifiedResNet Bottleneck (model.py) in training mode, two steps:
+# composed modules, OrderedDict names ("downsample.0"), batch statistics, and
+# gradients through everything.
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu3 = nn.ReLU(inplace=True)
+        self.downsample = None
+        self.stride = stride
+        if stride > 1 or inplanes != planes * Bottleneck.expansion:
+            from collections import OrderedDict
+            self.downsample = nn.Sequential(OrderedDict([
+                ("-1", nn.AvgPool2d(stride)),
+                ("0", nn.Conv2d(inplanes, planes * self.expansion, 1, stride=1, bias=False)),
+                ("1", nn.BatchNorm2d(planes * self.expansion))
+            ]))
+
+    def forward(self, x):
+        identity = x
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        out = self.avgpool(out)
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        out = self.relu3(out)
+        return out
+
+
+blk = Bottleneck(4, 2, stride=2)
+with torch.no_grad():
+    for n, p in blk.named_parameters():
+        p.copy_(torch.randn(p.shape) * 0.5 + (1 if n.endswith("weight") and "bn" in n else 0))
+blk_state = sd(blk)
+blk.train()
+blk_steps = []
+for i in range(2):
+    blk.zero_grad()
+    x = torch.randn(2, 4, 6, 6).requires_grad_(True)
+    y = blk(x)
+    up = torch.randn(y.shape)
+    (y * up).sum().backward()
+    blk_steps.append({"x": t(x), "out": t(y), "upstream": t(up), "x_grad": t(x.grad),
+                      "param_grads": {n: t(p.grad) for n, p in blk.named_parameters()},
+                      "buffers": {n: t(b) for n, b in blk.named_buffers()}})
+blk.eval()
+xe = torch.randn(2, 4, 6, 6)
+with torch.no_grad():
+    ye = blk(xe)
+with open(out, "r") as f:
+    d = json.load(f)
+d["bottleneck"] = {"state": blk_state, "train_steps": blk_steps, "eval": {"x": t(xe), "out": t(ye)}}
+with open(out, "w") as f:
+    json.dump(d, f, allow_nan=False)
+print("added the bottleneck case")
