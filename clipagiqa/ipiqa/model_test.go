@@ -61,6 +61,11 @@ type fixture struct {
 			WTEGradRows      []int64                     `json:"wte_grad_nonzero_rows"`
 			ParamsAfter      map[string]ipiqaref.Summary `json:"params_after"`
 		} `json:"steps"`
+		AdamStateAfter map[string]struct {
+			Step     float64          `json:"step"`
+			ExpAvg   ipiqaref.Summary `json:"exp_avg"`
+			ExpAvgSq ipiqaref.Summary `json:"exp_avg_sq"`
+		} `json:"adam_state_after"`
 		BNRunningStatsAfter map[string]json.RawMessage `json:"bn_running_stats_after"`
 		EvalAfter           struct {
 			Scores [][]float64 `json:"scores"`

@@ -107,6 +107,33 @@ func TestTwoAdamWStepsMatchOfficial(t *testing.T) {
 		t.Logf("step %d: %d parameters after, worst %.3g of tolerance (%s)", step+1, len(ref.ParamsAfter), worst, worstName)
 	}
 
+	// Adam's state after the two steps.
+	worstM, worstV := 0.0, 0.0
+	for _, p := range m.Store().Trainable() {
+		want, ok := f.Train.AdamStateAfter[p.Name]
+		require.True(t, ok, p.Name)
+		st, err := opt.State(p.Name)
+		require.NoError(t, err)
+		step, err := st.Step.Item()
+		require.NoError(t, err)
+		assert.Equal(t, want.Step, step, p.Name)
+		// exp_avg is a gradient average: the gradient tolerance; exp_avg_sq
+		// is squared, so twice the relative error.
+		tolM := gradRel * math.Max(-want.ExpAvg.Min, want.ExpAvg.Max)
+		tolV := 2 * gradRel * want.ExpAvgSq.Max
+		if strings.HasSuffix(p.Name, "k_proj.bias") { // rounding noise of a zero gradient
+			tolM, tolV = kBiasAtol, kBiasAtol*kBiasAtol
+		}
+		r, what := want.ExpAvg.Compare(values(t, st.ExpAvg), tolM)
+		worstM = math.Max(worstM, r)
+		assert.LessOrEqual(t, r, 1.0, "exp_avg %s: %s", p.Name, what)
+		r, what = want.ExpAvgSq.Compare(values(t, st.ExpAvgSq), tolV)
+		worstV = math.Max(worstV, r)
+		assert.LessOrEqual(t, r, 1.0, "exp_avg_sq %s: %s", p.Name, what)
+		st.Close()
+	}
+	t.Logf("Adam state of %d tensors: exp_avg worst %.3g, exp_avg_sq worst %.3g of tolerance", len(f.Train.AdamStateAfter), worstM, worstV)
+
 	// BatchNorm running statistics after the two steps.
 	worst := 0.0
 	for layer, raw := range f.Train.BNRunningStatsAfter {
@@ -157,4 +184,3 @@ func nonZeroRows(v []float32, cols int64) []int64 {
 	}
 	return rows
 }
-
