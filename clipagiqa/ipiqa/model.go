@@ -330,6 +330,7 @@ func (m *Model) ForwardIDs(s *torch.Scope, images *torch.Tensor, ids [][]int64, 
 	}
 	m.store.Train(train)
 	m.rn.SetTraining(m.store.Sub("resnet50").Training())
+	defer m.rn.SetTraining(false) // CLIP's own encode_image stays in eval mode
 	if images.Device() != m.clip.Device() {
 		images = s.To(images, torch.Float32, m.clip.Device())
 	}

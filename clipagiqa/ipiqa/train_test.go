@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/clipagiqa/clipagiqa/clipagiqa/clip"
 	"github.com/clipagiqa/clipagiqa/internal/ipiqaref"
 	"github.com/clipagiqa/clipagiqa/torch"
 	"github.com/clipagiqa/clipagiqa/torch/optim"
@@ -183,4 +184,36 @@ func nonZeroRows(v []float32, cols int64) []int64 {
 		}
 	}
 	return rows
+}
+
+// Repeated training steps and eval passes free everything they allocate:
+// after the first step (which creates Adam's state) the live tensor count
+// stays flat.
+func TestTrainingLoopKeepsLiveTensorsFlat(t *testing.T) {
+	f := loadFixture(t)
+	m := newFixtureModel(t, 2)
+	opt := newFixtureOptimizer(t, m)
+	var counts []int64
+	for range 3 {
+		trainStep(t, m, opt, f, nil)
+		evalScores(t, m, f)
+		counts = append(counts, torch.LiveTensors())
+	}
+	assert.Equal(t, counts[0], counts[1], "live tensors after steps 1..3: %v", counts)
+	assert.Equal(t, counts[0], counts[2], "live tensors after steps 1..3: %v", counts)
+}
+
+// Close frees every tensor the model and its CLIP hold.
+func TestCloseFreesEverything(t *testing.T) {
+	f := loadFixture(t)
+	before := torch.LiveTensors()
+	c, err := clip.Load(ipiqaref.Path("tiny_clip_rn_fp16.pt"), clip.Options{})
+	require.NoError(t, err)
+	m, err := New(c, Options{})
+	require.NoError(t, err)
+	evalScores(t, m, f)
+	assert.Greater(t, torch.LiveTensors(), before)
+	m.Close()
+	m.Close()
+	assert.Equal(t, before, torch.LiveTensors())
 }
