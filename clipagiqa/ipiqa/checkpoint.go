@@ -2,6 +2,7 @@ package ipiqa
 
 import (
 	"fmt"
+	"math"
 	"strings"
 
 	"github.com/clipagiqa/clipagiqa/torch"
@@ -126,4 +127,42 @@ func (m *Model) LoadOfficial(path string, opt OptimizerState) (Checkpoint, error
 		}
 	}
 	return ck, nil
+}
+
+// OptionsFromOfficial reads the model settings an official checkpoint was
+// trained with: the input resolution from the attnpool positional
+// embedding's rows ((S/32)²+1), the outputs from head.out_proj.weight, and
+// the head dropout and qa_token from its config when present.
+func OptionsFromOfficial(path string) (Options, error) {
+	var o Options
+	f, err := ptfile.Load(path)
+	if err != nil {
+		return o, fmt.Errorf("ipiqa: %w", err)
+	}
+	mv, err := ptfile.Get(f.Root, "model")
+	if err != nil {
+		return o, fmt.Errorf("ipiqa: %s is not an IP-IQA checkpoint: %w", path, err)
+	}
+	raw, _, err := ptfile.StateDict(mv)
+	if err != nil {
+		return o, fmt.Errorf("ipiqa: %s: model: %w", path, err)
+	}
+	pos, head := raw["attnpool.positional_embedding"], raw["head.out_proj.weight"]
+	if pos == nil || head == nil || len(pos.Shape) != 2 || len(head.Shape) != 2 {
+		return o, fmt.Errorf("ipiqa: %s: model lacks attnpool.positional_embedding or head.out_proj.weight", path)
+	}
+	g := int64(math.Round(math.Sqrt(float64(pos.Shape[0] - 1))))
+	if g*g+1 != pos.Shape[0] {
+		return o, fmt.Errorf("ipiqa: %s: attnpool.positional_embedding has %d rows, not a square grid + 1", path, pos.Shape[0])
+	}
+	o.InputResolution, o.Outputs = int(32*g), int(head.Shape[0])
+	if v, err := ptfile.GetFloat(f.Root, "config", "model", "dropout_rate"); err == nil {
+		o.Dropout = v
+	}
+	if v, err := ptfile.Get(f.Root, "config", "model", "qa_token"); err == nil {
+		if b, ok := v.(bool); ok {
+			o.FreezeTokenEmbedding = !b
+		}
+	}
+	return o.withDefaults()
 }

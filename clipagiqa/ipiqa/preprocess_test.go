@@ -35,3 +35,19 @@ func TestPreprocessMatchesOfficialResize(t *testing.T) {
 	_, err := Preprocess(nil, PreprocessOptions(512))
 	assert.Error(t, err)
 }
+
+// clip.tokenize(prompt, truncate=True) as the official code calls it:
+// truncation, whitespace-only and html-escaped prompts, id 0 as a token.
+func TestTokenizeMatchesOfficial(t *testing.T) {
+	f := loadFixture(t)
+	m := newRandomModel(t, Options{})
+	texts := make([]string, len(f.Prompts))
+	for i, p := range f.Prompts {
+		texts[i] = p.Text
+	}
+	ids, err := m.Tokenize(texts)
+	require.NoError(t, err)
+	for i, p := range f.Prompts {
+		assert.Equal(t, p.Tokens77, ids[i], "prompt %d %q", i, p.Text)
+	}
+}
