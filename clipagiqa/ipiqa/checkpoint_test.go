@@ -196,3 +196,39 @@ func TestViTCLIPIsRejected(t *testing.T) {
 	_, err = New(c, Options{})
 	assert.ErrorContains(t, err, "needs a ResNet CLIP")
 }
+
+// A checkpoint saved in float16 loads, upcast: every tensor equals the
+// float16 rounding of the float32 original.
+func TestLoadOfficialFloat16(t *testing.T) {
+	pf, err := ptfile.Load(ipiqaref.Path("checkpoint_best.pth"))
+	require.NoError(t, err)
+	model := mustGet(t, pf.Root, "model").(*ptfile.Dict)
+	want := map[string][]float32{}
+	for i, k := range model.Keys {
+		raw := model.Values[i].(*ptfile.Tensor)
+		if raw.DType != ptfile.Float32 {
+			continue
+		}
+		v, err := raw.Float32s()
+		require.NoError(t, err)
+		h, err := ptfile.FromFloat32s(ptfile.Float16, raw.Shape, v)
+		require.NoError(t, err)
+		model.Values[i] = h
+		hv, err := h.Float32s()
+		require.NoError(t, err)
+		want[k.(string)] = hv
+	}
+	path := filepath.Join(t.TempDir(), "fp16.pth")
+	root := ptfile.NewDict(ptfile.KindDict)
+	root.Set("model", model)
+	require.NoError(t, ptfile.SaveValue(path, root))
+	m := newRandomModel(t, Options{})
+	_, err = m.LoadOfficial(path, nil)
+	require.NoError(t, err)
+	require.NotEmpty(t, want)
+	for name, w := range want {
+		got := m.Store().Get(name)
+		assert.Equal(t, torch.Float32, got.DType(), name)
+		assert.Equal(t, w, values(t, got), name)
+	}
+}
