@@ -5,6 +5,7 @@ import (
 	"math"
 	"strings"
 
+	"github.com/clipagiqa/clipagiqa/clipagiqa/clip"
 	"github.com/clipagiqa/clipagiqa/torch"
 	"github.com/clipagiqa/clipagiqa/torch/nn"
 	"github.com/clipagiqa/clipagiqa/torch/ptfile"
@@ -165,4 +166,32 @@ func OptionsFromOfficial(path string) (Options, error) {
 		}
 	}
 	return o.withDefaults()
+}
+
+// Load builds the model an official checkpoint describes on the CLIP at
+// clipPath (its frozen text tensors come from there) and loads the
+// checkpoint's weights: what a scorer needs. Options come from
+// OptionsFromOfficial; opts, when not nil, may adjust them first.
+func Load(clipPath, checkpoint string, device torch.Device, opts func(*Options)) (*Model, error) {
+	o, err := OptionsFromOfficial(checkpoint)
+	if err != nil {
+		return nil, err
+	}
+	if opts != nil {
+		opts(&o)
+	}
+	c, err := clip.Load(clipPath, clip.Options{Device: device})
+	if err != nil {
+		return nil, fmt.Errorf("ipiqa: %w", err)
+	}
+	m, err := New(c, o)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	if _, err := m.LoadOfficial(checkpoint, nil); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
 }

@@ -232,3 +232,18 @@ func TestLoadOfficialFloat16(t *testing.T) {
 		assert.Equal(t, w, values(t, got), name)
 	}
 }
+
+func TestLoadBuildsTheCheckpointsModel(t *testing.T) {
+	f := loadFixture(t)
+	cf := loadCheckpointFixture(t)
+	m, err := Load(ipiqaref.Path("tiny_clip_rn_fp16.pt"), ipiqaref.Path("checkpoint_best.pth"), torch.CPU, nil)
+	require.NoError(t, err)
+	defer m.Close()
+	assert.Equal(t, 512, m.Options().InputResolution)
+	e := ipiqaref.MaxAbs(evalScores(t, m, f), ipiqaref.Flatten(cf.Checkpoint.Reload.Scores))
+	assert.LessOrEqual(t, e, afterAtol)
+
+	// A ViT CLIP cannot carry IP-IQA.
+	_, err = Load(filepath.Join(ipiqaref.Dir(), "..", "clip-agiqa-ref", "tiny_clip_vit.pt"), ipiqaref.Path("checkpoint_best.pth"), torch.CPU, nil)
+	assert.ErrorContains(t, err, "needs a ResNet CLIP")
+}
