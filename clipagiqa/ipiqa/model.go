@@ -106,6 +106,7 @@ type Model struct {
 // takes c over and frees it on Close). The attnpool positional embedding is
 // resized to the input grid; txt_attnpool and head get PyTorch's default
 // random initialisation (load trained or reference values with LoadState).
+// On error c stays the caller's.
 func New(c *clip.Model, opts Options) (*Model, error) {
 	if c == nil {
 		return nil, fmt.Errorf("ipiqa: no CLIP model")
@@ -161,13 +162,14 @@ func (m *Model) Close() {
 func (m *Model) register() error {
 	st := m.store
 	root := st.Root()
+	var shareErr error
 	share := func(p nn.Path, name string, t *torch.Tensor, buffer bool) {
-		if st.Err() != nil {
+		if st.Err() != nil || shareErr != nil {
 			return
 		}
 		ref, err := t.Clone() // a second handle on the same storage
 		if err != nil {
-			root.AddParam(name, nil) // records the failure
+			shareErr = fmt.Errorf("%s: %w", p.Name(name), err)
 			return
 		}
 		if buffer {
@@ -253,6 +255,9 @@ func (m *Model) register() error {
 	hp := st.Sub("head")
 	m.head.dense = newLinear(hp.Sub("dense"), 2*e, 2*e)
 	m.head.outProj = newLinear(hp.Sub("out_proj"), 2*e, int64(m.opts.Outputs))
+	if shareErr != nil {
+		return fmt.Errorf("ipiqa: register: %w", shareErr)
+	}
 	if err := st.Err(); err != nil {
 		return fmt.Errorf("ipiqa: register: %w", err)
 	}
