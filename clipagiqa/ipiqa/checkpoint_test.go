@@ -179,6 +179,11 @@ func TestLoadOfficialBadCheckpoints(t *testing.T) {
 	assert.Equal(t, 1, o1.Outputs)
 	_, err = OptionsFromOfficial(ipiqaref.Path("init_new_params.pth"))
 	assert.ErrorContains(t, err, "not an IP-IQA checkpoint")
+	// The official checkpoint (512) into a model built for 224: the resized
+	// positional embedding does not fit, and the error says which.
+	small := newRandomModel(t, Options{InputResolution: 224})
+	_, err = small.LoadOfficial(ipiqaref.Path("checkpoint_best.pth"), nil)
+	assert.ErrorContains(t, err, "attnpool.positional_embedding: checkpoint [257 128], model [50 128]")
 	// Without an optimizer state there is nothing to resume from.
 	_, err = m.LoadOfficial(p1, newFixtureOptimizer(t, m))
 	assert.Error(t, err)
