@@ -385,19 +385,11 @@ func (t *textAttentionPool) forward(s *torch.Scope, x, txt *torch.Tensor) *torch
 		return nil
 	}
 	n, d, l := shape[0], shape[1], shape[2]*shape[3]+1
-	hd := d / t.heads
-	x = s.Permute(s.Reshape(x, n, d, l-1), 0, 2, 1) // [N, HW, D]
-	x = s.Add(s.Cat(1, s.Mean(x, true, 1), x), t.pos)
-	q := t.q.forward(s, s.Unsqueeze(txt, 1)) // [N, 1, D]
-	k := t.k.forward(s, x)                   // [N, L, D]
-	v := t.v.forward(s, x)
-	split := func(a *torch.Tensor, rows int64) *torch.Tensor {
-		return s.Permute(s.Reshape(a, n, rows, t.heads, hd), 0, 2, 1, 3) // [N, H, rows, hd]
-	}
-	scores := s.DivScalar(s.MatMul(split(q, 1), s.Transpose(split(k, l), 2, 3)), math.Sqrt(float64(hd)))
-	o := s.MatMul(s.Softmax(scores, -1), split(v, l)) // [N, H, 1, hd]
-	o = s.Reshape(s.Permute(o, 0, 2, 1, 3), n, d)
-	return t.out.forward(s, o)
+	tokens := poolTokens(s, x, t.pos)
+	w := attentionWeights(s, t.q.forward(s, s.Unsqueeze(txt, 1)), t.k.forward(s, tokens), t.heads) // [N, H, L]
+	v := s.Permute(s.Reshape(t.v.forward(s, tokens), n, l, t.heads, d/t.heads), 0, 2, 1, 3)        // [N, H, L, hd]
+	o := s.MatMul(s.Unsqueeze(w, 2), v)                                                            // [N, H, 1, hd]
+	return t.out.forward(s, s.Reshape(s.Permute(o, 0, 2, 1, 3), n, d))
 }
 
 // LoadStateDict copies the tensors of sd into the model by official name.
@@ -427,4 +419,53 @@ func (m *Model) LoadState(path string) error {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
+}
+
+// AttentionMaps returns, for images [B, 3, S, S] and their prompts' token
+// ids, the attention weights of the two pools' single query over the G²+1
+// tokens (the mean token first, then the grid row-major), per head:
+// visual [B, H, G²+1] (CLIP's attnpool, mean-token query) and text
+// [B, H, G²+1] (txt_attnpool, text-feature query), in eval mode. They are
+// what the paper's attention figures show.
+func (m *Model) AttentionMaps(s *torch.Scope, images *torch.Tensor, ids [][]int64) (visual, text *torch.Tensor) {
+	p := m.ForwardIDs(s, images, ids, false)
+	if s.Err() != nil {
+		return nil, nil
+	}
+	ap := m.attnpool
+	x := poolTokens(s, p.FeatureMap, ap.PositionalEmbedding)
+	visual = attentionWeights(s, s.Linear(s.Narrow(x, 1, 0, 1), ap.QProj.Weight, ap.QProj.Bias),
+		s.Linear(x, ap.KProj.Weight, ap.KProj.Bias), int64(ap.Heads))
+	tp := &m.txtPool
+	x = poolTokens(s, p.FeatureMap, tp.pos)
+	text = attentionWeights(s, tp.q.forward(s, s.Unsqueeze(p.TextFeatures, 1)), tp.k.forward(s, x), tp.heads)
+	return visual, text
+}
+
+// poolTokens is [mean; grid tokens] + pos for a map [N, D, H, W]: [N, L, D].
+func poolTokens(s *torch.Scope, x, pos *torch.Tensor) *torch.Tensor {
+	shape := x.Shape()
+	if len(shape) != 4 {
+		s.Fail(fmt.Errorf("ipiqa: feature map shape %v, want [N D H W]", shape))
+		return nil
+	}
+	n, d, hw := shape[0], shape[1], shape[2]*shape[3]
+	x = s.Permute(s.Reshape(x, n, d, hw), 0, 2, 1)
+	return s.Add(s.Cat(1, s.Mean(x, true, 1), x), pos)
+}
+
+// attentionWeights is softmax(q·kᵀ/sqrt(head dim)) per head for one query
+// q [N, 1, D] over keys k [N, L, D]: [N, H, L].
+func attentionWeights(s *torch.Scope, q, k *torch.Tensor, heads int64) *torch.Tensor {
+	shape := k.Shape()
+	if len(shape) != 3 {
+		s.Fail(fmt.Errorf("ipiqa: attention keys shape %v", shape))
+		return nil
+	}
+	n, l, d := shape[0], shape[1], shape[2]
+	hd := d / heads
+	qh := s.Permute(s.Reshape(q, n, 1, heads, hd), 0, 2, 1, 3)
+	kh := s.Permute(s.Reshape(k, n, l, heads, hd), 0, 2, 1, 3)
+	w := s.Softmax(s.DivScalar(s.MatMul(qh, s.Transpose(kh, 2, 3)), math.Sqrt(float64(hd))), -1) // [N, H, 1, L]
+	return s.Reshape(w, n, heads, l)
 }

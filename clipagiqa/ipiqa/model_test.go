@@ -252,3 +252,41 @@ func TestBadInputs(t *testing.T) {
 	_, err = New(m.CLIP(), Options{Outputs: 3})
 	assert.ErrorContains(t, err, "3 outputs")
 }
+
+// The attention maps are the pools' own weights: each row sums to 1, and
+// weighting the value projections with them and applying the output
+// projection gives back the pooled features.
+func TestAttentionMapsReproducePools(t *testing.T) {
+	f := loadFixture(t)
+	m := newFixtureModel(t, 2)
+	s := torch.NewScope().WithGrad(torch.InferenceMode)
+	defer s.Close()
+	px, ids := fixtureInputs(t, s, f)
+	vis, txt := m.AttentionMaps(s, px, ids)
+	require.NoError(t, s.Err())
+	g := int64(m.Grid())
+	assert.Equal(t, []int64{8, 2, g*g + 1}, vis.Shape())
+	assert.Equal(t, []int64{8, 2, g*g + 1}, txt.Shape())
+	p := m.ForwardIDs(s, px, ids, false)
+	rebuild := func(w *torch.Tensor, pos *torch.Tensor, v, out linear) []float32 {
+		x := poolTokens(s, p.FeatureMap, pos)
+		vv := v.forward(s, x) // [N, L, D]
+		n, l, d := vv.Shape()[0], vv.Shape()[1], vv.Shape()[2]
+		vh := s.Permute(s.Reshape(vv, n, l, 2, d/2), 0, 2, 1, 3) // [N, H, L, hd]
+		o := s.MatMul(s.Unsqueeze(w, 2), vh)                     // [N, H, 1, hd]
+		return values(t, out.forward(s, s.Reshape(s.Permute(o, 0, 2, 1, 3), n, d)))
+	}
+	ap := m.attnpool
+	gotVis := rebuild(vis, ap.PositionalEmbedding, linear{ap.VProj.Weight, ap.VProj.Bias}, linear{ap.CProj.Weight, ap.CProj.Bias})
+	gotTxt := rebuild(txt, m.txtPool.pos, m.txtPool.v, m.txtPool.out)
+	require.NoError(t, s.Err())
+	wantVis, wantTxt := values(t, p.GlobalVisual), values(t, p.GlobalText)
+	for i := range wantVis {
+		assert.InDelta(t, wantVis[i], gotVis[i], 1e-4, "global_visual[%d]", i)
+		assert.InDelta(t, wantTxt[i], gotTxt[i], 1e-5, "global_txt[%d]", i)
+	}
+	sums := values(t, s.Sum(txt, false, 2))
+	for _, v := range sums {
+		assert.InDelta(t, 1, v, 1e-5)
+	}
+}
