@@ -160,6 +160,12 @@ func TestStoreNamesAndFreezingMatchOfficial(t *testing.T) {
 	}
 	assert.Equal(t, f.Train.TrainableParameters, trainable)
 	assert.Len(t, trainable, 82)
+	// Frozen modules stay in eval mode through model.train().
+	m.Store().Train(true)
+	assert.False(t, m.Store().Sub("txt_model").Training())
+	assert.False(t, m.Store().Sub("ln_final").Training())
+	assert.True(t, m.Store().Sub("resnet50").Training())
+	assert.True(t, m.Store().Sub("head").Training())
 
 	groups := m.ParamGroups(10, 0)
 	require.Len(t, groups, len(f.Train.ParamGroups))
