@@ -11,8 +11,11 @@ set -euo pipefail
 ROOT_DIR="${1:-${TRIXIE_ROOT:-/var/cache/clipagiqa/trixie}}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 RECIPE=2
+# libopenblas0-pthread: the BLAS the host uses (minbase would leave the slow
+# reference BLAS); python3-setuptools + python3-dev: torch.compile's C++ builds.
 PKGS=(libtorch-dev python3-torch cmake g++ make pkg-config libturbojpeg0-dev
-      python3-pil python3-numpy python3-scipy ca-certificates git)
+      python3-pil python3-numpy python3-scipy libopenblas0-pthread
+      python3-setuptools python3-dev ca-certificates)
 STAMP_WANT="$(printf '%s\n' "recipe=$RECIPE" "mirror=$MIRROR" "${PKGS[@]}" | sha256sum | cut -d' ' -f1)"
 STAMP="$ROOT_DIR/.clipagiqa-stamp"
 
