@@ -68,7 +68,7 @@ test: deps native
 demo: deps build
 	bin/clipagiqa demo --out demo-out
 
-bench: deps build
+bench: deps build bench-refs
 	bin/clipagiqa bench --out bench/results
 
 bench-quick: deps build
@@ -83,3 +83,15 @@ print-env:
 
 clean:
 	rm -rf $(BUILD) bin
+
+# ---- issue 11: libtorch 2.x leg, extra bench references, GPU check --------
+# test-libtorch2  builds and runs the whole `go test ./...` against Debian
+#                 trixie's libtorch 2.x in a cached chroot (root only; see scripts/).
+# bench-refs      onnxruntime-node + the trixie root for `make bench`'s extra columns.
+.PHONY: test-libtorch2 bench-refs
+
+test-libtorch2:
+	scripts/test-libtorch2.sh
+
+bench-refs:
+	scripts/bench-refs.sh
