@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs a command inside the cached Debian trixie root (libtorch 2.x), in this
 # clone, with our Go toolchain and module cache bind-mounted at the same paths.
-# Everything is unmounted on exit, failure and interruption included.
+# Mounts live in a private mount namespace and are unmounted on exit, failure
+# and interruption included.
 #
 #   scripts/trixie-run.sh CMD [ARGS...]
 #
@@ -19,12 +20,17 @@ repo="$(cd "$here/.." && pwd)"
 [ "$(id -u)" = 0 ] || { echo "trixie-run: must run as root (chroot)" >&2; exit 1; }
 
 ROOT_DIR="${TRIXIE_ROOT:-/var/cache/clipagiqa/trixie}"
-mkdir -p "$(dirname "$ROOT_DIR")"
-# One user of the root at a time: creation and bind mounts must not interleave.
-exec 9>"$ROOT_DIR.lock"
-flock 9
-
-"$here/trixie-root.sh" "$ROOT_DIR" >/dev/null
+if [ -z "${TRIXIE_IN_NAMESPACE:-}" ]; then
+  mkdir -p "$(dirname "$ROOT_DIR")"
+  # Creating the root is exclusive; using it is shared (each user mounts in a
+  # mount namespace of its own, so concurrent runs cannot see or undo each
+  # other's mounts, and the kernel drops them when the run ends, however it ends).
+  exec 9>"$ROOT_DIR.lock"
+  flock -x 9
+  "$here/trixie-root.sh" "$ROOT_DIR" >/dev/null
+  flock -s 9
+  TRIXIE_IN_NAMESPACE=1 exec unshare --mount --propagation private "$0" "$@"
+fi
 
 if [ "${TRIXIE_NO_GO:-}" != 1 ]; then
   GOROOT_HOST="${GOROOT_HOST:-$(go env GOROOT)}"

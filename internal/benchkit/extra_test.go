@@ -29,9 +29,9 @@ func TestExtraTargets(t *testing.T) {
 		value float64
 		met   bool
 	}{
-		{"image encoder, batch 1, vs ONNX Runtime", 3 / 2.6, true},                             // ≥ 1.1
+		{"image encoder, batch 1, vs ONNX Runtime", 3 / 2.6, true},                              // ≥ 1.1
 		{"image encoder, batch 1, vs best PyTorch 2 (PyTorch 2 torch.compile)", 3 / 2.8, false}, // the best of the two
-		{"image encoder, batch 32, vs ONNX Runtime", 1.1, false},                               // < 1.2
+		{"image encoder, batch 32, vs ONNX Runtime", 1.1, false},                                // < 1.2
 		{"image encoder, batch 32, vs best PyTorch 2 (PyTorch 2 eager)", 2.2 / 1.5, true},
 		{"image encoder, batch 32, share of the matmul floor", 90, true},
 	}
