@@ -88,10 +88,23 @@ clean:
 # test-libtorch2  builds and runs the whole `go test ./...` against Debian
 #                 trixie's libtorch 2.x in a cached chroot (root only; see scripts/).
 # bench-refs      onnxruntime-node + the trixie root for `make bench`'s extra columns.
-.PHONY: test-libtorch2 bench-refs
+# gpu-bundle      packs test binary + CLI + CMake sources + fixture into $(GPU_BUNDLE) (≤ 60 MB).
+# gpu-check       runs that bundle's scripts/gpu-check.sh: on a CUDA machine with PyTorch
+#                 (copy the bundle there, `make gpu-check` or scripts/gpu-check.sh inside it);
+#                 `make gpu-check DEVICE=cpu` dry-runs it here against the Debian libtorch.
+.PHONY: test-libtorch2 bench-refs gpu-bundle gpu-check
+GPU_BUNDLE ?= $(BUILD)/gpu-bundle
+DEVICE     ?= cuda
 
 test-libtorch2:
 	scripts/test-libtorch2.sh
 
 bench-refs:
 	scripts/bench-refs.sh
+
+gpu-bundle: native
+	BUILD=$(BUILD) scripts/gpu-bundle.sh $(GPU_BUNDLE)
+
+gpu-check: gpu-bundle
+	DEVICE=$(DEVICE) PYTHON=$(if $(filter cpu,$(DEVICE)),$(DEBIAN_PY),python3) OUT=$(abspath $(GPU_BUNDLE))/report \
+	  $(GPU_BUNDLE)/scripts/gpu-check.sh

@@ -198,7 +198,9 @@ func TestAGIQAScores(t *testing.T) {
 }
 
 // demoSets writes a small demo data set (the `clipagiqa demo` generator).
-func demoSets(t *testing.T) clipagiqa.Datasets {
+func demoSets(t *testing.T) clipagiqa.Datasets { return demoSetsB(t) }
+
+func demoSetsB(t testing.TB) clipagiqa.Datasets {
 	t.Helper()
 	dir := t.TempDir()
 	train, test, err := demo.Generate(dir, demo.Options{Seed: 3, Bases: 6, Size: 224})
