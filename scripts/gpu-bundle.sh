@@ -19,7 +19,7 @@ mkdir -p "$out"/{bin,lib,src/cpp,src/cmake,src/gotorch/cgotorch,fixtures/clip-ag
 
 # Binaries: our libraries first on the runpath, relative to the binary.
 eval "$(make -s print-env BUILD="$build")"
-export CGO_LDFLAGS="-Wl,-rpath,\$ORIGIN/../build/lib:\$ORIGIN/../lib $CGO_LDFLAGS"
+export CGO_LDFLAGS="-Wl,-rpath,\$ORIGIN/../build/lib:\$ORIGIN/../lib ${CGO_LDFLAGS:-}"
 go test -c -trimpath -ldflags='-s -w' -o "$out/bin/devicecheck.test" ./internal/devicecheck
 go build -trimpath -ldflags='-s -w' -o "$out/bin/clipagiqa" ./cmd/clipagiqa
 
