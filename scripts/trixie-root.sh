@@ -3,11 +3,15 @@
 # tests need, cached outside the clone. Rebuilt when missing or when the package
 # list (or this script's recipe version) changed: the stamp holds their hash.
 #
-#   scripts/trixie-root.sh [DIR]     DIR defaults to $TRIXIE_ROOT or /var/cache/clipagiqa/trixie
+#   scripts/trixie-root.sh [--check] [DIR]     DIR defaults to $TRIXIE_ROOT or /var/cache/clipagiqa/trixie
+#
+# --check only answers whether DIR is ready (exit 0) or missing/stale (exit 1).
 #
 # Needs root (debootstrap, chroot). Prints the root's path on success.
 set -euo pipefail
 
+check_only=
+if [ "${1:-}" = --check ]; then check_only=1; shift; fi
 ROOT_DIR="${1:-${TRIXIE_ROOT:-/var/cache/clipagiqa/trixie}}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 RECIPE=2
@@ -20,6 +24,11 @@ STAMP_WANT="$(printf '%s\n' "recipe=$RECIPE" "mirror=$MIRROR" "${PKGS[@]}" | sha
 STAMP="$ROOT_DIR/.clipagiqa-stamp"
 
 log() { echo "trixie-root: $*" >&2; }
+
+if [ -n "$check_only" ]; then
+  [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_WANT" ]
+  exit
+fi
 
 if [ "$(id -u)" != 0 ]; then
   log "must run as root (debootstrap and chroot need it)"; exit 1

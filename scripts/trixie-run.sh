@@ -26,9 +26,13 @@ if [ -z "${TRIXIE_IN_NAMESPACE:-}" ]; then
   # mount namespace of its own, so concurrent runs cannot see or undo each
   # other's mounts, and the kernel drops them when the run ends, however it ends).
   exec 9>"$ROOT_DIR.lock"
-  flock -x 9
-  "$here/trixie-root.sh" "$ROOT_DIR" >/dev/null
   flock -s 9
+  if ! "$here/trixie-root.sh" --check "$ROOT_DIR"; then
+    flock -u 9
+    flock -x 9
+    "$here/trixie-root.sh" "$ROOT_DIR" >/dev/null
+    flock -s 9
+  fi
   TRIXIE_IN_NAMESPACE=1 exec unshare --mount --propagation private "$0" "$@"
 fi
 
