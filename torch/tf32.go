@@ -9,7 +9,7 @@ import (
 	"unsafe"
 )
 
-func cBool(b bool) C.int32_t {
+func tf32Flag(b bool) C.int32_t {
 	if b {
 		return 1
 	}
@@ -21,7 +21,7 @@ func cBool(b bool) C.int32_t {
 // default; fp32 parity checks on CUDA turn it off. Without CUDA it only
 // records the setting.
 func SetAllowTF32(cublas, cudnn bool) error {
-	e := C.ct_set_allow_tf32(cBool(cublas), cBool(cudnn))
+	e := C.ct_set_allow_tf32(tf32Flag(cublas), tf32Flag(cudnn))
 	if e == nil {
 		return nil
 	}
