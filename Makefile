@@ -83,7 +83,7 @@ test: deps native
 demo: deps build
 	bin/clipagiqa demo --out demo-out
 
-bench: deps build
+bench: deps build bench-refs
 	bin/clipagiqa bench --out bench/results
 
 bench-quick: deps build
@@ -141,3 +141,28 @@ test-browser: deps native
 .PHONY: bench-serve-full
 bench-serve-full: deps build
 	bin/clipagiqa bench-serve --clip vitb16 --checkpoint random --model vitb16-random --duration 60s --out bench/results
+
+# ---- issue 11: libtorch 2.x leg, extra bench references, GPU check --------
+# test-libtorch2  builds and runs the whole `go test ./...` against Debian
+#                 trixie's libtorch 2.x in a cached chroot (root only; see scripts/).
+# bench-refs      onnxruntime-node + the trixie root for `make bench`'s extra columns.
+# gpu-bundle      packs test binary + CLI + CMake sources + fixture into $(GPU_BUNDLE) (≤ 60 MB).
+# gpu-check       runs that bundle's scripts/gpu-check.sh: on a CUDA machine with PyTorch
+#                 (copy the bundle there, `make gpu-check` or scripts/gpu-check.sh inside it);
+#                 `make gpu-check DEVICE=cpu` dry-runs it here against the Debian libtorch.
+.PHONY: test-libtorch2 bench-refs gpu-bundle gpu-check
+GPU_BUNDLE ?= $(BUILD)/gpu-bundle
+DEVICE     ?= cuda
+
+test-libtorch2:
+	scripts/test-libtorch2.sh
+
+bench-refs:
+	scripts/bench-refs.sh
+
+gpu-bundle: native
+	BUILD=$(BUILD) scripts/gpu-bundle.sh $(GPU_BUNDLE)
+
+gpu-check: gpu-bundle
+	DEVICE=$(DEVICE) PYTHON=$(if $(filter cpu,$(DEVICE)),$(DEBIAN_PY),python3) OUT=$(abspath $(GPU_BUNDLE))/report \
+	  $(GPU_BUNDLE)/scripts/gpu-check.sh
