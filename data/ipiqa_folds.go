@@ -169,3 +169,17 @@ func AGIQA1KPromptCode(name string) (string, error) {
 	}
 	return strconv.Itoa(c1) + "_" + strconv.Itoa(c2), nil
 }
+
+// IPIQAOfficialFold returns fold k (0-9) of IPIQAOfficialSplits. Folds draw
+// from one generator in turn, so fold k needs folds 0..k-1 drawn first;
+// this computes them all.
+func IPIQAOfficialFold(ds *Dataset, k int) (Split, error) {
+	if k < 0 || k >= IPIQAOfficialNumFolds {
+		return Split{}, fmt.Errorf("%s fold %d of %s: want a fold index 0-%d", ProtocolIPIQAOfficial, k, ds.Name, IPIQAOfficialNumFolds-1)
+	}
+	splits, err := IPIQAOfficialSplits(ds)
+	if err != nil {
+		return Split{}, err
+	}
+	return splits[k], nil
+}

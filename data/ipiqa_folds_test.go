@@ -288,3 +288,24 @@ func TestIPIQAOfficialSplitsErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestIPIQAOfficialFold(t *testing.T) {
+	ds := loadZscoreTable(t)
+	for _, k := range []int{0, 3, 9} {
+		s, err := IPIQAOfficialFold(ds, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := strings.Join(s.Test.Names(), "\n")+"\n", officialFoldFile(t, "agiqa1k", k); got != want {
+			t.Errorf("fold %d differs from the official one", k)
+		}
+		if !strings.HasPrefix(s.Test.Name, fmt.Sprintf("agiqa1k/fold%d/", k)) {
+			t.Errorf("fold %d test part named %q", k, s.Test.Name)
+		}
+	}
+	for _, k := range []int{-1, 10} {
+		if _, err := IPIQAOfficialFold(ds, k); err == nil {
+			t.Errorf("fold %d: no error", k)
+		}
+	}
+}
