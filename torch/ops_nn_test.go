@@ -282,7 +282,7 @@ func TestNNOpsReportLibtorchErrors(t *testing.T) {
 		}, "running_mean should contain 3 elements not 5"},
 		{"masked_fill non-bool mask", func(s *Scope) *Tensor {
 			return s.MaskedFill(s.Randn(Float32, 2, 2), s.Randn(Float32, 2, 2), 0)
-		}, "masked_fill(float32[2 2], float32[2 2]): Mask tensor can take 0 and 1 values only"},
+		}, "masked_fill(float32[2 2], float32[2 2]): "}, // libtorch's wording differs between 1.13 and 2.x
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -20,7 +20,6 @@ from collections import OrderedDict
 
 import torch
 
-assert torch.__version__.startswith("1.13"), torch.__version__
 torch.set_num_threads(1)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -196,6 +195,8 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "continue":
         cont_all(sys.argv[2])
     elif len(sys.argv) == 1:
+        # The committed references come from 1.13; "continue" runs on any version.
+        assert torch.__version__.startswith("1.13"), torch.__version__
         make()
     else:
         sys.exit(__doc__)
