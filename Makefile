@@ -19,7 +19,7 @@ GOTORCH_MOD := github.com/wangkuiyi/gotorch
 ROOT       := $(abspath .)
 BUILD_ABS  := $(abspath $(BUILD))
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PKGS   := libtorch-dev libgloo-dev cmake libturbojpeg0-dev python3-torch python3-pil python3-numpy python3-scipy
+APT_PKGS   := libtorch-dev libgloo-dev cmake pkg-config libturbojpeg0-dev python3-torch python3-pil python3-numpy python3-scipy
 DEBIAN_PY  := /usr/bin/python3
 
 CMAKE_ARGS := -DCMAKE_BUILD_TYPE=Release
@@ -30,13 +30,19 @@ ifneq ($(Torch_DIR),)
 CMAKE_ARGS += -DTorch_DIR=$(abspath $(Torch_DIR))
 endif
 
-# Library paths for cgo, with rpath so binaries run without LD_LIBRARY_PATH.
-TORCH_LIB   = $(shell cat $(BUILD_ABS)/torch_lib_dir.txt 2>/dev/null)
-CGO_LIBS    = -L$(BUILD_ABS)/lib -Wl,-rpath,$(BUILD_ABS)/lib -L$(TORCH_LIB) -Wl,-rpath,$(TORCH_LIB)
-GO_ENV      = CGO_ENABLED=1 CGO_LDFLAGS="$(CGO_LIBS)"
+# Go finds the native libraries through pkg-config (torch/cgo.go); inside this
+# repo that is build/pkgconfig/clipagiqa.pc, which links build/lib with an rpath.
+# Binaries link only our two libraries; those carry libtorch's location.
+PC_DIR      = $(BUILD_ABS)/pkgconfig
+# Go's build cache does not key on pkg-config's output: a define carrying the
+# build folder's path keeps packages linked against another .pc from being reused.
+PC_ID       = $(shell printf %s '$(PC_DIR)' | sha256sum | cut -c1-16)
+GO_ENV      = CGO_ENABLED=1 PKG_CONFIG_PATH="$(PC_DIR)$${PKG_CONFIG_PATH:+:$$PKG_CONFIG_PATH}" CGO_CFLAGS="-O2 -g -DCLIPAGIQA_PC_ID=$(PC_ID)"
 NATIVE_LIBS = $(BUILD)/lib/libclipagiqa_shim.so $(BUILD)/lib/libcgotorch.so
+VERSION    := $(shell cat VERSION)
+GO_LDFLAGS  = -X main.version=$(VERSION)
 
-.PHONY: all deps native build test vet demo bench bench-quick bench-dist bench-serve fixtures clean print-env
+.PHONY: all deps native build test vet demo bench bench-quick bench-dist bench-serve fixtures clean print-env install deb test-package
 
 all: build
 
@@ -48,15 +54,24 @@ deps:
 	else echo "deps: all present"; fi
 	@command -v $(GO) >/dev/null || { echo "Go toolchain not found"; exit 1; }
 
-$(BUILD)/CMakeCache.txt: CMakeLists.txt go.mod
+$(BUILD)/CMakeCache.txt: CMakeLists.txt go.mod VERSION clipagiqa.pc.in
 	@$(GO) mod download $(GOTORCH_MOD)
-	cmake -S . -B $(BUILD) $(CMAKE_ARGS) -DGOTORCH_DIR="$$($(GO) list -m -f '{{.Dir}}' $(GOTORCH_MOD))" >/dev/null
+	@cmake -S . -B $(BUILD) $(CMAKE_ARGS) -DGOTORCH_DIR="$$($(GO) list -m -f '{{.Dir}}' $(GOTORCH_MOD))" >$(BUILD)/configure.log 2>&1 \
+	  || { cat $(BUILD)/configure.log; rm -f $@; echo "native: CMake configure failed (log: $(BUILD)/configure.log)"; exit 1; }
 
-native: $(BUILD)/CMakeCache.txt
+# A build/ copied from another checkout has a cache naming that checkout: CMake
+# would rebuild there (or fail) while make exits 0, so reconfigure from scratch.
+native:
+	@mkdir -p $(BUILD)
+	@if [ -f $(BUILD)/CMakeCache.txt ] && ! grep -qxF "CMAKE_CACHEFILE_DIR:INTERNAL=$(BUILD_ABS)" $(BUILD)/CMakeCache.txt; then \
+	  echo "native: $(BUILD)/CMakeCache.txt belongs to another directory; reconfiguring"; \
+	  rm -rf $(BUILD)/CMakeCache.txt $(BUILD)/CMakeFiles $(BUILD)/Makefile $(BUILD)/cmake_install.cmake; fi
+	@$(MAKE) --no-print-directory $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $$(nproc) -- --no-print-directory
+	@test -f $(PC_DIR)/clipagiqa.pc || { echo "native: $(PC_DIR)/clipagiqa.pc missing after the build"; exit 1; }
 
 build: native
-	$(GO_ENV) $(GO) build -o bin/clipagiqa ./cmd/clipagiqa
+	$(GO_ENV) $(GO) build -ldflags "$(GO_LDFLAGS)" -o bin/clipagiqa ./cmd/clipagiqa
 
 vet: native
 	$(GO_ENV) $(GO) vet ./...
@@ -68,7 +83,7 @@ test: deps native
 demo: deps build
 	bin/clipagiqa demo --out demo-out
 
-bench: deps build
+bench: deps build bench-refs
 	bin/clipagiqa bench --out bench/results
 
 bench-quick: deps build
@@ -82,8 +97,28 @@ bench-serve: deps build
 	bin/clipagiqa bench-serve --out bench/results
 
 # Prints the environment the Go tools need, for `eval $(make -s print-env)`.
+# (After `make install` nothing is needed: clipagiqa.pc is on pkg-config's path.)
 print-env:
-	@echo "export CGO_ENABLED=1 CGO_LDFLAGS='$(CGO_LIBS)'"
+	@echo "export CGO_ENABLED=1 PKG_CONFIG_PATH='$(PC_DIR)' CGO_CFLAGS='-O2 -g -DCLIPAGIQA_PC_ID=$(PC_ID)'"
+
+# Install like a C library; then any Go module builds with plain `go build`.
+#   make install [PREFIX=/usr/local] [DESTDIR=/staging]
+PREFIX  ?= /usr/local
+DESTDIR ?=
+install: native
+	GO=$(GO) VERSION=$(VERSION) packaging/install.sh $(BUILD) $(PREFIX) $(DESTDIR)
+
+# Debian packages bin/clipagiqa_$(VERSION)_<arch>.deb and clipagiqa-dev_… (packaging/deb.sh).
+deb: native
+	GO=$(GO) VERSION=$(VERSION) packaging/deb.sh $(BUILD) bin
+
+# The "fresh machine" proof: a clean Debian bookworm root (cached in PKG_ROOT),
+# the .debs installed there by apt, the CLI run and a separate Go module built
+# with pkg-config only (packaging/test-package.sh). Needs root.
+PKG_ROOT ?= /var/cache/clipagiqa/bookworm
+test-package: deb
+	@command -v debootstrap >/dev/null || { echo "installing debootstrap"; $(SUDO) apt-get install -y -qq debootstrap >/dev/null; }
+	$(SUDO) env GO=$$(command -v $(GO)) VERSION=$(VERSION) PKG_ROOT=$(PKG_ROOT) packaging/test-package.sh bin $(BUILD)
 
 clean:
 	rm -rf $(BUILD) bin
@@ -106,3 +141,28 @@ test-browser: deps native
 .PHONY: bench-serve-full
 bench-serve-full: deps build
 	bin/clipagiqa bench-serve --clip vitb16 --checkpoint random --model vitb16-random --duration 60s --out bench/results
+
+# ---- issue 11: libtorch 2.x leg, extra bench references, GPU check --------
+# test-libtorch2  builds and runs the whole `go test ./...` against Debian
+#                 trixie's libtorch 2.x in a cached chroot (root only; see scripts/).
+# bench-refs      onnxruntime-node + the trixie root for `make bench`'s extra columns.
+# gpu-bundle      packs test binary + CLI + CMake sources + fixture into $(GPU_BUNDLE) (≤ 60 MB).
+# gpu-check       runs that bundle's scripts/gpu-check.sh: on a CUDA machine with PyTorch
+#                 (copy the bundle there, `make gpu-check` or scripts/gpu-check.sh inside it);
+#                 `make gpu-check DEVICE=cpu` dry-runs it here against the Debian libtorch.
+.PHONY: test-libtorch2 bench-refs gpu-bundle gpu-check
+GPU_BUNDLE ?= $(BUILD)/gpu-bundle
+DEVICE     ?= cuda
+
+test-libtorch2:
+	scripts/test-libtorch2.sh
+
+bench-refs:
+	scripts/bench-refs.sh
+
+gpu-bundle: native
+	BUILD=$(BUILD) scripts/gpu-bundle.sh $(GPU_BUNDLE)
+
+gpu-check: gpu-bundle
+	DEVICE=$(DEVICE) PYTHON=$(if $(filter cpu,$(DEVICE)),$(DEBIAN_PY),python3) OUT=$(abspath $(GPU_BUNDLE))/report \
+	  $(GPU_BUNDLE)/scripts/gpu-check.sh

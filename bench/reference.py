@@ -15,7 +15,9 @@ on stdout. Every reply has "ok" and, for timed ops, "times" (seconds per
 iteration after warm-up) and "hwm_kb" (peak RSS during the op: VmHWM after
 resetting it through /proc/self/clear_refs; "hwm_reset" says if that worked).
 Ops: load, encoder, features, text_features, text, score, train_step, matmul,
-rss, quit.
+rss, compile (torch.compile the image tower; encoder and features then take
+"compiled": true), export_onnx (the image tower to an ONNX file, for
+onnx_reference.js), quit.
 """
 
 import argparse
@@ -266,6 +268,7 @@ class Server:
         self.clip = None
         self.prompts = None
         self.head = None
+        self.compiled = None
 
     def op_load(self, req):
         torch.set_num_threads(int(req.get("threads") or torch.get_num_threads()))
@@ -286,21 +289,44 @@ class Server:
     def res(self):
         return self.clip.cfg["image_resolution"]
 
+    def visual(self, req):
+        if not req.get("compiled"):
+            return self.clip.visual
+        if self.compiled is None:
+            raise ValueError("compiled: send the compile op first")
+        return self.compiled
+
+    def op_compile(self, req):
+        # Static shapes: each batch size compiles once, in the caller's warm-up.
+        self.compiled = torch.compile(self.clip.visual, dynamic=False)
+        return {"torch": torch.__version__}
+
+    def op_export_onnx(self, req):
+        n = self.res()
+        x = torch.randn(1, 3, n, n)
+        t = time.perf_counter()
+        with torch.no_grad():
+            torch.onnx.export(self.clip.visual, (x,), req["path"], input_names=["pixels"],
+                              output_names=["features"], opset_version=int(req.get("opset", 14)),
+                              dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}})
+        return {"load_s": time.perf_counter() - t}
+
     def op_encoder(self, req):
         b = int(req["batch"])
         x = torch.randn(b, 3, self.res(), self.res())
+        fn = self.visual(req)
         times = []
         with torch.no_grad():
             for i in range(int(req.get("warmup", 1)) + int(req["iters"])):
                 t = time.perf_counter()
-                self.clip.visual(x)
+                fn(x)
                 times.append(time.perf_counter() - t)
         return {"times": times[int(req.get("warmup", 1)):]}
 
     def op_features(self, req):
         x = torch.from_numpy(np.load(req["pixels"]))
         with torch.no_grad():
-            f = self.clip.visual(x)
+            f = self.visual(req)(x)
         return {"features": f.flatten().tolist(), "shape": list(f.shape)}
 
     def op_text_features(self, req):

@@ -15,15 +15,9 @@
 
 #define CT_SHIM_VERSION "clipagiqa-shim/3"
 
-#if TORCH_VERSION_MAJOR >= 2
-#define CT_HAS_SDPA 1
-#else
-#define CT_HAS_SDPA 0
-#endif
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-#define CT_AUTOCAST_PER_DEVICE 1
-#else
-#define CT_AUTOCAST_PER_DEVICE 0
+// Version-specific API choices come from CMake feature tests (cmake/torch_features.cmake).
+#if !defined(CT_HAS_SDPA) || !defined(CT_AUTOCAST_PER_DEVICE)
+#error "build through CMake: CT_HAS_SDPA and CT_AUTOCAST_PER_DEVICE come from its feature tests"
 #endif
 
 namespace {

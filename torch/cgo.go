@@ -12,8 +12,13 @@
 // threads.
 package torch
 
+// The native libraries come from pkg-config (clipagiqa.pc, installed by `make
+// install` or the Debian package; inside this repo the Makefile points
+// PKG_CONFIG_PATH at build/pkgconfig). Binaries link only our two libraries,
+// which carry libtorch themselves.
+
 // #cgo CFLAGS: -I${SRCDIR}/../cpp
-// #cgo LDFLAGS: -lclipagiqa_shim -lcgotorch -ltorch -ltorch_cpu -lc10
+// #cgo pkg-config: clipagiqa
 // #include <stdlib.h>
 // #include "shim.h"
 import "C"

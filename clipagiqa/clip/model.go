@@ -4,6 +4,7 @@ import (
 	"archive/zip"
 	"fmt"
 	"math"
+	"regexp"
 	"strings"
 
 	"github.com/clipagiqa/clipagiqa/internal/regularfile"
@@ -16,7 +17,8 @@ type Options struct {
 	Precision torch.DType // Float32 (default), or Float16/BFloat16 on CUDA
 }
 
-// Model is CLIP: an image encoder and the text transformer.
+// Model is CLIP: an image encoder (VisionTransformer or ModifiedResNet, as
+// the weights say) and the text transformer.
 type Model struct {
 	Config Config
 
@@ -103,11 +105,19 @@ func FromStateDict(sd *torch.StateDict, opts Options) (*Model, error) {
 	}
 	m := &Model{Config: cfg, device: opts.Device, dtype: opts.Precision}
 	m.Transformer = newTransformer(cfg.TransformerLayers, cfg.TransformerHeads)
-	vit := &VisionTransformer{cfg: cfg, dtype: opts.Precision}
-	vit.Transformer = newTransformer(cfg.VisionLayers, cfg.VisionHeads)
+	var vit *VisionTransformer
+	var rn *ModifiedResNet
+	if cfg.IsResNet() {
+		rn = newModifiedResNet(cfg, opts.Precision)
+		m.Visual = rn
+	} else {
+		vit = &VisionTransformer{cfg: cfg, dtype: opts.Precision}
+		vit.Transformer = newTransformer(cfg.VisionLayers, cfg.VisionHeads)
+		m.Visual = vit
+	}
 	conv := func(name string, t *torch.Tensor) (*torch.Tensor, error) {
 		dt := opts.Precision
-		if isLayerNormParam(name) || !t.DType().IsFloat() {
+		if isNormParam(name) || !t.DType().IsFloat() {
 			dt = torch.Float32
 		}
 		if !t.DType().IsFloat() {
@@ -127,19 +137,21 @@ func FromStateDict(sd *torch.StateDict, opts Options) (*Model, error) {
 			delete(sd.Tensors, name)
 		}
 	}
-	rep, err := torch.Bind(vit, sd, "visual", conv)
+	rep, err := torch.Bind(m.Visual, sd, "visual", conv)
 	if err == nil {
 		var rep2 torch.BindReport
 		rep2, err = torch.Bind(m, sd, "", conv)
 		rep.Missing = append(rep.Missing, rep2.Missing...)
 		rep.Unexpected = rep2.Unexpected // covers the whole dict, visual.* included
 	}
-	m.Visual = vit
 	if err == nil {
 		err = rep.Err()
 	}
 	if err == nil {
 		err = m.checkShapes(vit)
+	}
+	if err == nil && rn != nil {
+		err = rn.checkShapes()
 	}
 	if err == nil {
 		err = m.buildMask()
@@ -151,8 +163,14 @@ func FromStateDict(sd *torch.StateDict, opts Options) (*Model, error) {
 	return m, nil
 }
 
-func isLayerNormParam(name string) bool {
-	return strings.Contains(name, "ln_")
+// bnParamRe matches ModifiedResNet BatchNorm tensors: the stem's and blocks'
+// bnN.* and the shortcut's downsample.1.*.
+var bnParamRe = regexp.MustCompile(`(^|\.)(bn\d|downsample\.1)\.`)
+
+// isNormParam reports whether name is a LayerNorm or BatchNorm tensor; these
+// stay float32 whatever the compute precision, as in OpenAI's fp16 models.
+func isNormParam(name string) bool {
+	return strings.Contains(name, "ln_") || bnParamRe.MatchString(name)
 }
 
 func (m *Model) checkShapes(v *VisionTransformer) error {
@@ -160,15 +178,17 @@ func (m *Model) checkShapes(v *VisionTransformer) error {
 	want := map[string][2][]int64{
 		"token_embedding.weight": {m.TokenEmbedding.Shape(), {int64(c.VocabSize), int64(c.TransformerWidth)}},
 		"text_projection":        {m.TextProjection.Shape(), {int64(c.TransformerWidth), int64(c.EmbedDim)}},
-		"visual.proj":            {v.Proj.Shape(), {int64(c.VisionWidth), int64(c.EmbedDim)}},
-		"visual.class_embedding": {v.ClassEmbedding.Shape(), {int64(c.VisionWidth)}},
+	}
+	if v != nil {
+		want["visual.proj"] = [2][]int64{v.Proj.Shape(), {int64(c.VisionWidth), int64(c.EmbedDim)}}
+		want["visual.class_embedding"] = [2][]int64{v.ClassEmbedding.Shape(), {int64(c.VisionWidth)}}
 	}
 	for i, b := range m.Transformer.Blocks {
 		w := int64(c.TransformerWidth)
 		want[fmt.Sprintf("transformer.resblocks.%d.attn.in_proj_weight", i)] = [2][]int64{b.Attn.InProjWeight.Shape(), {3 * w, w}}
 		want[fmt.Sprintf("transformer.resblocks.%d.mlp.c_fc.weight", i)] = [2][]int64{b.MLP.FC.Weight.Shape(), {4 * w, w}}
 	}
-	for i, b := range v.Transformer.Blocks {
+	for i, b := range v.transformerBlocks() {
 		w := int64(c.VisionWidth)
 		want[fmt.Sprintf("visual.transformer.resblocks.%d.attn.in_proj_weight", i)] = [2][]int64{b.Attn.InProjWeight.Shape(), {3 * w, w}}
 		want[fmt.Sprintf("visual.transformer.resblocks.%d.mlp.c_fc.weight", i)] = [2][]int64{b.MLP.FC.Weight.Shape(), {4 * w, w}}

@@ -9,8 +9,8 @@ import (
 
 var errClosedInput = errors.New("input tensor is nil or closed")
 
-// ImageEncoder is a CLIP image backbone. The Vision Transformer is the one
-// implemented; the ModifiedResNet family fits the same interface.
+// ImageEncoder is a CLIP image backbone: *VisionTransformer, *FusedEncoder
+// (the ViT's fused CPU forward) or *ModifiedResNet.
 type ImageEncoder interface {
 	// Encode maps pixels [N, 3, R, R] to raw image features [N, E].
 	Encode(s *torch.Scope, pixels *torch.Tensor) *torch.Tensor
@@ -39,6 +39,14 @@ func (v *VisionTransformer) Resolution() int { return v.cfg.ImageResolution }
 
 // Close frees the weights.
 func (v *VisionTransformer) Close() { torch.CloseAll(v) }
+
+// transformerBlocks is nil for a nil encoder (a ResNet model has no ViT).
+func (v *VisionTransformer) transformerBlocks() []*ResidualBlock {
+	if v == nil {
+		return nil
+	}
+	return v.Transformer.Blocks
+}
 
 // Encode maps pixels [N, 3, R, R] to raw (un-normalised) features [N, E].
 func (v *VisionTransformer) Encode(s *torch.Scope, pixels *torch.Tensor) *torch.Tensor {

@@ -53,16 +53,23 @@ const requiredMark = "(required) "
 // required"); every command with --clip also takes --no-fused.
 func applyConventions(cmds []*cli.Command) []*cli.Command {
 	for _, cmd := range cmds {
-		var required []*cli.StringFlag
+		var required []requiredFlag
 		hasCLIP, hasNoFused := false, false
 		for _, f := range cmd.Flags {
 			names := f.Names()
 			hasCLIP = hasCLIP || names[0] == "clip"
 			hasNoFused = hasNoFused || names[0] == "no-fused"
-			if sf, ok := f.(*cli.StringFlag); ok && sf.Required {
-				sf.Required = false // checked below, with our message
-				sf.Usage = requiredMark + sf.Usage
-				required = append(required, sf)
+			switch rf := f.(type) { // checked below, with our message
+			case *cli.StringFlag:
+				if rf.Required {
+					rf.Required, rf.Usage = false, requiredMark+rf.Usage
+					required = append(required, requiredFlag{rf.Name, rf.Usage})
+				}
+			case *cli.IntFlag:
+				if rf.Required {
+					rf.Required, rf.Usage = false, requiredMark+rf.Usage
+					required = append(required, requiredFlag{rf.Name, rf.Usage})
+				}
 			}
 		}
 		if hasCLIP && !hasNoFused {
@@ -78,8 +85,8 @@ func applyConventions(cmds []*cli.Command) []*cli.Command {
 			}
 			var missing []string
 			for _, f := range required {
-				if !c.IsSet(f.Name) {
-					missing = append(missing, requiredMessage(f))
+				if !c.IsSet(f.name) {
+					missing = append(missing, requiredMessage(f.name, f.usage))
 				}
 			}
 			if len(missing) > 0 {
@@ -94,14 +101,17 @@ func applyConventions(cmds []*cli.Command) []*cli.Command {
 	return cmds
 }
 
+// requiredFlag is a flag whose presence applyConventions checks.
+type requiredFlag struct{ name, usage string }
+
 // requiredMessage is "--NAME PLACEHOLDER is required", the form every
 // missing-flag error takes (flags required only with some options too).
-func requiredMessage(f *cli.StringFlag) string {
+func requiredMessage(name, usage string) string {
 	placeholder := "VALUE"
-	if _, rest, ok := strings.Cut(f.Usage, "`"); ok {
+	if _, rest, ok := strings.Cut(usage, "`"); ok {
 		if name, _, ok := strings.Cut(rest, "`"); ok {
 			placeholder = name
 		}
 	}
-	return fmt.Sprintf("--%s %s is required", f.Name, placeholder)
+	return fmt.Sprintf("--%s %s is required", name, placeholder)
 }

@@ -59,7 +59,7 @@ func TestEveryCommandFollowsTheFlagRules(t *testing.T) {
 				require.Error(t, err)
 				for _, f := range required {
 					assert.Contains(t, help, "--"+f.Name)
-					assert.Contains(t, err.Error(), requiredMessage(f))
+					assert.Contains(t, err.Error(), requiredMessage(f.Name, f.Usage))
 				}
 				assert.Contains(t, help, "(required)")
 			}

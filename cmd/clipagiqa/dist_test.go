@@ -312,7 +312,7 @@ func TestDataParallelDetectsUnsharedOutput(t *testing.T) {
 	var cmds []*exec.Cmd
 	var errs []*bytes.Buffer
 	for r, out := range []string{seen, filepath.Join(dir, "empty")} {
-		args := append(trainArgs(trainCSV, testCSV, out, 3), "--resume")
+		args := append(trainArgs(trainCSV, testCSV, out, 3), "--resume", "--override-schedule")
 		c, _, errb := cliCmd(launch.ChildEnv(nil, r, 2, "127.0.0.1", port), args...)
 		require.NoError(t, c.Start())
 		cmds, errs = append(cmds, c), append(errs, errb)

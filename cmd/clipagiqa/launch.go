@@ -23,7 +23,7 @@ func launchCommand() *cli.Command {
 			"status. Collectives time out after CLIPAGIQA_DIST_TIMEOUT (default 5m).\n" +
 			"Example: clipagiqa launch --nproc-per-node 2 -- train --batch-size 32 ...",
 		Flags: []cli.Flag{
-			&cli.IntFlag{Name: "nproc-per-node", Usage: "processes to start (the world size)", Required: true},
+			&cli.IntFlag{Name: "nproc-per-node", Usage: "processes to start (the world size), `N`", Required: true},
 			&cli.StringFlag{Name: "master-addr", Value: "127.0.0.1", Usage: "address rank 0's store listens on, given to children as MASTER_ADDR"},
 			&cli.IntFlag{Name: "master-port", Value: launch.DefaultMasterPort, Usage: "store port (MASTER_PORT); 0 picks a free one"},
 			&cli.DurationFlag{Name: "grace", Value: launch.DefaultGrace, Usage: "time stopped children get between SIGTERM and SIGKILL"},

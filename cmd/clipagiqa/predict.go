@@ -77,7 +77,7 @@ func runPredict(c *cli.Context) error {
 		return runPredictMerge(c)
 	}
 	if c.String("clip") == "" {
-		return fmt.Errorf("%s", requiredMessage(clipFlag(true)))
+		return fmt.Errorf("%s", requiredMessage("clip", clipFlag(true).Usage))
 	}
 	format, err := outputFormat(c, formatJSON, formatCSV)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 
 	"github.com/clipagiqa/clipagiqa/internal/shard"
@@ -104,7 +105,7 @@ func runPredictMerge(c *cli.Context) error {
 		if k == 0 {
 			merged.Model = part.Model
 			total = part.Shard.TotalInputs
-		} else if part.Model != merged.Model {
+		} else if !reflect.DeepEqual(part.Model, merged.Model) {
 			return fmt.Errorf("--merge: %s was scored by a different model (%+v) than %s (%+v)", path, part.Model, c.Args().First(), merged.Model)
 		} else if part.Shard.TotalInputs != total {
 			return fmt.Errorf("--merge: %s split %d inputs, %s split %d", path, part.Shard.TotalInputs, c.Args().First(), total)

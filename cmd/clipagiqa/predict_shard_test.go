@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -73,7 +74,7 @@ func TestPredictShardMerge(t *testing.T) {
 			t.Errorf("%s: merged %v, whole run %v (present %v)", r.Image, r.Score, want, ok)
 		}
 	}
-	if got.Model != whole.Model {
+	if !reflect.DeepEqual(got.Model, whole.Model) {
 		t.Errorf("model %+v != %+v", got.Model, whole.Model)
 	}
 

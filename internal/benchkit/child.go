@@ -131,6 +131,24 @@ func targets(r *Report) []Target {
 			add(fmt.Sprintf("image encoder, batch %d", e.Batch), "≥ 1.2× reference", e.Ratio, "×", e.Ratio >= 1.2)
 		}
 	}
+	// Issue 11: against ONNX Runtime and the best PyTorch 2 figure.
+	for _, e := range r.Encoder {
+		goal := map[int]float64{1: 1.1, 32: 1.2}[e.Batch]
+		if goal == 0 {
+			continue
+		}
+		if rate, _ := bestExtra(e, extraONNX); rate > 0 {
+			v := Ratio(e.FusedRate, rate)
+			add(fmt.Sprintf("image encoder, batch %d, vs ONNX Runtime", e.Batch), fmt.Sprintf("≥ %.1f×", goal), v, "×", v >= goal)
+		}
+		if rate, name := bestExtra(e, "PyTorch 2"); rate > 0 {
+			v := Ratio(e.FusedRate, rate)
+			add(fmt.Sprintf("image encoder, batch %d, vs best PyTorch 2 (%s)", e.Batch, name), fmt.Sprintf("≥ %.1f×", goal), v, "×", v >= goal)
+		}
+		if e.Batch == 32 {
+			add("image encoder, batch 32, share of the matmul floor", "≥ 85 %", 100*e.PctFloor, "%", e.PctFloor >= 0.85)
+		}
+	}
 	if t := r.Text; t != nil {
 		add("text path (6 prompts, fwd + bwd to ctx)", "≥ 10× faster", t.Ratio, "×", t.Ratio >= 10)
 	}

@@ -46,7 +46,18 @@ func StartReference(python, script string, env []string) (*Reference, error) {
 	if _, err := os.Stat(script); err != nil {
 		return nil, fmt.Errorf("reference script: %w", err)
 	}
-	cmd := exec.Command(python, script, "--serve")
+	return StartReferenceCommand([]string{python, script, "--serve"}, env)
+}
+
+// StartReferenceCommand starts any program that speaks reference.py's
+// protocol on stdin/stdout (argv[0] is the program), with extra environment
+// variables (KEY=VALUE).
+func StartReferenceCommand(argv []string, env []string) (*Reference, error) {
+	if len(argv) == 0 {
+		return nil, errors.New("reference: empty command")
+	}
+	python, script := argv[0], strings.Join(argv[1:], " ")
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), env...)
 	in, err := cmd.StdinPipe()
 	if err != nil {

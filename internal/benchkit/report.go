@@ -26,6 +26,8 @@ type Report struct {
 	Agreement     float64      `json:"features_rel_err"`      // Go fused vs reference, same pixels
 	TextAgreement float64      `json:"text_features_rel_err"` // same context vectors
 	Encoder       []EncoderRow `json:"encoder"`
+	Extras        []ExtraInfo  `json:"extra_references"` // further encoder references, where available
+	ExtraNotes    []string     `json:"extra_notes"`      // why one is absent
 	Scoring       *ScoringRow  `json:"scoring,omitempty"`
 	Text          *TextRow     `json:"text,omitempty"`
 	Training      *TrainingRow `json:"training,omitempty"`
@@ -83,6 +85,8 @@ type EncoderRow struct {
 	Tuned      Stat    `json:"reference_passive"`
 	TunedRate  float64 `json:"reference_passive_img_s"`
 	TunedRatio float64 `json:"ratio_passive"`
+	// PyTorch 2 eager / torch.compile and ONNX Runtime, where available.
+	Extra []ExtraRate `json:"extra"`
 }
 
 // ScoringRow is end-to-end scoring from JPEG files, each side in a fresh
@@ -232,6 +236,7 @@ func (r *Report) Markdown(w io.Writer) {
 			x2(e.Ratio), x2(e.PlainRatio), f2(e.TunedRate), x2(e.TunedRatio), pct(e.PctFloor))
 	}
 	fmt.Fprintln(w)
+	r.extraMarkdown(w)
 	if s := r.Scoring; s != nil {
 		fmt.Fprintf(w, "## (b) Scoring from JPEG files (decode + preprocess + model), batch %d, %d images\n\n", s.Batch, s.Images)
 		fmt.Fprintf(w, "| | Go | reference | Go ÷ ref |\n|---|---|---|---|\n")
@@ -318,4 +323,42 @@ func mib(kb int64) string {
 		return "–"
 	}
 	return fmt.Sprintf("%.0f MiB", float64(kb)/1024)
+}
+
+// extraMarkdown is the encoder table against the other runtimes.
+func (r *Report) extraMarkdown(w io.Writer) {
+	if len(r.Extras) == 0 && len(r.ExtraNotes) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "### Image encoder against other runtimes (img/s; interleaved with the table above)\n\n")
+	if len(r.Extras) > 0 {
+		fmt.Fprintf(w, "| batch | Go fused |")
+		sep := "|---|---|"
+		for _, e := range r.Extras {
+			fmt.Fprintf(w, " %s | fused ÷ that |", e.Name)
+			sep += "---|---|"
+		}
+		fmt.Fprintf(w, "\n%s\n", sep)
+		for _, row := range r.Encoder {
+			fmt.Fprintf(w, "| %d | %s |", row.Batch, f2(row.FusedRate))
+			for _, e := range r.Extras {
+				rate, ratio := math.NaN(), math.NaN()
+				for _, x := range row.Extra {
+					if x.Name == e.Name {
+						rate, ratio = x.Rate, x.Ratio
+					}
+				}
+				fmt.Fprintf(w, " %s | %s |", f2(rate), x2(ratio))
+			}
+			fmt.Fprintln(w)
+		}
+		fmt.Fprintln(w)
+		for _, e := range r.Extras {
+			fmt.Fprintf(w, "- %s: %s, same weights and thread count; image features differ from Go's by %.2g (relative L2).\n", e.Name, e.Version, e.RelErr)
+		}
+	}
+	for _, n := range r.ExtraNotes {
+		fmt.Fprintf(w, "- %s\n", n)
+	}
+	fmt.Fprintln(w)
 }

@@ -43,6 +43,13 @@ type Options struct {
 	Cache   string // generated weights and JPEGs ("": user cache dir/clipagiqa-bench)
 	Root    string // repository root holding bench/ and testdata/ ("": ".")
 	Python  string // interpreter with torch ("": /usr/bin/python3)
+	// Torch2 runs a program where PyTorch 2.x is (the PyTorch 2 columns):
+	// "": scripts/trixie-run.sh when its root exists and we are root; "off".
+	Torch2 string
+	// ONNX is the directory whose node_modules has onnxruntime-node (the ONNX
+	// Runtime column): "": <Cache>/onnxruntime; "off".
+	ONNX string
+	Node string // node binary ("": node on PATH)
 	// Child is the command line that runs a child scoring phase in a fresh
 	// process (the bench command itself); nil scores in this process.
 	Child []string
@@ -201,6 +208,10 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	refs := []*Reference{ref, tuned}
 
+	extras, infos, extraNotes, closeExtras := startExtras(&o, cm, load, ref)
+	defer closeExtras()
+	rep.Extras, rep.ExtraNotes = infos, extraNotes
+
 	if rep.Agreement, err = agreement(cm, ref); err != nil {
 		return nil, err
 	}
@@ -237,13 +248,16 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 				}
 			}
 		}
-		row, err := measureEncoder(cm, refs, b, p.warm, p.iters[b], o.Threads)
+		row, err := measureEncoder(cm, refs, extras, b, p.warm, p.iters[b], o.Threads)
 		if err != nil {
 			return nil, err
 		}
 		row.PctFloor = row.FusedRate / rep.Floor.ImgPerSec
 		rep.Encoder = append(rep.Encoder, row)
 		logf(&o, "encoder batch %d: fused %.2f, plain %.2f, reference %.2f (passive %.2f) img/s", b, row.FusedRate, row.PlainRate, row.RefRate, row.TunedRate)
+		for _, e := range row.Extra {
+			logf(&o, "encoder batch %d: %s %.2f img/s (fused ÷ that %.2f×)", b, e.Name, e.Rate, e.Ratio)
+		}
 	}
 
 	if rep.Text, err = measureText(model, refs, p.textIters); err != nil {
@@ -254,6 +268,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	tuned = nil
+	closeExtras()
 
 	if rep.Training, err = measureTraining(ctx, &o, p, model, ref, set); err != nil {
 		return nil, err
@@ -341,6 +356,12 @@ func loadAvg() float64 {
 
 // agreement encodes the same random pixels on both sides.
 func agreement(cm *clip.Model, ref *Reference) (float64, error) {
+	return agreementIn(cm, "", extraRef{ref: ref})
+}
+
+// agreementIn is agreement for any reference, with the pixels file written
+// in dir ("": the temp dir), which the reference must be able to read.
+func agreementIn(cm *clip.Model, dir string, ref extraRef) (float64, error) {
 	r := int64(cm.Config.ImageResolution)
 	s := torch.NewScope().WithGrad(torch.InferenceMode)
 	defer s.Close()
@@ -357,7 +378,7 @@ func agreement(cm *clip.Model, ref *Reference) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	f, err := os.CreateTemp("", "clipagiqa-bench-*.npy")
+	f, err := os.CreateTemp(dir, "clipagiqa-bench-*.npy")
 	if err != nil {
 		return 0, err
 	}
@@ -369,7 +390,7 @@ func agreement(cm *clip.Model, ref *Reference) (float64, error) {
 	if err := f.Close(); err != nil {
 		return 0, err
 	}
-	rr, err := ref.Call(map[string]any{"op": "features", "pixels": f.Name()})
+	rr, err := ref.call(map[string]any{"op": "features", "pixels": f.Name()})
 	if err != nil {
 		return 0, err
 	}
@@ -463,7 +484,7 @@ func timeEncode(cm *clip.Model, px *torch.Tensor) (float64, error) {
 
 // measureEncoder times the image encoder at one batch size: Go fused, Go
 // plain and each reference, interleaved round by round.
-func measureEncoder(cm *clip.Model, refs []*Reference, batch, warm, iters, blasThreads int) (EncoderRow, error) {
+func measureEncoder(cm *clip.Model, refs []*Reference, extras []extraRef, batch, warm, iters, blasThreads int) (EncoderRow, error) {
 	row := EncoderRow{Batch: batch}
 	r := int64(cm.Config.ImageResolution)
 	s := torch.NewScope().WithGrad(torch.InferenceMode)
@@ -475,6 +496,14 @@ func measureEncoder(cm *clip.Model, refs []*Reference, batch, warm, iters, blasT
 	defer func() { _, _ = cm.EnableFused() }()
 	var fused, plain []float64
 	refT := make([][]float64, len(refs))
+	extraT := make([][]float64, len(extras))
+	// One untimed call each first: torch.compile compiles for a new batch
+	// size on its first call.
+	for _, e := range extras {
+		if _, err := e.call(map[string]any{"op": "encoder", "batch": batch, "iters": 0, "warmup": 1}); err != nil {
+			return row, fmt.Errorf("%s: %w", e.name, err)
+		}
+	}
 	for round := 0; round < warm+iters; round++ {
 		if _, err := cm.EnableFused(); err != nil {
 			return row, err
@@ -503,6 +532,15 @@ func measureEncoder(cm *clip.Model, refs []*Reference, batch, warm, iters, blasT
 				refT[i] = append(refT[i], rr.Times...)
 			}
 		}
+		for i, e := range extras {
+			rr, err := e.call(map[string]any{"op": "encoder", "batch": batch, "iters": 1, "warmup": 0})
+			if err != nil {
+				return row, fmt.Errorf("%s: %w", e.name, err)
+			}
+			if round >= warm {
+				extraT[i] = append(extraT[i], rr.Times...)
+			}
+		}
 	}
 	row.Fused, row.Plain, row.Ref = NewStat(fused), NewStat(plain), NewStat(refT[0])
 	b := float64(batch)
@@ -514,6 +552,7 @@ func measureEncoder(cm *clip.Model, refs []*Reference, batch, warm, iters, blasT
 		row.TunedRate = row.Tuned.Rate(b)
 		row.TunedRatio = Ratio(row.FusedRate, row.TunedRate)
 	}
+	row.Extra = extraRates(extras, extraT, batch, row.FusedRate)
 	return row, nil
 }
 

@@ -13,8 +13,15 @@ import (
 	"github.com/clipagiqa/clipagiqa/internal/npy"
 )
 
-// Dir is the fixture directory.
+// DirEnv names the variable that overrides the fixture directory: test
+// binaries run away from their sources (make gpu-bundle) find it there.
+const DirEnv = "CLIPAGIQA_REFFIX_DIR"
+
+// Dir is the fixture directory: $CLIPAGIQA_REFFIX_DIR, else the repository's.
 func Dir() string {
+	if d := os.Getenv(DirEnv); d != "" {
+		return d
+	}
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Join(filepath.Dir(file), "..", "..", "testdata", "clip-agiqa-ref")
 }

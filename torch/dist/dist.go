@@ -7,7 +7,7 @@
 package dist
 
 // #cgo CFLAGS: -I${SRCDIR}/../../cpp
-// #cgo LDFLAGS: -lclipagiqa_shim -ltorch -ltorch_cpu -lc10
+// #cgo pkg-config: clipagiqa
 // #include <stdlib.h>
 // #include "dist.h"
 import "C"

@@ -1,0 +1,321 @@
+package clip
+
+import (
+	"fmt"
+
+	"github.com/clipagiqa/clipagiqa/torch"
+)
+
+// bnEps is PyTorch's BatchNorm2d default, which OpenAI's ModifiedResNet keeps.
+const bnEps = 1e-5
+
+// BatchNorm2d holds a BatchNorm layer's affine parameters and running
+// statistics (kept in float32 whatever the compute precision).
+type BatchNorm2d struct {
+	Weight            *torch.Tensor `torch:"weight"`              // [C]
+	Bias              *torch.Tensor `torch:"bias"`                // [C]
+	RunningMean       *torch.Tensor `torch:"running_mean,buffer"` // [C]
+	RunningVar        *torch.Tensor `torch:"running_var,buffer"`  // [C]
+	NumBatchesTracked *torch.Tensor `torch:"num_batches_tracked,buffer,optional"`
+}
+
+// bnMomentum is PyTorch's BatchNorm2d default running-average factor.
+const bnMomentum = 0.1
+
+// rnMode is how a ModifiedResNet forward computes.
+type rnMode struct {
+	dt    torch.DType // compute precision
+	train bool        // BatchNorm on batch statistics, updating the running ones
+}
+
+// forward normalises x [N, C, H, W]: in eval mode with the running
+// statistics; in train mode with the batch's (biased variance), updating
+// running = 0.9·running + 0.1·batch (unbiased variance) and
+// num_batches_tracked, as nn.BatchNorm2d.train() does. Half-precision inputs
+// are normalised in float32, like CLIP's LayerNorm.
+func (b *BatchNorm2d) forward(s *torch.Scope, x *torch.Tensor, m rnMode) *torch.Tensor {
+	if m.train && s.Err() == nil && b.NumBatchesTracked != nil {
+		if err := increment(b.NumBatchesTracked); err != nil {
+			s.Fail(fmt.Errorf("batch norm: num_batches_tracked: %w", err))
+			return nil
+		}
+	}
+	if m.dt == torch.Float32 {
+		return s.BatchNorm(x, b.Weight, b.Bias, b.RunningMean, b.RunningVar, m.train, bnMomentum, bnEps)
+	}
+	y := s.BatchNorm(s.Cast(x, torch.Float32), b.Weight, b.Bias, b.RunningMean, b.RunningVar, m.train, bnMomentum, bnEps)
+	return s.Cast(y, m.dt)
+}
+
+// increment adds 1 to a counter tensor in place.
+func increment(t *torch.Tensor) error {
+	s := torch.NewScope().WithGrad(torch.NoGrad)
+	defer s.Close()
+	next := s.AddScalar(t, 1)
+	if err := s.Err(); err != nil {
+		return err
+	}
+	return t.CopyFrom(next)
+}
+
+// avgPool2d is nn.AvgPool2d(k): stride k, no padding, floor mode.
+func avgPool2d(s *torch.Scope, x *torch.Tensor, k int64) *torch.Tensor {
+	return s.AvgPool2D(x, torch.AvgPool2DOpts(torch.Sq(k)))
+}
+
+// Downsample is a Bottleneck's shortcut projection: avgpool(stride), 1×1
+// conv, BatchNorm (PyTorch names "0" and "1" of an nn.Sequential).
+type Downsample struct {
+	Conv *torch.Tensor `torch:"0.weight"` // [4P, in, 1, 1]
+	BN   BatchNorm2d   `torch:"1"`
+}
+
+// Bottleneck is the ModifiedResNet block: 1×1, 3×3, avgpool(stride) when
+// stride > 1, 1×1 to 4× the planes, each conv with BatchNorm; ReLU after the
+// first two and after adding the shortcut.
+type Bottleneck struct {
+	Conv1      *torch.Tensor `torch:"conv1.weight"` // [P, in, 1, 1]
+	BN1        BatchNorm2d   `torch:"bn1"`
+	Conv2      *torch.Tensor `torch:"conv2.weight"` // [P, P, 3, 3]
+	BN2        BatchNorm2d   `torch:"bn2"`
+	Conv3      *torch.Tensor `torch:"conv3.weight"` // [4P, P, 1, 1]
+	BN3        BatchNorm2d   `torch:"bn3"`
+	Downsample *Downsample   `torch:"downsample,optional"` // nil: identity shortcut (stride 1, same channels)
+
+	Stride int64
+}
+
+func (b *Bottleneck) forward(s *torch.Scope, x *torch.Tensor, mode rnMode) *torch.Tensor {
+	out := s.Relu(b.BN1.forward(s, s.Conv2D(x, b.Conv1, nil, 1, 0), mode))
+	out = s.Relu(b.BN2.forward(s, s.Conv2D(out, b.Conv2, nil, 1, 1), mode))
+	if b.Stride > 1 {
+		out = avgPool2d(s, out, b.Stride)
+	}
+	out = b.BN3.forward(s, s.Conv2D(out, b.Conv3, nil, 1, 0), mode)
+	identity := x
+	if d := b.Downsample; d != nil {
+		if b.Stride > 1 {
+			identity = avgPool2d(s, identity, b.Stride)
+		}
+		identity = d.BN.forward(s, s.Conv2D(identity, d.Conv, nil, 1, 0), mode)
+	}
+	return s.Relu(s.Add(out, identity))
+}
+
+// AttentionPool2d is CLIP's attention pooling: the spatial tokens of a
+// feature map, with their mean prepended and a learned positional embedding
+// added, attended to by the mean token (multi-head, separate projections).
+type AttentionPool2d struct {
+	PositionalEmbedding *torch.Tensor `torch:"positional_embedding"` // [G²+1, D]
+	QProj               Linear        `torch:"q_proj"`               // D → D
+	KProj               Linear        `torch:"k_proj"`               // D → D
+	VProj               Linear        `torch:"v_proj"`               // D → D
+	CProj               Linear        `torch:"c_proj"`               // D → E
+
+	Heads int
+}
+
+// Forward pools a feature map [N, D, G, G] to [N, E] with the layer's own
+// positional embedding.
+func (a *AttentionPool2d) Forward(s *torch.Scope, x *torch.Tensor) *torch.Tensor {
+	return a.ForwardWith(s, x, a.PositionalEmbedding)
+}
+
+// ForwardWith pools a feature map [N, D, H, W] to [N, E] with the positional
+// embedding pos [H·W+1, D] (e.g. one resized by InterpolatePositionalEmbedding
+// for another input resolution). As PyTorch's multi-head attention, the
+// query is scaled by 1/sqrt(head dim) before q·kᵀ.
+func (a *AttentionPool2d) ForwardWith(s *torch.Scope, x, pos *torch.Tensor) *torch.Tensor {
+	shape, ps := x.Shape(), pos.Shape()
+	if len(shape) != 4 || len(ps) != 2 || ps[0] != shape[2]*shape[3]+1 || ps[1] != shape[1] {
+		s.Fail(fmt.Errorf("attention pool: feature map %v does not fit positional embedding %v (want [N D H W] with H·W+1 rows of width D)", shape, ps))
+		return nil
+	}
+	n, d, l := shape[0], shape[1], shape[2]*shape[3]+1
+	heads := int64(a.Heads)
+	hd := d / heads
+	x = s.Permute(s.Reshape(x, n, d, l-1), 0, 2, 1)                    // [N, HW, D]
+	x = s.Add(s.Cat(1, s.Mean(x, true, 1), x), s.Cast(pos, x.DType())) // [N, L, D]
+	q := s.Linear(s.Narrow(x, 1, 0, 1), a.QProj.Weight, a.QProj.Bias)  // [N, 1, D]
+	k := s.Linear(x, a.KProj.Weight, a.KProj.Bias)                     // [N, L, D]
+	v := s.Linear(x, a.VProj.Weight, a.VProj.Bias)
+	split := func(t *torch.Tensor, rows int64) *torch.Tensor {
+		return s.Permute(s.Reshape(t, n, rows, heads, hd), 0, 2, 1, 3) // [N, H, rows, hd]
+	}
+	o := s.Attention(split(q, 1), split(k, l), split(v, l), nil) // [N, H, 1, hd]
+	o = s.Reshape(s.Permute(o, 0, 2, 1, 3), n, d)                // [N, D]
+	return s.Linear(o, a.CProj.Weight, a.CProj.Bias)             // [N, E]
+}
+
+// ModifiedResNet is CLIP's ResNet image encoder (RN50, RN101, RN50x4, …): a
+// three-conv stem with an average pool, four stages of Bottlenecks whose
+// stride is an average pool, and attention pooling. BatchNorm uses its
+// running statistics (eval mode) unless SetTraining(true).
+type ModifiedResNet struct {
+	Conv1    *torch.Tensor   `torch:"conv1.weight"` // [W/2, 3, 3, 3], stride 2
+	BN1      BatchNorm2d     `torch:"bn1"`
+	Conv2    *torch.Tensor   `torch:"conv2.weight"` // [W/2, W/2, 3, 3]
+	BN2      BatchNorm2d     `torch:"bn2"`
+	Conv3    *torch.Tensor   `torch:"conv3.weight"` // [W, W/2, 3, 3]
+	BN3      BatchNorm2d     `torch:"bn3"`
+	Layer1   []*Bottleneck   `torch:"layer1"`
+	Layer2   []*Bottleneck   `torch:"layer2"`
+	Layer3   []*Bottleneck   `torch:"layer3"`
+	Layer4   []*Bottleneck   `torch:"layer4"`
+	AttnPool AttentionPool2d `torch:"attnpool"`
+
+	cfg      Config
+	dtype    torch.DType
+	training bool
+}
+
+// SetTraining puts the BatchNorm layers in training mode (true: batch
+// statistics, running statistics and num_batches_tracked updated on every
+// forward, as module.train() in PyTorch) or back in eval mode (false, the
+// default: running statistics). It is for fine-tuning the encoder.
+func (r *ModifiedResNet) SetTraining(train bool) { r.training = train }
+
+// Training reports whether the BatchNorm layers use batch statistics.
+func (r *ModifiedResNet) Training() bool { return r.training }
+
+// newModifiedResNet lays out the blocks cfg describes (weights unbound).
+func newModifiedResNet(cfg Config, dt torch.DType) *ModifiedResNet {
+	r := &ModifiedResNet{cfg: cfg, dtype: dt, AttnPool: AttentionPool2d{Heads: cfg.VisionHeads}}
+	in := cfg.VisionWidth
+	for st, layer := range r.stages() {
+		*layer = make([]*Bottleneck, cfg.VisionStages[st])
+		planes := cfg.VisionWidth << st
+		for i := range *layer {
+			b := &Bottleneck{Stride: 1}
+			if st > 0 && i == 0 {
+				b.Stride = 2
+			}
+			if b.Stride > 1 || in != 4*planes {
+				b.Downsample = &Downsample{}
+			}
+			(*layer)[i] = b
+			in = 4 * planes
+		}
+	}
+	return r
+}
+
+func (r *ModifiedResNet) stages() [4]*[]*Bottleneck {
+	return [4]*[]*Bottleneck{&r.Layer1, &r.Layer2, &r.Layer3, &r.Layer4}
+}
+
+// Resolution is the input side length the attnpool's positional embedding
+// was made for.
+func (r *ModifiedResNet) Resolution() int { return r.cfg.ImageResolution }
+
+// Close frees the weights.
+func (r *ModifiedResNet) Close() { torch.CloseAll(r) }
+
+// Encode maps pixels [N, 3, R, R] to raw (un-normalised) features [N, E].
+func (r *ModifiedResNet) Encode(s *torch.Scope, pixels *torch.Tensor) *torch.Tensor {
+	shape := pixels.Shape()
+	res := int64(r.cfg.ImageResolution)
+	if len(shape) != 4 || shape[1] != 3 || shape[2] != res || shape[3] != res {
+		s.Fail(fmt.Errorf("encode image: pixels have shape %v, want [N 3 %d %d]", shape, res, res))
+		return nil
+	}
+	return r.AttnPool.Forward(s, r.FeatureMap(s, pixels))
+}
+
+// FeatureMap runs the stem and the four stages on pixels [N, 3, H, W] (any
+// size, e.g. IP-IQA's 512×512) and returns the map before the attnpool,
+// [N, 32·W, H/32, W/32].
+func (r *ModifiedResNet) FeatureMap(s *torch.Scope, pixels *torch.Tensor) *torch.Tensor {
+	return r.forward(s, pixels, nil)
+}
+
+// forward returns the last stage's output; stage, when set, sees the stem's
+// output (index 0) and each stage's (1..4) before they are freed.
+func (r *ModifiedResNet) forward(s *torch.Scope, pixels *torch.Tensor, stage func(int, *torch.Tensor)) *torch.Tensor {
+	shape := pixels.Shape()
+	if len(shape) != 4 || shape[1] != 3 {
+		s.Fail(fmt.Errorf("resnet: pixels have shape %v, want [N 3 H W]", shape))
+		return nil
+	}
+	// Each step's intermediates are freed as soon as it is done; autograd
+	// keeps what a backward pass needs.
+	var x *torch.Tensor
+	step := func(f func(sub *torch.Scope, in *torch.Tensor) *torch.Tensor) {
+		sub := s.Sub()
+		in := x
+		if in == nil {
+			in = pixels
+		}
+		y := sub.Keep(f(sub, in))
+		sub.Close()
+		if x != nil {
+			s.Keep(x).Close()
+		}
+		x = s.Adopt(y)
+	}
+	mode := rnMode{dt: r.dtype, train: r.training}
+	step(func(s *torch.Scope, in *torch.Tensor) *torch.Tensor {
+		h := s.Relu(r.BN1.forward(s, s.Conv2D(s.Cast(in, mode.dt), r.Conv1, nil, 2, 1), mode))
+		h = s.Relu(r.BN2.forward(s, s.Conv2D(h, r.Conv2, nil, 1, 1), mode))
+		h = s.Relu(r.BN3.forward(s, s.Conv2D(h, r.Conv3, nil, 1, 1), mode))
+		return avgPool2d(s, h, 2)
+	})
+	if stage != nil && x != nil {
+		stage(0, x)
+	}
+	for st, layer := range r.stages() {
+		for _, b := range *layer {
+			step(func(s *torch.Scope, in *torch.Tensor) *torch.Tensor { return b.forward(s, in, mode) })
+		}
+		if stage != nil && x != nil {
+			stage(st+1, x)
+		}
+	}
+	return x
+}
+
+// checkShapes verifies the tensors against the inferred configuration.
+func (r *ModifiedResNet) checkShapes() error {
+	c := r.cfg
+	w, d, e := int64(c.VisionWidth), int64(c.VisionWidth*32), int64(c.EmbedDim)
+	g := int64(c.ImageResolution / 32)
+	want := map[string][2][]int64{
+		"visual.conv1.weight":                  {r.Conv1.Shape(), {w / 2, 3, 3, 3}},
+		"visual.conv2.weight":                  {r.Conv2.Shape(), {w / 2, w / 2, 3, 3}},
+		"visual.conv3.weight":                  {r.Conv3.Shape(), {w, w / 2, 3, 3}},
+		"visual.attnpool.positional_embedding": {r.AttnPool.PositionalEmbedding.Shape(), {g*g + 1, d}},
+		"visual.attnpool.q_proj.weight":        {r.AttnPool.QProj.Weight.Shape(), {d, d}},
+		"visual.attnpool.k_proj.weight":        {r.AttnPool.KProj.Weight.Shape(), {d, d}},
+		"visual.attnpool.v_proj.weight":        {r.AttnPool.VProj.Weight.Shape(), {d, d}},
+		"visual.attnpool.c_proj.weight":        {r.AttnPool.CProj.Weight.Shape(), {e, d}},
+		"visual.bn3.running_var":               {r.BN3.RunningVar.Shape(), {w}},
+		"visual.attnpool.c_proj.bias":          {r.AttnPool.CProj.Bias.Shape(), {e}},
+	}
+	in := w
+	for st, layer := range r.stages() {
+		p := w << st
+		for i, b := range *layer {
+			pre := fmt.Sprintf("visual.layer%d.%d.", st+1, i)
+			want[pre+"conv1.weight"] = [2][]int64{b.Conv1.Shape(), {p, in, 1, 1}}
+			want[pre+"conv2.weight"] = [2][]int64{b.Conv2.Shape(), {p, p, 3, 3}}
+			want[pre+"conv3.weight"] = [2][]int64{b.Conv3.Shape(), {4 * p, p, 1, 1}}
+			want[pre+"bn3.weight"] = [2][]int64{b.BN3.Weight.Shape(), {4 * p}}
+			needs := b.Stride > 1 || in != 4*p
+			switch {
+			case needs && b.Downsample == nil:
+				return fmt.Errorf("ResNet block %s has stride %d and %d→%d channels but no downsample tensors", pre[:len(pre)-1], b.Stride, in, 4*p)
+			case !needs && b.Downsample != nil:
+				return fmt.Errorf("ResNet block %s has downsample tensors but keeps stride 1 and %d channels", pre[:len(pre)-1], in)
+			case needs:
+				want[pre+"downsample.0.weight"] = [2][]int64{b.Downsample.Conv.Shape(), {4 * p, in, 1, 1}}
+			}
+			in = 4 * p
+		}
+	}
+	for name, p := range want {
+		if fmt.Sprint(p[0]) != fmt.Sprint(p[1]) {
+			return fmt.Errorf("tensor %s has shape %v, want %v", name, p[0], p[1])
+		}
+	}
+	return nil
+}

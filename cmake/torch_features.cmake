@@ -1,0 +1,42 @@
+# Feature tests for the libtorch API the shim uses differently across versions.
+# Each compiles a tiny source against the found libtorch headers (no link), so the
+# choice follows what the headers offer, not a version number.
+include(CheckCXXSourceCompiles)
+
+set(CMAKE_REQUIRED_INCLUDES ${TORCH_INCLUDE_DIRS})
+set(CMAKE_REQUIRED_FLAGS "${TORCH_CXX_FLAGS}")
+set(CMAKE_REQUIRED_QUIET ON)
+set(_ct_saved_try_type "${CMAKE_TRY_COMPILE_TARGET_TYPE}")
+set(CMAKE_TRY_COMPILE_TARGET_TYPE STATIC_LIBRARY)
+
+# Fused scaled-dot-product attention (at::scaled_dot_product_attention).
+check_cxx_source_compiles([[
+#include <ATen/ATen.h>
+at::Tensor f(const at::Tensor &q) { return at::scaled_dot_product_attention(q, q, q); }
+]] CT_HAS_SDPA)
+
+# Per-device autocast API: at::autocast::set_autocast_enabled(device_type, bool).
+check_cxx_source_compiles([[
+#include <ATen/autocast_mode.h>
+void f() {
+  at::autocast::set_autocast_enabled(at::kCUDA, at::autocast::is_autocast_enabled(at::kCUDA));
+  at::autocast::set_autocast_dtype(at::kCUDA, at::autocast::get_autocast_dtype(at::kCUDA));
+}
+]] CT_AUTOCAST_PER_DEVICE)
+
+set(CMAKE_TRY_COMPILE_TARGET_TYPE "${_ct_saved_try_type}")
+unset(CMAKE_REQUIRED_INCLUDES)
+unset(CMAKE_REQUIRED_FLAGS)
+unset(CMAKE_REQUIRED_QUIET)
+
+foreach(_ct_feature CT_HAS_SDPA CT_AUTOCAST_PER_DEVICE)
+  if(${_ct_feature})
+    set(${_ct_feature}_VALUE 1)
+  else()
+    set(${_ct_feature}_VALUE 0)
+  endif()
+  message(STATUS "libtorch feature ${_ct_feature}: ${${_ct_feature}_VALUE}")
+endforeach()
+set(CT_TORCH_FEATURE_DEFS
+  CT_HAS_SDPA=${CT_HAS_SDPA_VALUE}
+  CT_AUTOCAST_PER_DEVICE=${CT_AUTOCAST_PER_DEVICE_VALUE})
