@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -320,11 +321,19 @@ func WeightsSHA256(cacheDir, path string) (string, error) {
 }
 
 func fileSHA256(path string) ([32]byte, error) {
-	b, err := regularfile.ReadFile(path)
+	// Streamed: a CLIP weights file is hundreds of MB.
+	f, err := regularfile.Open(path)
 	if err != nil {
 		return [32]byte{}, err
 	}
-	return sha256.Sum256(b), nil
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return [32]byte{}, fmt.Errorf("%s: %w", path, err)
+	}
+	var sum [32]byte
+	h.Sum(sum[:0])
+	return sum, nil
 }
 
 // hashImages returns the SHA-256 of every sample's file, in parallel.

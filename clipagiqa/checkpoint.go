@@ -34,9 +34,17 @@ type Checkpoint struct {
 	Epoch    int
 	Params   map[string]*ptfile.Tensor // by paramNames
 	Momentum map[string]*ptfile.Tensor // SGD momentum buffers, by paramNames (may be empty)
+	// Optimizer holds the SGD state dicts (torch.optim layout, keyed
+	// "prompt_learner" and "regression") of the run that wrote the
+	// checkpoint; nil in official files and in ours from before it existed.
+	// ExportOfficial takes the hyper-parameters from here.
+	Optimizer map[string]*ptfile.Dict
 	// Extra is training state for --resume (JSON), empty for official files.
 	Extra string
 }
+
+// optimizerModules are the keys of Checkpoint.Optimizer, one SGD each.
+var optimizerModules = []string{"prompt_learner", "regression"}
 
 // IsOfficialDir reports whether dir has the official CLIP-AGIQA layout
 // (prompt_learner/ and regression/ with model.pth.tar-N files).
@@ -223,11 +231,17 @@ func readOwn(path string) (*Checkpoint, error) {
 	if err := json.Unmarshal([]byte(cfgJSON), &ck.Config); err != nil {
 		return nil, fmt.Errorf("checkpoint %s: config: %w", path, err)
 	}
+	// "clip" is optional (older checkpoints lack it) but must parse if there.
 	if clipJSON, err := ptfile.GetString(f.Root, "clip"); err == nil {
-		_ = json.Unmarshal([]byte(clipJSON), &ck.CLIP)
+		if err := json.Unmarshal([]byte(clipJSON), &ck.CLIP); err != nil {
+			return nil, fmt.Errorf("checkpoint %s: clip config: %w", path, err)
+		}
 	}
 	if ep, err := ptfile.GetInt(f.Root, "epoch"); err == nil {
 		ck.Epoch = int(ep)
+	}
+	if ck.Optimizer, err = readOptimizer(f.Root); err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", path, err)
 	}
 	if ex, err := ptfile.GetString(f.Root, "extra"); err == nil {
 		ck.Extra = ex
@@ -235,12 +249,43 @@ func readOwn(path string) (*Checkpoint, error) {
 	return ck, nil
 }
 
+// readOptimizer reads the optional "optimizer" entry: a dict of one SGD
+// state dict per module.
+func readOptimizer(root any) (map[string]*ptfile.Dict, error) {
+	v, err := ptfile.Get(root, "optimizer")
+	if err != nil || v == nil {
+		return nil, nil // absent: older checkpoints
+	}
+	d, ok := v.(*ptfile.Dict)
+	if !ok {
+		return nil, fmt.Errorf("optimizer: not a dict")
+	}
+	out := map[string]*ptfile.Dict{}
+	for _, mod := range optimizerModules {
+		sd, ok := d.Get(mod)
+		if !ok {
+			return nil, fmt.Errorf("optimizer: no state dict for %s", mod)
+		}
+		if out[mod], ok = sd.(*ptfile.Dict); !ok {
+			return nil, fmt.Errorf("optimizer.%s: not a dict", mod)
+		}
+	}
+	return out, nil
+}
+
 // Checkpoint captures the model's trainable state (and opt's momentum
-// buffers, if opt is not nil).
+// buffers and state dicts, if opt is not nil).
 func (m *Model) Checkpoint(opt *Optimizer, epoch int, extra string) (*Checkpoint, error) {
 	ck := &Checkpoint{Config: m.Config, CLIP: m.CLIP.Config, Epoch: epoch, Extra: extra,
 		Params: map[string]*ptfile.Tensor{}, Momentum: map[string]*ptfile.Tensor{}}
 	ck.Config.NCtx = m.nCtx
+	if opt != nil {
+		sds, err := opt.StateDicts()
+		if err != nil {
+			return nil, fmt.Errorf("checkpoint: optimizer state: %w", err)
+		}
+		ck.Optimizer = sds
+	}
 	for i, p := range m.Params() {
 		r, err := torch.ToRaw(p)
 		if err != nil {
@@ -290,6 +335,13 @@ func (ck *Checkpoint) Save(dir string) error {
 	}
 	meta := map[string]any{"format": FormatVersion, "config": string(cfg), "clip": string(clipCfg),
 		"epoch": int64(ck.Epoch), "categories": cats, "extra": ck.Extra}
+	if ck.Optimizer != nil {
+		od := ptfile.NewDict(ptfile.KindDict)
+		for _, mod := range optimizerModules {
+			od.Set(mod, ck.Optimizer[mod])
+		}
+		meta["optimizer"] = od
+	}
 	return ptfile.SaveCheckpoint(filepath.Join(dir, ModelFile), entries, meta)
 }
 
@@ -356,6 +408,8 @@ func FromCheckpoint(c *clip.Model, tok Tokenizer, ck *Checkpoint) (*Model, error
 // ExportOfficial writes the official CLIP-AGIQA layout under dir so the
 // Python code's load_model can read what Go trained:
 // dir/{prompt_learner,regression}/model.pth.tar-N plus checkpoint files.
+// The optimizer's param_groups hold lr and the run's own hyper-parameters
+// (from ck.Optimizer, else the schedule in ck.Extra, else the defaults).
 func (ck *Checkpoint) ExportOfficial(dir string, prefix, suffix *ptfile.Tensor, lr float64) error {
 	epoch := max(ck.Epoch, 1)
 	name := fmt.Sprintf("model.pth.tar-%d", epoch)
@@ -373,13 +427,9 @@ func (ck *Checkpoint) ExportOfficial(dir string, prefix, suffix *ptfile.Tensor, 
 				state.Set(int64(i), e)
 			}
 		}
-		group := ptfile.NewDict(ptfile.KindDict)
-		for _, kv := range []struct {
-			k string
-			v any
-		}{{"lr", lr}, {"momentum", 0.9}, {"dampening", 0.0}, {"weight_decay", 5e-4}, {"nesterov", false},
-			{"maximize", false}, {"foreach", nil}, {"differentiable", false}, {"initial_lr", 0.002}, {"params", idx}} {
-			group.Set(kv.k, kv.v)
+		group, err := ck.exportGroup(sub, lr, idx)
+		if err != nil {
+			return err
 		}
 		optim := ptfile.NewDict(ptfile.KindDict)
 		optim.Set("state", state)
@@ -407,4 +457,69 @@ func (ck *Checkpoint) ExportOfficial(dir string, prefix, suffix *ptfile.Tensor, 
 		return fmt.Errorf("export official: %w", err)
 	}
 	return nil
+}
+
+// exportGroup builds module sub's single SGD param_groups entry with lr.
+func (ck *Checkpoint) exportGroup(sub string, lr float64, idx []any) (*ptfile.Dict, error) {
+	def := DefaultTrainConfig()
+	momentum, decay, initial := def.Momentum, def.WeightDecay, def.LR
+	var st trainState
+	if ck.Extra != "" && json.Unmarshal([]byte(ck.Extra), &st) == nil && st.HasSchedule {
+		momentum, decay, initial = st.Momentum, st.WeightDecay, st.LR
+	}
+	if sd := ck.Optimizer[sub]; sd != nil {
+		g, err := singleGroup(sd)
+		if err != nil {
+			return nil, fmt.Errorf("optimizer.%s: %w", sub, err)
+		}
+		num := func(k string, into *float64) error {
+			if v, ok := g.Get(k); ok {
+				f, ok := v.(float64)
+				if !ok {
+					return fmt.Errorf("optimizer.%s: %s is a %T, not a float", sub, k, v)
+				}
+				*into = f
+			}
+			return nil
+		}
+		for k, p := range map[string]*float64{"momentum": &momentum, "weight_decay": &decay, "initial_lr": &initial} {
+			if err := num(k, p); err != nil {
+				return nil, err
+			}
+		}
+	}
+	group := ptfile.NewDict(ptfile.KindDict)
+	for _, kv := range []struct {
+		k string
+		v any
+	}{{"lr", lr}, {"momentum", momentum}, {"dampening", 0.0}, {"weight_decay", decay}, {"nesterov", false},
+		{"maximize", false}, {"foreach", nil}, {"differentiable", false}, {"initial_lr", initial}, {"params", idx}} {
+		group.Set(kv.k, kv.v)
+	}
+	return group, nil
+}
+
+// singleGroup returns the one entry of a state dict's param_groups.
+func singleGroup(sd *ptfile.Dict) (*ptfile.Dict, error) {
+	v, ok := sd.Get("param_groups")
+	if !ok {
+		return nil, fmt.Errorf("no param_groups")
+	}
+	var items []any
+	switch l := v.(type) {
+	case []any:
+		items = l
+	case *ptfile.List:
+		items = l.Items
+	default:
+		return nil, fmt.Errorf("param_groups is a %T, not a list", v)
+	}
+	if len(items) != 1 {
+		return nil, fmt.Errorf("%d param_groups, want 1", len(items))
+	}
+	g, ok := items[0].(*ptfile.Dict)
+	if !ok {
+		return nil, fmt.Errorf("param_groups[0] is a %T, not a dict", items[0])
+	}
+	return g, nil
 }

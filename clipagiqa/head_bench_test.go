@@ -32,10 +32,14 @@ func BenchmarkInferenceHead(b *testing.B) {
 		}
 	}
 	b.Run("batched", func(b *testing.B) {
-		run(b, func(s *torch.Scope, x *torch.Tensor) *torch.Tensor { return sc.model.head(s, x, sc.text, false) })
+		run(b, func(s *torch.Scope, x *torch.Tensor) *torch.Tensor {
+			return sc.head.(*agiqaHead).m.head(s, x, sc.text, false)
+		})
 	})
 	b.Run("by-row", func(b *testing.B) {
-		run(b, func(s *torch.Scope, x *torch.Tensor) *torch.Tensor { return sc.model.Head(s, x, sc.text, false) })
+		run(b, func(s *torch.Scope, x *torch.Tensor) *torch.Tensor {
+			return sc.head.(*agiqaHead).m.Head(s, x, sc.text, false)
+		})
 	})
 	b.Run("encoder+head", func(b *testing.B) {
 		px := make([]float32, n*sc.per)

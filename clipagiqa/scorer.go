@@ -93,7 +93,8 @@ func WithThreads(n int) ScorerOption { return func(c *scorerConfig) { c.threads 
 // WithEpoch picks the epoch of an official checkpoint directory (0: the last).
 func WithEpoch(n int) ScorerOption { return func(c *scorerConfig) { c.epoch = n } }
 
-// WithMethod picks MethodAGIQA (default) or MethodCLIPIQA.
+// WithMethod picks a registered method: MethodAGIQA (default), MethodCLIPIQA
+// or one added with RegisterMethod.
 func WithMethod(m string) ScorerOption { return func(c *scorerConfig) { c.method = m } }
 
 // WithPreprocessWorkers bounds how many images are decoded and resized at once
@@ -141,8 +142,8 @@ type result struct {
 type Scorer struct {
 	cfg    scorerConfig
 	clip   *clip.Model
-	model  *Model        // nil for CLIP-IQA
-	text   *torch.Tensor // [K, E] L2-normalised text features, computed once
+	head   ScoringHead   // the method's model, from its registered Method
+	text   *torch.Tensor // what the head prepared once (text features)
 	prep   imageprep.Options
 	per    int           // floats per image
 	decode chan struct{} // preprocessing slots
@@ -189,8 +190,9 @@ func LoadScorer(clipPath, checkpointDir string, opts ...ScorerOption) (*Scorer, 
 	if cfg.preprocess <= 0 {
 		cfg.preprocess = 1
 	}
-	if cfg.method != MethodAGIQA && cfg.method != MethodCLIPIQA {
-		return nil, fmt.Errorf("load scorer: method %q: want %s or %s", cfg.method, MethodAGIQA, MethodCLIPIQA)
+	method, err := LookupMethod(cfg.method)
+	if err != nil {
+		return nil, fmt.Errorf("load scorer: %w", err)
 	}
 	if err := torch.CheckDevice(cfg.device); err != nil {
 		return nil, fmt.Errorf("load scorer: %w", err)
@@ -205,14 +207,9 @@ func LoadScorer(clipPath, checkpointDir string, opts ...ScorerOption) (*Scorer, 
 		return nil, fmt.Errorf("load scorer: %w", err)
 	}
 	// Read the checkpoint first: it is cheap and its errors are the likelier ones.
-	var ck *Checkpoint
-	if cfg.method == MethodAGIQA {
-		if checkpointDir == "" {
-			return nil, fmt.Errorf("load scorer: method %s needs a checkpoint", MethodAGIQA)
-		}
-		if ck, err = ReadCheckpoint(checkpointDir, cfg.epoch); err != nil {
-			return nil, fmt.Errorf("load scorer: %w", err)
-		}
+	loadHead, err := method.Open(checkpointDir, cfg.epoch)
+	if err != nil {
+		return nil, fmt.Errorf("load scorer: %w", err)
 	}
 	c, err := clip.Load(clipPath, clip.Options{Device: cfg.device, Precision: cfg.precision})
 	if err != nil {
@@ -225,13 +222,11 @@ func LoadScorer(clipPath, checkpointDir string, opts ...ScorerOption) (*Scorer, 
 		}
 	}
 	sc := &Scorer{cfg: cfg, clip: c}
-	if ck != nil {
-		if sc.model, err = FromCheckpoint(c, tok, ck); err != nil {
-			c.Close()
-			return nil, fmt.Errorf("load scorer: %w", err)
-		}
+	if sc.head, err = loadHead(c, tok); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("load scorer: %w", err)
 	}
-	if err := sc.initText(tok); err != nil {
+	if err := sc.initText(); err != nil {
 		sc.free()
 		return nil, fmt.Errorf("load scorer: text features: %w", err)
 	}
@@ -247,15 +242,10 @@ func LoadScorer(clipPath, checkpointDir string, opts ...ScorerOption) (*Scorer, 
 }
 
 // initText computes the [K, E] normalised text features that every batch reuses.
-func (sc *Scorer) initText(tok *tokenizer.Tokenizer) error {
+func (sc *Scorer) initText() error {
 	s := torch.NewScope().WithGrad(torch.InferenceMode).WithDevice(sc.cfg.device)
 	defer s.Close()
-	var txt *torch.Tensor
-	if sc.model != nil {
-		txt = sc.model.TextFeatures(s)
-	} else {
-		txt = clipIQAText(s, sc.clip, tok, DefaultCLIPIQAPairs)
-	}
+	txt := sc.head.Prepare(s)
 	if err := s.Err(); err != nil {
 		return err
 	}
@@ -306,7 +296,7 @@ func (sc *Scorer) ScoreBytes(ctx context.Context, data []byte) (float64, error) 
 // UsesPrompt reports whether the model reads the per-image prompts of
 // ScoreBytesPrompt: false for CLIP-AGIQA and CLIP-IQA, which score the image
 // alone; a prompt-aware model (IP-IQA) reports true.
-func (sc *Scorer) UsesPrompt() bool { return false }
+func (sc *Scorer) UsesPrompt() bool { return sc.head.UsesPrompt() }
 
 // ScoreBytesPrompt is ScoreBytes with the text prompt the image was generated
 // from, for prompt-aware models; a model that does not use prompts
@@ -578,7 +568,6 @@ func (sc *Scorer) run(batch []*request, n int, buf []float32) {
 // prompts (nil, or one per image) are for prompt-aware models; CLIP-AGIQA and
 // CLIP-IQA do not read them.
 func (sc *Scorer) forward(px []float32, n int, prompts []string) (out []float64, err error) {
-	_ = prompts
 	defer func() {
 		// cgo ops report errors, but a bug here must not kill the batcher.
 		if r := recover(); r != nil {
@@ -589,13 +578,7 @@ func (sc *Scorer) forward(px []float32, n int, prompts []string) (out []float64,
 	s := torch.NewScope().WithGrad(torch.InferenceMode).WithDevice(sc.cfg.device)
 	defer s.Close()
 	pixels := s.FromFloat32On(sc.cfg.device, px, int64(n), 3, res, res)
-	var pred *torch.Tensor
-	if sc.model != nil {
-		img := sc.model.ImageFeatures(s, pixels)
-		pred = sc.model.Head(s, img, sc.text, false)
-	} else {
-		pred = clipIQAFromText(s, sc.clip, pixels, sc.text)
-	}
+	pred := sc.head.Score(s, pixels, sc.text, prompts)
 	if err := s.Err(); err != nil {
 		return nil, fmt.Errorf("score batch of %d: %w", n, err)
 	}
@@ -664,6 +647,8 @@ func (sc *Scorer) Close() error {
 func (sc *Scorer) free() {
 	sc.text.Close()
 	sc.text = nil
-	sc.model.Close()
+	if sc.head != nil {
+		sc.head.Close()
+	}
 	sc.clip.Close()
 }

@@ -21,6 +21,10 @@ const (
 	Float64  DType = 7
 	Bool     DType = 11
 	BFloat16 DType = 15
+	// InvalidDType is what Tensor.DType returns for a nil or closed tensor
+	// (or when libtorch fails): never a real type, so callers comparing
+	// dtypes see a mismatch instead of a plausible value.
+	InvalidDType DType = -1
 )
 
 // Size is the number of bytes of one element.
@@ -65,6 +69,8 @@ func (d DType) String() string {
 		return "bool"
 	case BFloat16:
 		return "bfloat16"
+	case InvalidDType:
+		return "invalid dtype"
 	}
 	return fmt.Sprintf("dtype(%d)", int32(d))
 }
@@ -89,6 +95,8 @@ type DeviceType int32
 const (
 	CPUDevice DeviceType = 0
 	CUDA      DeviceType = 1
+	// InvalidDeviceType marks InvalidDevice.
+	InvalidDeviceType DeviceType = -1
 )
 
 // Device names a compute device.
@@ -100,9 +108,16 @@ type Device struct {
 // CPU is the host device.
 var CPU = Device{Type: CPUDevice}
 
+// InvalidDevice is what Tensor.Device returns for a nil or closed tensor (or
+// when libtorch fails), so it is never mistaken for the CPU.
+var InvalidDevice = Device{Type: InvalidDeviceType, Index: -1}
+
 func (d Device) String() string {
-	if d.Type == CUDA {
+	switch d.Type {
+	case CUDA:
 		return "cuda:" + strconv.Itoa(d.Index)
+	case InvalidDeviceType:
+		return "invalid device"
 	}
 	return "cpu"
 }

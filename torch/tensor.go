@@ -65,59 +65,118 @@ func (t *Tensor) handle() (C.ct_tensor, error) {
 // Valid reports whether t is non-nil and not closed.
 func (t *Tensor) Valid() bool { return t != nil && atomic.LoadPointer(&t.h) != nil }
 
-// Shape returns the sizes of t, or nil for a nil or closed tensor.
+// Info is a tensor's metadata, as Tensor.Info returns it.
+type Info struct {
+	Shape  []int64
+	DType  DType
+	Device Device
+}
+
+// Info returns t's shape, dtype and device, or an error for a nil or closed
+// tensor or a libtorch failure. Shape, DType and Device are its one-value
+// forms for tensors known to be valid.
+func (t *Tensor) Info() (Info, error) {
+	shape, err := t.shape()
+	if err != nil {
+		return Info{}, err
+	}
+	dt, err := t.dtype()
+	if err != nil {
+		return Info{}, err
+	}
+	dev, err := t.device()
+	if err != nil {
+		return Info{}, err
+	}
+	return Info{Shape: shape, DType: dt, Device: dev}, nil
+}
+
+// Shape returns the sizes of t; nil (distinct from a scalar's empty shape)
+// for a nil or closed tensor. Use Info to get the error.
 func (t *Tensor) Shape() []int64 {
-	h, err := t.handle()
+	s, err := t.shape()
 	if err != nil {
 		return nil
 	}
+	return s
+}
+
+func (t *Tensor) shape() ([]int64, error) {
+	h, err := t.handle()
+	if err != nil {
+		return nil, err
+	}
 	var n C.int64_t
-	if cErr(C.ct_tensor_dim(h, &n)) != nil {
-		return nil
+	if err := cErr(C.ct_tensor_dim(h, &n)); err != nil {
+		return nil, err
 	}
 	dims := make([]int64, int(n))
-	if n > 0 && cErr(C.ct_tensor_shape(h, cInt64s(dims), n)) != nil {
-		return nil
+	if n > 0 {
+		if err := cErr(C.ct_tensor_shape(h, cInt64s(dims), n)); err != nil {
+			return nil, err
+		}
 	}
-	return dims
+	return dims, nil
 }
 
 // Dim is the number of dimensions.
 func (t *Tensor) Dim() int { return len(t.Shape()) }
 
-// Numel is the number of elements.
+// Numel is the number of elements (0 for a nil or closed tensor).
 func (t *Tensor) Numel() int64 {
+	shape := t.Shape()
+	if shape == nil {
+		return 0
+	}
 	n := int64(1)
-	for _, d := range t.Shape() {
+	for _, d := range shape {
 		n *= d
 	}
 	return n
 }
 
-// DType returns the element type.
+// DType returns t's scalar type; InvalidDType for a nil or closed tensor.
+// Use Info to get the error.
 func (t *Tensor) DType() DType {
-	h, err := t.handle()
+	d, err := t.dtype()
 	if err != nil {
-		return -1
+		return InvalidDType
 	}
-	var d C.int32_t
-	if cErr(C.ct_tensor_dtype(h, &d)) != nil {
-		return -1
-	}
-	return DType(d)
+	return d
 }
 
-// Device returns where t lives.
-func (t *Tensor) Device() Device {
+func (t *Tensor) dtype() (DType, error) {
 	h, err := t.handle()
 	if err != nil {
-		return CPU
+		return InvalidDType, err
+	}
+	var d C.int32_t
+	if err := cErr(C.ct_tensor_dtype(h, &d)); err != nil {
+		return InvalidDType, err
+	}
+	return DType(d), nil
+}
+
+// Device returns where t lives; InvalidDevice (never CPU) for a nil or
+// closed tensor. Use Info to get the error.
+func (t *Tensor) Device() Device {
+	d, err := t.device()
+	if err != nil {
+		return InvalidDevice
+	}
+	return d
+}
+
+func (t *Tensor) device() (Device, error) {
+	h, err := t.handle()
+	if err != nil {
+		return InvalidDevice, err
 	}
 	var typ, idx C.int32_t
-	if cErr(C.ct_tensor_device(h, &typ, &idx)) != nil {
-		return CPU
+	if err := cErr(C.ct_tensor_device(h, &typ, &idx)); err != nil {
+		return InvalidDevice, err
 	}
-	return Device{Type: DeviceType(typ), Index: int(idx)}
+	return Device{Type: DeviceType(typ), Index: int(idx)}, nil
 }
 
 // RequiresGrad reports whether autograd tracks t.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -354,72 +355,27 @@ func datasetFlags() []cli.Flag {
 	}
 }
 
-// Evaluation protocols.
+// Evaluation protocols (the --protocol values).
 const (
-	protocolPaper          = "paper"
-	protocolPromptDisjoint = "prompt-disjoint"
-	protocolRandom         = "random"
+	protocolPaper          = data.ProtocolPaper
+	protocolPromptDisjoint = data.ProtocolPromptDisjoint
+	protocolRandom         = data.ProtocolRandom
 )
 
-// loadData reads --dataset: the whole set, and the fixed test table for csv
-// with --test-csv (nil otherwise).
+// loadData reads --dataset (see data.Open): the whole set, and the fixed test
+// table for csv with --test-csv (nil otherwise).
 func loadData(c *cli.Context) (all, fixedTest *data.Dataset, err error) {
-	root, table, target := c.String("root"), c.String("table"), c.String("target")
 	name := strings.ToLower(c.String("dataset"))
-	if name != "csv" && root == "" {
+	switch {
+	case name != "csv" && c.String("root") == "":
 		return nil, nil, fmt.Errorf("--root DIR is required for --dataset %s", name)
+	case name == "csv" && c.String("train-csv") == "":
+		return nil, nil, errors.New("--dataset csv needs --train-csv FILE (and optionally --test-csv FILE)")
+	case !slices.Contains(data.SourceNames, name):
+		return nil, nil, fmt.Errorf("--dataset %q: want %s", c.String("dataset"), strings.Join(data.SourceNames, ", "))
 	}
-	switch name {
-	case "agiqa3k":
-		all, err = data.LoadAGIQA3K(root, table, target)
-	case "agiqa1k":
-		all, err = data.LoadAGIQA1K(root, table)
-	case "aigciqa2023":
-		if table == "" {
-			f, ferr := data.AIGCIQA2023MatFile(target)
-			if ferr != nil {
-				return nil, nil, ferr
-			}
-			table = filepath.Join(root, f)
-		}
-		if strings.EqualFold(filepath.Ext(table), ".mat") {
-			all, err = data.LoadAIGCIQA2023Mat(root, table)
-		} else {
-			all, err = data.LoadAIGCIQA2023CSV(root, table, target)
-		}
-	case "csv":
-		tr, te := c.String("train-csv"), c.String("test-csv")
-		if tr == "" {
-			return nil, nil, errors.New("--dataset csv needs --train-csv FILE (and optionally --test-csv FILE)")
-		}
-		if root == "" {
-			root = filepath.Dir(tr)
-		}
-		if te != "" {
-			return trainTestCSV(root, tr, te)
-		}
-		all, err = data.LoadCSV(root, tr)
-	default:
-		return nil, nil, fmt.Errorf("--dataset %q: want agiqa3k, agiqa1k, aigciqa2023 or csv", c.String("dataset"))
-	}
-	if err != nil {
-		return nil, nil, err
-	}
-	if all.Len() == 0 {
-		return nil, nil, fmt.Errorf("dataset %s is empty", all.Name)
-	}
-	return all, nil, nil
-}
-
-func trainTestCSV(root, tr, te string) (*data.Dataset, *data.Dataset, error) {
-	train, test, err := data.LoadTrainTestCSV(root, tr, te)
-	if err != nil {
-		return nil, nil, err
-	}
-	if train.Len() == 0 || test.Len() == 0 {
-		return nil, nil, fmt.Errorf("empty table: %s has %d rows, %s has %d", tr, train.Len(), te, test.Len())
-	}
-	return train, test, nil
+	return data.Open(data.Source{Name: name, Root: c.String("root"), Table: c.String("table"), Target: c.String("target"),
+		TrainCSV: c.String("train-csv"), TestCSV: c.String("test-csv")})
 }
 
 // splitPlan is one train/validation/test partition of a protocol.
@@ -428,74 +384,17 @@ type splitPlan struct {
 	Parts clipagiqa.Datasets
 }
 
-// planSplits partitions the data per --protocol (see datasetFlags).
+// planSplits partitions the data per --protocol (see datasetFlags, data.Plan).
 func planSplits(c *cli.Context, all, fixedTest *data.Dataset) ([]splitPlan, error) {
-	protocol, k := c.String("protocol"), c.Int("splits")
-	testFrac, valFrac, seed := c.Float64("test-fraction"), c.Float64("val-fraction"), c.Uint64("seed")
-	if k < 1 {
-		return nil, fmt.Errorf("--splits %d must be at least 1", k)
-	}
-	switch protocol {
-	case protocolPaper:
-		if k != 1 {
-			return nil, errors.New("--protocol paper has one fixed split; --splits must be 1")
-		}
-		if fixedTest != nil {
-			return []splitPlan{{"given", clipagiqa.Datasets{Train: all, Test: fixedTest}}}, nil
-		}
-		if !strings.HasPrefix(all.Name, "agiqa3k") {
-			return nil, fmt.Errorf("--protocol paper is the official AGIQA-3K split; %s has none (use --test-csv or another protocol)", all.Name)
-		}
-		train, test, err := data.PaperSplit(all)
-		if err != nil {
-			return nil, err
-		}
-		return []splitPlan{{"paper", clipagiqa.Datasets{Train: train, Test: test}}}, nil
-	case protocolPromptDisjoint, protocolRandom:
-	default:
-		return nil, fmt.Errorf("--protocol %q: want prompt-disjoint, paper or random", protocol)
-	}
-	if fixedTest != nil {
-		if k != 1 {
-			return nil, errors.New("with --test-csv the test part is fixed; --splits must be 1")
-		}
-		var train, val *data.Dataset
-		if protocol == protocolRandom {
-			var err error
-			if train, val, err = data.RandomSplit(all, 1-valFrac, seed); err != nil {
-				return nil, err
-			}
-		} else {
-			s, err := data.GroupSplits(all, 1, 1-valFrac, 0, seed)
-			if err != nil {
-				return nil, err
-			}
-			train, val = s[0].Train, s[0].Test
-		}
-		return []splitPlan{{"given", clipagiqa.Datasets{Train: train, Val: val, Test: fixedTest}}}, nil
-	}
-	var plans []splitPlan
-	if protocol == protocolRandom {
-		for i := range k {
-			s := seed + uint64(i)*0x9e3779b9
-			rest, test, err := data.RandomSplit(all, 1-testFrac, s)
-			if err != nil {
-				return nil, err
-			}
-			train, val, err := data.RandomSplit(rest, 1-valFrac, s+1)
-			if err != nil {
-				return nil, err
-			}
-			plans = append(plans, splitPlan{fmt.Sprintf("split%d", i), clipagiqa.Datasets{Train: train, Val: val, Test: test}})
-		}
-		return plans, nil
-	}
-	splits, err := data.GroupSplits(all, k, 1-testFrac, valFrac, seed)
+	p := data.Protocol{Name: c.String("protocol"), Splits: c.Int("splits"), TestFraction: c.Float64("test-fraction"),
+		ValFraction: c.Float64("val-fraction"), Seed: c.Uint64("seed")}
+	parts, err := data.Plan(p, all, fixedTest)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("--protocol %s --splits %d: %w", p.Name, p.Splits, err)
 	}
-	for i, s := range splits {
-		plans = append(plans, splitPlan{fmt.Sprintf("split%d", i), clipagiqa.Datasets{Train: s.Train, Val: s.Val, Test: s.Test}})
+	plans := make([]splitPlan, len(parts))
+	for i, pt := range parts {
+		plans[i] = splitPlan{pt.Name, clipagiqa.Datasets{Train: pt.Train, Val: pt.Val, Test: pt.Test}}
 	}
 	return plans, nil
 }

@@ -91,8 +91,9 @@ func runPredict(c *cli.Context) error {
 	switch {
 	case method == clipagiqa.MethodAGIQA && ckDir == "":
 		return fmt.Errorf("--checkpoint DIR is required with --method agiqa (or use --method clipiqa)")
-	case method != clipagiqa.MethodAGIQA && method != clipagiqa.MethodCLIPIQA:
-		return fmt.Errorf("--method %q: want agiqa or clipiqa", method)
+	}
+	if _, err := clipagiqa.LookupMethod(method); err != nil {
+		return fmt.Errorf("--method: %w", err)
 	}
 	batch := c.Int("batch-size")
 	if batch <= 0 {

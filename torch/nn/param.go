@@ -7,7 +7,8 @@ package nn
 import "github.com/clipagiqa/clipagiqa/torch"
 
 // NamedParam is a parameter with its PyTorch dotted path, as yielded by
-// named_parameters(); optimizers key their state by Name.
+// named_parameters(); optimizers key their state by Name (torch/optim.Param
+// is this type).
 type NamedParam struct {
 	Name string
 	T    *torch.Tensor

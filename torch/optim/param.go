@@ -4,19 +4,17 @@ import (
 	"fmt"
 
 	"github.com/clipagiqa/clipagiqa/torch"
+	"github.com/clipagiqa/clipagiqa/torch/nn"
 )
 
 // Param is a trainable tensor T and its PyTorch dotted path Name
 // ("visual.conv1.weight"). The optimizer updates the tensor in place and does
-// not own it. Its layout is that of torch/nn's NamedParam, so either converts
-// to the other (see Named).
-type Param struct {
-	Name string
-	T    *torch.Tensor
-}
+// not own it. It is torch/nn's NamedParam (one type for both packages), so a
+// store's Trainable passes straight in.
+type Param = nn.NamedParam
 
-// Named converts named parameters of any type laid out as Param (such as
-// torch/nn's NamedParam, from a store's Trainable) into Params.
+// Named converts named parameters of any type laid out as Param into Params
+// (kept for callers with their own identical struct types).
 func Named[P ~struct {
 	Name string
 	T    *torch.Tensor
