@@ -16,15 +16,11 @@
 #include <stdexcept>
 #include <string>
 
-// Autocast API: the CMake feature test's answer where the build provides one,
-// else the libtorch version (the per-device API arrived in 2.4).
-#if defined(CT_AUTOCAST_PER_DEVICE)
-#define CT_OP_AUTOCAST_PER_DEVICE CT_AUTOCAST_PER_DEVICE
-#elif TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-#define CT_OP_AUTOCAST_PER_DEVICE 1
-#else
-#define CT_OP_AUTOCAST_PER_DEVICE 0
+// Autocast API: the answer of CMake's feature test (cmake/torch_features.cmake).
+#if !defined(CT_AUTOCAST_PER_DEVICE)
+#error "CT_AUTOCAST_PER_DEVICE is set by cmake/torch_features.cmake; build through CMake"
 #endif
+#define CT_OP_AUTOCAST_PER_DEVICE CT_AUTOCAST_PER_DEVICE
 
 namespace ct_op {
 
@@ -48,7 +44,7 @@ inline c10::optional<at::Tensor> opt(ct_tensor t) {
 inline ct_tensor wrap(at::Tensor t) { return new at::Tensor(std::move(t)); }
 
 // Sets the thread count, grad mode and autocast for the duration of one call,
-// as shim.cc's guard does (libtorch keeps all three per OS thread).
+// for every shim entry point (libtorch keeps all three per OS thread).
 class Mode {
  public:
   explicit Mode(ct_mode m) {

@@ -1,5 +1,6 @@
 // clipagiqa libtorch shim: see shim.h for the contract.
 #include "shim.h"
+#include "op_guard.h"
 
 #include <ATen/autocast_mode.h>
 #include <torch/script.h>
@@ -62,53 +63,8 @@ void apply_num_threads() {
   if (n > 0 && at::get_num_threads() != n) at::set_num_threads(n);
 }
 
-// Sets grad mode and autocast for the duration of one call.
-class ModeGuard {
- public:
-  explicit ModeGuard(ct_mode m) {
-    apply_num_threads();
-    if (m.grad == CT_INFERENCE) {
-      inference_.emplace(true);
-    } else {
-      grad_.emplace(m.grad != CT_NO_GRAD);
-    }
-    if (m.autocast_dtype >= 0) {
-      autocast_ = true;
-#if CT_AUTOCAST_PER_DEVICE
-      prev_enabled_ = at::autocast::is_autocast_enabled(at::kCUDA);
-      prev_dtype_ = at::autocast::get_autocast_dtype(at::kCUDA);
-      at::autocast::set_autocast_enabled(at::kCUDA, true);
-      at::autocast::set_autocast_dtype(at::kCUDA, scalar_type(m.autocast_dtype));
-#else
-      prev_enabled_ = at::autocast::is_enabled();
-      prev_dtype_ = at::autocast::get_autocast_gpu_dtype();
-      at::autocast::set_enabled(true);
-      at::autocast::set_autocast_gpu_dtype(scalar_type(m.autocast_dtype));
-#endif
-      at::autocast::increment_nesting();
-    }
-  }
-  ~ModeGuard() {
-    if (!autocast_) return;
-    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-#if CT_AUTOCAST_PER_DEVICE
-    at::autocast::set_autocast_enabled(at::kCUDA, prev_enabled_);
-    at::autocast::set_autocast_dtype(at::kCUDA, prev_dtype_);
-#else
-    at::autocast::set_enabled(prev_enabled_);
-    at::autocast::set_autocast_gpu_dtype(prev_dtype_);
-#endif
-  }
-  ModeGuard(const ModeGuard &) = delete;
-  ModeGuard &operator=(const ModeGuard &) = delete;
-
- private:
-  std::optional<c10::InferenceMode> inference_;
-  std::optional<at::AutoGradMode> grad_;
-  bool autocast_ = false;
-  bool prev_enabled_ = false;
-  at::ScalarType prev_dtype_ = at::kHalf;
-};
+// Grad mode, autocast and the thread count for the duration of one call.
+using ModeGuard = ct_op::Mode;
 
 std::vector<at::Tensor> tensor_list(const ct_tensor *xs, int64_t n) {
   std::vector<at::Tensor> v;
