@@ -39,7 +39,7 @@ tj="$(ldd "$out/bin/clipagiqa" | awk '/libturbojpeg/ {print $3}')"
 [ -n "$tj" ] && cp -L "$tj" "$out/lib/"
 
 # Native sources: ours and gotorch's cgotorch (from the module cache).
-cp CMakeLists.txt "$out/src/"
+cp CMakeLists.txt VERSION clipagiqa.pc.in "$out/src/"
 cp cmake/*.cmake "$out/src/cmake/"
 cp cpp/*.cc cpp/*.h "$out/src/cpp/"
 gotorch="$(go list -m -f '{{.Dir}}' github.com/wangkuiyi/gotorch)"
