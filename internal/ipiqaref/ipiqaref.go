@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+
+	"github.com/clipagiqa/clipagiqa/internal/reffix"
 )
 
 // Images is the number of fixture images.
@@ -149,26 +151,11 @@ func Pixels(size int) ([]float32, error) {
 	return out, nil
 }
 
-// Flatten concatenates rows.
-func Flatten(rows [][]float64) []float64 {
-	var out []float64
-	for _, r := range rows {
-		out = append(out, r...)
-	}
-	return out
-}
+// Flatten concatenates rows (the CLIP-AGIQA fixture's helper).
+func Flatten(rows [][]float64) []float64 { return reffix.Flatten(rows) }
 
 // MaxAbs is max |got−want| (+Inf for different lengths).
-func MaxAbs(got []float32, want []float64) float64 {
-	if len(got) != len(want) {
-		return math.Inf(1)
-	}
-	m := 0.0
-	for i := range want {
-		m = math.Max(m, math.Abs(float64(got[i])-want[i]))
-	}
-	return m
-}
+func MaxAbs(got []float32, want []float64) float64 { return reffix.MaxAbs(got, want) }
 
 // MaxAbsOf is max |want|.
 func MaxAbsOf(want []float64) float64 {
