@@ -74,6 +74,7 @@ func trainCommand() *cli.Command {
 		&cli.BoolFlag{Name: "resume", Usage: "continue each split from OUT[/splitK]/last (same seed, batch size, feature cache and schedule)"},
 		&cli.BoolFlag{Name: "override-schedule", Usage: "with --resume: accept changed --epochs, --lr, --warmup-epochs, --warmup-lr (the run then mixes two schedules)"},
 		threadsFlag)
+	flags = append(flags, ipiqaTrainFlags()...)
 	return &cli.Command{
 		Name:  "train",
 		Usage: "train CLIP-AGIQA (prompt context + regressor on a frozen CLIP) and evaluate it",
@@ -165,6 +166,13 @@ func checkTrainFlags(c *cli.Context) error {
 }
 
 func runTrain(c *cli.Context) error {
+	switch m := c.String("method"); m {
+	case trainMethodIPIQA:
+		return runTrainIPIQA(c)
+	case trainMethodAGIQA:
+	default:
+		return fmt.Errorf("--method %q: want %s or %s", m, trainMethodAGIQA, trainMethodIPIQA)
+	}
 	if err := checkTrainFlags(c); err != nil {
 		return err
 	}
