@@ -96,7 +96,16 @@ func trainCommand() *cli.Command {
 			"epoch, loss.png and srcc.png curves, scatter.png and test_predictions.csv of the\n" +
 			"selected epoch on the test part, and summary.json. A progress bar with loss and\n" +
 			"ETA is drawn on stderr when it is a terminal; per-epoch lines go to stdout.\n" +
-			"Ctrl-C stops after saving the last finished epoch; --resume continues.",
+			"Ctrl-C stops after saving the last finished epoch; --resume continues.\n\n" +
+			"--method ipiqa trains IP-IQA on a ResNet CLIP (image encoder fine-tuned, BatchNorm\n" +
+			"in train mode) with the official defaults: AdamW lr 1e-5 constant, head groups at\n" +
+			"lr x --head-scale 10, batch 32, 100 epochs, MSE on [quality, alignment] for\n" +
+			"agiqa3k, dropout 0.5, 512x512 squashed inputs with random horizontal flips.\n" +
+			"Protocol ipiqa-official runs the official folds (--splits up to 10), choosing the\n" +
+			"epoch on the test fold by the sum of the correlations (labelled optimistic) and\n" +
+			"reporting the last epoch too. Checkpoints are the official layout\n" +
+			"(checkpoint_N.pth after 0-based epoch N, checkpoint_best.pth); --resume-from\n" +
+			"continues an official checkpoint with its AdamW state.",
 		Flags:  flags,
 		Action: runTrain,
 	}

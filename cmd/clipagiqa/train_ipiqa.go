@@ -316,7 +316,16 @@ func (r *ipiqaRun) split(ctx context.Context, p splitPlan, dir string, opts ipiq
 		OutDir: dir, Resume: c.Bool("resume"), ResumeFrom: c.String("resume-from"), Hyper: hyper, OverrideSchedule: c.Bool("override-schedule"),
 		ModelConfig: ipiqatrain.OfficialConfig(m, sc, batch, epochs, seed, taskName(len(r.outputs))), Plots: true}
 	if r.group.WorldSize() > 1 {
-		cfg.Parallel = dist.NewDataParallel(r.group)
+		dp := dist.NewDataParallel(r.group)
+		cfg.Parallel = dp
+		// Every rank stops after the same step: a signal is a vote carried by
+		// the gradient all-reduce, so no rank is left waiting in a collective.
+		agreed, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		defer cancel()
+		outer := ctx
+		dp.StopVote = func() bool { return outer.Err() != nil }
+		dp.OnStop = cancel
+		ctx = agreed
 	}
 	main := r.group.IsMain()
 	cb := train.Callbacks{OnEpoch: func(e train.EpochReport) {
