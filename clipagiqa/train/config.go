@@ -100,6 +100,9 @@ type Config struct {
 	// ModelConfig is stored in every checkpoint's "config" (e.g. the
 	// official YAML as a dict); the trainer adds its state under "trainer".
 	ModelConfig *ptfile.Dict
+	// Persist, when set, keeps checkpoints and metrics in the model's own
+	// layout instead of the trainer's (see Persister).
+	Persist Persister
 	// Parallel is this rank of data-parallel training (nil: one process).
 	Parallel Parallel
 	// FeatureCache asks a FeatureCacher model to cache its image features.
@@ -122,7 +125,7 @@ func (c *Config) check(m Model) error {
 		return fmt.Errorf("no optimizer")
 	case c.ClipGradNorm < 0 || math.IsNaN(c.ClipGradNorm):
 		return fmt.Errorf("gradient clipping norm %v must not be negative", c.ClipGradNorm)
-	case (c.Resume || c.ResumeFrom != "") && c.OutDir == "":
+	case (c.Resume || c.ResumeFrom != "") && c.OutDir == "" && c.Persist == nil:
 		return fmt.Errorf("resume needs an output directory")
 	}
 	if c.Loss == nil {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa/metrics"
 	"github.com/clipagiqa/clipagiqa/internal/plot"
@@ -51,7 +52,8 @@ type StepInfo struct {
 	Samples            int // global batch size of the step
 	Loss               float64
 	LR                 float64
-	GradNorm           float64 // before clipping (0 without clipping)
+	GradNorm           float64       // before clipping (0 without clipping)
+	Elapsed            time.Duration // since the epoch started
 }
 
 // Callbacks observe training on Run's goroutine; each may be nil.

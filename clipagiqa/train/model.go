@@ -40,7 +40,10 @@ type Model interface {
 	Trainable() []nn.NamedParam
 	// TrainBatch runs the forward pass in training mode on b's samples and
 	// returns the outputs and the targets the loss compares them with
-	// (e.g. [B, K] scores and MOS, or image and prompt embeddings).
+	// (e.g. [B, K] scores and MOS, or image and prompt embeddings). The
+	// outputs' first dimension counts the samples used; a model that skips
+	// unusable samples returns fewer rows, and nil outputs without an error
+	// skip the step.
 	TrainBatch(s *torch.Scope, b Batch) (outputs, targets *torch.Tensor)
 	// Predict scores every sample of an evaluation part in eval mode:
 	// [sample][output], in the order of the part's Targets.
@@ -65,14 +68,40 @@ type BufferedModel interface {
 
 // FeatureCacher is a Model whose image encoder is frozen, so image features
 // can be computed once: with Config.FeatureCache the trainer calls
-// BuildFeatureCache once before the first epoch (after a resume too); the
-// model's TrainBatch and Predict then read the cached features.
+// BuildFeatureCache once before the first epoch (after a resume too, unless
+// the run is already complete); the model's TrainBatch and Predict then read
+// the cached features.
 type FeatureCacher interface {
 	Model
 	// EncoderFrozen reports whether caching is exact (false: the encoder
 	// trains, and the trainer refuses Config.FeatureCache).
 	EncoderFrozen() bool
-	BuildFeatureCache(ctx context.Context, p Parallel) error
+	// BuildFeatureCache encodes what the run needs. It returns the training
+	// positions that are usable (a subset of Config.Train, e.g. without
+	// unreadable images; nil: all of them).
+	BuildFeatureCache(ctx context.Context, p Parallel) (usable []int, err error)
+}
+
+// TargetedModel is a Model that knows its evaluation targets only once
+// prepared (e.g. unreadable images left out by the feature cache): an
+// EvalPart without Targets takes them from EvalTargets at every
+// evaluation; a part with no targets is not evaluated.
+type TargetedModel interface {
+	Model
+	EvalTargets(part string) [][]float64
+}
+
+// Persister replaces the trainer's own files (checkpoint_N.pth, metrics,
+// plots) for a model that keeps an on-disk layout of its own. The trainer
+// then never reads or writes Config.OutDir itself.
+type Persister interface {
+	// Resume is called once before training, whatever Config.Resume says
+	// (the persister knows its own settings): it restores model and
+	// optimizer and returns the state and history to continue from, or ok
+	// false for a fresh start. now is the state a fresh run starts with.
+	Resume(now State) (st State, history []EpochReport, ok bool, err error)
+	// SaveEpoch persists a finished epoch (rank 0 only).
+	SaveEpoch(st State, better bool, history []EpochReport) error
 }
 
 // Parallel is this process's place in data-parallel training

@@ -73,28 +73,53 @@ func Run(ctx context.Context, m Model, cfg Config, cb Callbacks) (*Result, error
 	}
 	res := &Result{BestBy: cfg.Select.By(), BestLabel: label(cfg.Select)}
 	defer res.finish()
-	if cfg.OutDir != "" && main {
+	if cfg.OutDir != "" && main && cfg.Persist == nil {
 		res.RemovedTemps = removeOrphanTemps(cfg.OutDir)
 	}
+	var fc FeatureCacher
+	if cfg.FeatureCache {
+		var ok bool
+		if fc, ok = m.(FeatureCacher); !ok || !fc.EncoderFrozen() {
+			return nil, fmt.Errorf("train: the feature cache needs a frozen image encoder; this model trains its encoder")
+		}
+	}
 	st := State{Scheme: StateScheme, Epochs: cfg.Epochs, BatchSize: cfg.BatchSize, Seed: cfg.Seed, BestBy: res.BestBy, Hyper: cfg.Hyper}
-	if cfg.Resume || cfg.ResumeFrom != "" {
+	switch {
+	case cfg.Persist != nil:
+		saved, hist, ok, err := cfg.Persist.Resume(st)
+		if err != nil {
+			return nil, fmt.Errorf("train: resume: %w", err)
+		}
+		if ok {
+			st.Epoch, st.BestEpoch, st.BestScore = saved.Epoch, saved.BestEpoch, saved.BestScore
+			res.Resumed, res.History = true, hist
+			res.BestEpoch, res.BestScore = st.BestEpoch, st.BestScore
+		}
+	case cfg.Resume || cfg.ResumeFrom != "":
 		if err := resume(m, &cfg, &st, res); err != nil {
 			return nil, fmt.Errorf("train: resume: %w", err)
 		}
 	}
-	if err := dp.BroadcastParams(append(tensors(params), tensors(buffers)...)...); err != nil {
-		return nil, fmt.Errorf("train: broadcast parameters from rank 0: %w", err)
-	}
-	if cfg.FeatureCache {
-		fc, ok := m.(FeatureCacher)
-		if !ok || !fc.EncoderFrozen() {
-			return nil, fmt.Errorf("train: the feature cache needs a frozen image encoder; this model trains its encoder")
-		}
-		if err := fc.BuildFeatureCache(ctx, dp); err != nil {
-			return nil, fmt.Errorf("train: feature cache: %w", err)
-		}
-	}
 	res.StartEpoch = st.Epoch
+	if err := dp.BroadcastParams(append(tensors(params), tensors(buffers)...)...); err != nil {
+		return res, fmt.Errorf("train: broadcast parameters from rank 0: %w", err)
+	}
+	if st.Epoch >= cfg.Epochs {
+		return res, nil
+	}
+	trainIdx := cfg.Train
+	if fc != nil {
+		usable, err := fc.BuildFeatureCache(ctx, dp)
+		if err != nil {
+			return res, fmt.Errorf("train: %w", err)
+		}
+		if usable != nil {
+			trainIdx = usable
+		}
+		if len(trainIdx) == 0 {
+			return res, fmt.Errorf("train: no usable training samples")
+		}
+	}
 	partNames := make([]string, len(cfg.Eval))
 	for i, p := range cfg.Eval {
 		partNames[i] = p.Name
@@ -109,7 +134,7 @@ func Run(ctx context.Context, m Model, cfg Config, cb Callbacks) (*Result, error
 		if err := torch.ManualSeed(EpochSeed(cfg.Seed, epoch)); err != nil {
 			return res, fmt.Errorf("train: %w", err)
 		}
-		batches := Batches(EpochOrder(cfg.Seed, epoch, cfg.Train), cfg.BatchSize, cfg.KeepLastPartial)
+		batches := Batches(EpochOrder(cfg.Seed, epoch, trainIdx), cfg.BatchSize, cfg.KeepLastPartial)
 		rep := EpochReport{Epoch: epoch + 1}
 		var lossSum float64
 		for k, global := range batches {
@@ -122,18 +147,26 @@ func Run(ctx context.Context, m Model, cfg Config, cb Callbacks) (*Result, error
 				rep.LR = cfg.Optimizer.LR(0)
 			}
 			b := Batch{Epoch: epoch, Step: k, Indices: dp.Sampler(global)}
-			loss, norm, err := step(m, &cfg, ptensors, buffers, b)
+			loss, norm, used, err := step(m, &cfg, ptensors, buffers, b)
 			if err != nil {
+				if cerr := ctx.Err(); cerr != nil {
+					res.Interrupted = true
+					return res, fmt.Errorf("train: interrupted in epoch %d (epoch %d is the last saved): %w", epoch+1, epoch, cerr)
+				}
 				return res, fmt.Errorf("train: epoch %d step %d: %w", epoch+1, k+1, err)
+			}
+			if used == 0 { // nothing usable in this shard
+				continue
 			}
 			if math.IsNaN(loss) || math.IsInf(loss, 0) {
 				return res, fmt.Errorf("train: epoch %d step %d: loss is %v (diverged; lower the learning rate)", epoch+1, k+1, loss)
 			}
 			lossSum += loss
 			rep.Steps++
-			rep.TrainSamples += len(global)
+			samples := len(global) - (len(b.Indices) - used) // this rank's skipped samples left out
+			rep.TrainSamples += samples
 			if cb.OnStep != nil {
-				cb.OnStep(StepInfo{Epoch: epoch + 1, Step: k + 1, Steps: len(batches), Samples: len(global), Loss: loss, LR: cfg.Optimizer.LR(0), GradNorm: norm})
+				cb.OnStep(StepInfo{Epoch: epoch + 1, Step: k + 1, Steps: len(batches), Samples: samples, Loss: loss, LR: cfg.Optimizer.LR(0), GradNorm: norm, Elapsed: time.Since(t0)})
 			}
 		}
 		rep.TrainLoss = lossSum / float64(max(rep.Steps, 1))
@@ -150,7 +183,11 @@ func Run(ctx context.Context, m Model, cfg Config, cb Callbacks) (*Result, error
 		rep.Seconds = time.Since(t0).Seconds()
 		res.History = append(res.History, rep)
 		res.BestEpoch, res.BestScore = st.BestEpoch, st.BestScore
-		if cfg.OutDir != "" && main {
+		if cfg.Persist != nil && main {
+			if err := cfg.Persist.SaveEpoch(st, better, res.History); err != nil {
+				return res, fmt.Errorf("train: epoch %d: %w", epoch+1, err)
+			}
+		} else if cfg.OutDir != "" && main {
 			if err := save(m, cfg, st, better, partNames, res.History); err != nil {
 				return res, fmt.Errorf("train: epoch %d: %w", epoch+1, err)
 			}
@@ -179,46 +216,51 @@ func (r *Result) finish() {
 // step is one optimisation step on this rank's shard: forward, loss,
 // backward, gradient averaging across ranks, clipping, update; in
 // data-parallel training rank 0's buffers are then broadcast. It returns
-// the global batch's mean loss and the gradient norm before clipping.
-func step(m Model, cfg *Config, params []*torch.Tensor, buffers []nn.NamedParam, b Batch) (float64, float64, error) {
+// the global batch's mean loss, the gradient norm before clipping and the
+// number of samples the model used (0: the step was skipped).
+func step(m Model, cfg *Config, params []*torch.Tensor, buffers []nn.NamedParam, b Batch) (loss, norm float64, used int, err error) {
 	s := torch.NewScope()
 	defer s.Close()
 	out, target := m.TrainBatch(s, b)
 	if err := s.Err(); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
-	loss := cfg.Loss(s, out, target)
+	if out == nil {
+		return 0, 0, 0, nil
+	}
+	if sh := out.Shape(); len(sh) > 0 {
+		used = int(sh[0])
+	}
+	lt := cfg.Loss(s, out, target)
 	if err := s.Err(); err != nil {
-		return 0, 0, fmt.Errorf("loss: %w", err)
+		return 0, 0, 0, fmt.Errorf("loss: %w", err)
 	}
-	if err := loss.Backward(); err != nil {
-		return 0, 0, fmt.Errorf("backward: %w", err)
+	if err := lt.Backward(); err != nil {
+		return 0, 0, 0, fmt.Errorf("backward: %w", err)
 	}
-	l, err := loss.Item()
-	if err != nil {
-		return 0, 0, err
+	if loss, err = lt.Item(); err != nil {
+		return 0, 0, 0, err
 	}
-	if l, err = cfg.Parallel.AverageGradients(params, l, len(b.Indices)); err != nil {
-		return 0, 0, fmt.Errorf("gradient all-reduce: %w", err)
+	if loss, err = cfg.Parallel.AverageGradients(params, loss, used); err != nil {
+		return 0, 0, 0, fmt.Errorf("gradient all-reduce: %w", err)
 	}
-	var norm float64
 	if cfg.ClipGradNorm > 0 {
 		if norm, err = torch.ClipGradNorm(params, cfg.ClipGradNorm, 2); err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
 	}
 	if err := cfg.Optimizer.Step(); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	if err := cfg.Optimizer.ZeroGrad(); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	if len(buffers) > 0 && cfg.Parallel.WorldSize() > 1 {
 		if err := cfg.Parallel.BroadcastParams(tensors(buffers)...); err != nil {
-			return 0, 0, fmt.Errorf("broadcast buffers: %w", err)
+			return 0, 0, 0, fmt.Errorf("broadcast buffers: %w", err)
 		}
 	}
-	return l, norm, nil
+	return loss, norm, used, nil
 }
 
 // evaluate scores every part and sets rep.Parts and rep.Score. A part that
@@ -234,6 +276,14 @@ func evaluate(ctx context.Context, m Model, cfg Config, rep *EpochReport) error 
 	}
 	rep.Parts = map[string]PartReport{}
 	for _, p := range cfg.Eval {
+		if p.Targets == nil {
+			if tm, ok := m.(TargetedModel); ok {
+				p.Targets = tm.EvalTargets(p.Name)
+			}
+			if len(p.Targets) == 0 {
+				continue // nothing to evaluate (e.g. every image unreadable)
+			}
+		}
 		reps, err := scorePart(ctx, m, p, len(cfg.Outputs))
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -274,7 +324,10 @@ func scorePart(ctx context.Context, m Model, p EvalPart, outputs int) ([]metrics
 		}
 		r, err := metrics.Compute(x, y)
 		if err != nil {
-			return nil, fmt.Errorf("%s output %d: %w", p.Name, o, err)
+			if outputs == 1 {
+				return nil, err
+			}
+			return nil, fmt.Errorf("output %d: %w", o, err)
 		}
 		reps[o] = r
 	}
