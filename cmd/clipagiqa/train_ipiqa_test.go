@@ -162,3 +162,29 @@ func TestTrainIPIQABadInput(t *testing.T) {
 		})
 	}
 }
+
+// Two ranks train IP-IQA (each its half of every global batch, BatchNorm
+// on its own shard, rank 0's buffers broadcast after every step): the run
+// completes, only rank 0 prints and writes, and --sync-batchnorm is refused
+// until SyncBatchNorm exists.
+func TestTrainIPIQADataParallel(t *testing.T) {
+	needGloo(t)
+	root := miniAGIQA3K(t)
+	out := filepath.Join(t.TempDir(), "run")
+	args := []string{"launch", "--nproc-per-node", "2", "--master-port", "0", "--",
+		"train", "--method", "ipiqa", "--clip", tinyRNCLIPPath, "--dataset", "agiqa3k", "--root", root, "--threads", "1",
+		"--protocol", "ipiqa-official", "--epochs", "1", "--batch-size", "4", "--input-resolution", "64", "--out", out}
+	stdout, stderr, err := runCLI(t, nil, args...)
+	require.NoError(t, err, stderr)
+	assert.Contains(t, stderr, "data-parallel: 2 ranks")
+	assert.Equal(t, 1, strings.Count(stdout, "fold0 epoch 1/1"), "only rank 0 prints:\n%s", stdout)
+	assert.FileExists(t, filepath.Join(out, train.CheckpointName(0)))
+	hist, err := train.ReadMetrics(filepath.Join(out, train.MetricsJSON))
+	require.NoError(t, err)
+	require.Len(t, hist, 1)
+	assert.Equal(t, 12, hist[0].TrainSamples, "samples count the global batches")
+
+	_, stderr, err = runCLI(t, nil, append(args, "--sync-batchnorm", "--out", out+"-sync")...)
+	require.Error(t, err)
+	assert.Contains(t, stderr, "SyncBatchNorm is not available")
+}
