@@ -212,3 +212,24 @@ func TestResumeOfficialCheckpoint(t *testing.T) {
 	r, what := want.Compare(values(t, m.Store().Get("head.dense.weight")), paramAtol)
 	assert.LessOrEqual(t, r, 1.0, what)
 }
+
+// Epochs of training and evaluation through the trainer free what they
+// allocate: after the first epoch (AdamW state created) the live tensor
+// count stays flat.
+func TestTrainerLoopKeepsLiveTensorsFlat(t *testing.T) {
+	f := loadFixture(t)
+	a, m := fixtureModel(t, f)
+	a.parts = map[string][]Sample{"test": a.train[:4]}
+	a.opts.Augment, a.opts.EvalBatch = true, 3 // flips and a partial eval batch too
+	cfg := fixtureConfig(t, m, "", 3)
+	cfg.BatchSize, cfg.Train = 4, []int{0, 1, 2, 3, 4, 5, 6, 7}
+	cfg.Eval, cfg.Outputs = a.EvalParts("test"), []string{"quality", "alignment"}
+	cfg.Select = train.Selection{Part: "test", Metric: "sum_corr"}
+	var counts []int64
+	res, err := train.Run(context.Background(), a, cfg, train.Callbacks{OnEpoch: func(train.EpochReport) { counts = append(counts, torch.LiveTensors()) }})
+	require.NoError(t, err)
+	require.Len(t, counts, 3)
+	assert.Equal(t, counts[0], counts[1], "live tensors after epochs 1..3: %v", counts)
+	assert.Equal(t, counts[0], counts[2], "live tensors after epochs 1..3: %v", counts)
+	assert.Equal(t, 4, res.Last.Parts["test"].Outputs["alignment"].N)
+}
