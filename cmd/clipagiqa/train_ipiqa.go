@@ -291,7 +291,13 @@ func (r *ipiqaRun) split(ctx context.Context, p splitPlan, dir string, opts ipiq
 		parts["test"], names = r.samples(p.Parts.Test), append(names, "test")
 	}
 	trainSet := r.samples(p.Parts.Train)
-	a, err := ipiqatrain.New(m, trainSet, parts, ipiqatrain.Options{Augment: !c.Bool("no-augment"), Seed: seed, EvalBatch: c.Int("batch-size"), Workers: c.Int("workers")})
+	aopts := ipiqatrain.Options{Augment: !c.Bool("no-augment"), Seed: seed, EvalBatch: c.Int("batch-size"), Workers: c.Int("workers")}
+	var dp *dist.DataParallel
+	if r.group.WorldSize() > 1 {
+		dp = dist.NewDataParallel(r.group)
+		aopts.Gather = dp // evaluation sharded across the ranks
+	}
+	a, err := ipiqatrain.New(m, trainSet, parts, aopts)
 	if err != nil {
 		return nil, err
 	}
@@ -315,8 +321,7 @@ func (r *ipiqaRun) split(ctx context.Context, p splitPlan, dir string, opts ipiq
 		Optimizer: opt, Schedule: nil, Eval: a.EvalParts(names...), Outputs: r.outputs, Select: sel,
 		OutDir: dir, Resume: c.Bool("resume"), ResumeFrom: c.String("resume-from"), Hyper: hyper, OverrideSchedule: c.Bool("override-schedule"),
 		ModelConfig: ipiqatrain.OfficialConfig(m, sc, batch, epochs, seed, taskName(len(r.outputs))), Plots: true}
-	if r.group.WorldSize() > 1 {
-		dp := dist.NewDataParallel(r.group)
+	if dp != nil {
 		cfg.Parallel = dp
 		// Every rank stops after the same step: a signal is a vote carried by
 		// the gradient all-reduce, so no rank is left waiting in a collective.
@@ -345,6 +350,11 @@ func (r *ipiqaRun) split(ctx context.Context, p splitPlan, dir string, opts ipiq
 		return s, err
 	}
 	if main && parts["test"] != nil && res.BestEpoch > 0 {
+		// Rank 0 alone: the other ranks have left, so nothing is gathered.
+		a, err := ipiqatrain.New(m, trainSet, parts, ipiqatrain.Options{EvalBatch: aopts.EvalBatch, Workers: aopts.Workers})
+		if err != nil {
+			return s, err
+		}
 		if err := r.testPredictions(ctx, m, a, filepath.Join(dir, train.BestCheckpoint), filepath.Join(dir, predictionsFile), parts["test"]); err != nil {
 			return s, err
 		}

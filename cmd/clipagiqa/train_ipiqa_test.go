@@ -179,10 +179,14 @@ func TestTrainIPIQADataParallel(t *testing.T) {
 	assert.Contains(t, stderr, "data-parallel: 2 ranks")
 	assert.Equal(t, 1, strings.Count(stdout, "fold0 epoch 1/1"), "only rank 0 prints:\n%s", stdout)
 	assert.FileExists(t, filepath.Join(out, train.CheckpointName(0)))
+	assert.FileExists(t, filepath.Join(out, predictionsFile))
 	hist, err := train.ReadMetrics(filepath.Join(out, train.MetricsJSON))
 	require.NoError(t, err)
 	require.Len(t, hist, 1)
 	assert.Equal(t, 12, hist[0].TrainSamples, "samples count the global batches")
+	for _, o := range []string{"quality", "alignment"} {
+		assert.Equal(t, 4, hist[0].Parts["test"].Outputs[o].N, "evaluation sharded over the ranks and gathered")
+	}
 
 	_, stderr, err = runCLI(t, nil, append(args, "--sync-batchnorm", "--out", out+"-sync")...)
 	require.Error(t, err)

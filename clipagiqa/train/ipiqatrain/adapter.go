@@ -39,6 +39,19 @@ type Options struct {
 	EvalBatch int
 	// Workers decode images in parallel (0: runtime.NumCPU()).
 	Workers int
+	// Gather, in data-parallel training, shards evaluation: each rank
+	// scores a contiguous block of every part and the blocks are
+	// all-gathered (*dist.DataParallel provides it; nil: every rank
+	// scores everything).
+	Gather Gatherer
+}
+
+// Gatherer is what sharded evaluation needs from a process group.
+type Gatherer interface {
+	Rank() int
+	WorldSize() int
+	// AllGatherFloat32 concatenates equal-length slices of all ranks in rank order.
+	AllGatherFloat32(local []float32) ([]float32, error)
 }
 
 // Model is IP-IQA as a train.Model (and train.BufferedModel: BatchNorm's
@@ -186,17 +199,27 @@ func (a *Model) TrainBatch(s *torch.Scope, b train.Batch) (*torch.Tensor, *torch
 	return out, s.FromFloat32On(dev, a.targets(a.train, b.Indices), n, k)
 }
 
-// Predict scores a part in eval mode, EvalBatch images at a time.
+// Predict scores a part in eval mode, EvalBatch images at a time; with
+// Options.Gather each rank scores its block and the blocks are gathered.
 func (a *Model) Predict(ctx context.Context, part string) ([][]float64, error) {
 	ss, ok := a.parts[part]
 	if !ok {
 		return nil, fmt.Errorf("no evaluation part %q", part)
 	}
+	g := a.opts.Gather
+	if g == nil || g.WorldSize() <= 1 {
+		return a.predictRange(ctx, ss, 0, len(ss))
+	}
+	return a.predictSharded(ctx, ss, g)
+}
+
+// predictRange scores ss[lo:hi].
+func (a *Model) predictRange(ctx context.Context, ss []Sample, lo, hi int) ([][]float64, error) {
 	k := a.m.Options().Outputs
-	out := make([][]float64, 0, len(ss))
-	for lo := 0; lo < len(ss); lo += a.opts.EvalBatch {
+	out := make([][]float64, 0, hi-lo)
+	for b := lo; b < hi; b += a.opts.EvalBatch {
 		idx := make([]int, 0, a.opts.EvalBatch)
-		for i := lo; i < min(lo+a.opts.EvalBatch, len(ss)); i++ {
+		for i := b; i < min(b+a.opts.EvalBatch, hi); i++ {
 			idx = append(idx, i)
 		}
 		scores, err := a.score(ctx, ss, idx)
@@ -205,6 +228,58 @@ func (a *Model) Predict(ctx context.Context, part string) ([][]float64, error) {
 		}
 		for j := range idx {
 			out = append(out, scores[j*k:(j+1)*k])
+		}
+	}
+	return out, nil
+}
+
+// span is rank r's contiguous block of n items split w ways.
+func span(n, r, w int) (int, int) { return r * n / w, (r + 1) * n / w }
+
+// predictSharded scores this rank's block and all-gathers every rank's.
+// Each block carries a status value first, so a rank that failed (an
+// unreadable image) still joins the collective and every rank reports it.
+func (a *Model) predictSharded(ctx context.Context, ss []Sample, g Gatherer) ([][]float64, error) {
+	k, w := a.m.Options().Outputs, g.WorldSize()
+	longest := 0
+	for r := range w {
+		lo, hi := span(len(ss), r, w)
+		longest = max(longest, hi-lo)
+	}
+	lo, hi := span(len(ss), g.Rank(), w)
+	mine, err := a.predictRange(ctx, ss, lo, hi)
+	block := make([]float32, 1+longest*k)
+	if err == nil {
+		block[0] = 1
+		for i, row := range mine {
+			for o, v := range row {
+				block[1+i*k+o] = float32(v)
+			}
+		}
+	}
+	all, gerr := g.AllGatherFloat32(block)
+	if err != nil {
+		return nil, err
+	}
+	if gerr != nil {
+		return nil, fmt.Errorf("gathering evaluation scores: %w", gerr)
+	}
+	if len(all) != w*len(block) {
+		return nil, fmt.Errorf("gathered %d evaluation values, want %d", len(all), w*len(block))
+	}
+	out := make([][]float64, 0, len(ss))
+	for r := range w {
+		b := all[r*len(block) : (r+1)*len(block)]
+		if b[0] != 1 {
+			return nil, fmt.Errorf("evaluation failed on rank %d (its log names the image)", r)
+		}
+		rlo, rhi := span(len(ss), r, w)
+		for i := range rhi - rlo {
+			row := make([]float64, k)
+			for o := range k {
+				row[o] = float64(b[1+i*k+o])
+			}
+			out = append(out, row)
 		}
 	}
 	return out, nil
