@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa/clip"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/ipiqa"
@@ -333,11 +334,25 @@ func (r *ipiqaRun) split(ctx context.Context, p splitPlan, dir string, opts ipiq
 		ctx = agreed
 	}
 	main := r.group.IsMain()
-	cb := train.Callbacks{OnEpoch: func(e train.EpochReport) {
-		if main {
-			fmt.Fprintln(r.w, ipiqaEpochLine(p.Name, epochs, e, r.outputs))
-		}
-	}}
+	bar := newProgress(r.errw, "", 0) // drawn only on a terminal
+	bar.on = bar.on && main
+	var lossSum float64
+	cb := train.Callbacks{
+		OnStep: func(s train.StepInfo) {
+			if s.Step == 1 {
+				lossSum = 0
+				bar.start = time.Now().Add(-s.Elapsed)
+			}
+			lossSum += s.Loss
+			bar.label, bar.total = fmt.Sprintf("%s epoch %d/%d", p.Name, s.Epoch, epochs), s.Steps
+			bar.update(s.Step, fmt.Sprintf("loss %.4f", lossSum/float64(s.Step)))
+		},
+		OnEpoch: func(e train.EpochReport) {
+			bar.clear()
+			if main {
+				fmt.Fprintln(r.w, ipiqaEpochLine(p.Name, epochs, e, r.outputs))
+			}
+		}}
 	res, err := train.Run(ctx, a, cfg, cb)
 	s := &ipiqaSplitSummary{Name: p.Name, Dir: dir, Train: len(trainSet), Val: len(parts["val"]), Test: len(parts["test"])}
 	if res != nil {
