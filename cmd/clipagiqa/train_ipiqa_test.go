@@ -152,6 +152,7 @@ func TestTrainIPIQABadInput(t *testing.T) {
 		{"freezing", []string{"--clip", tinyRNCLIPPath, "--freezing", "some"}, "want official, paper or none"},
 		{"unknown method", []string{"--clip", tinyRNCLIPPath, "--method", "nope"}, `--method "nope"`},
 		{"resolution", []string{"--clip", tinyRNCLIPPath, "--input-resolution", "100"}, "multiple of 32"},
+		{"checkpoint of another geometry", []string{"--clip", tinyRNCLIPPath, "--resume-from", ipiqaref.Path("checkpoint_best.pth")}, "attnpool.positional_embedding"},
 		{"resume-from several splits", []string{"--clip", tinyRNCLIPPath, "--protocol", "ipiqa-official", "--splits", "2", "--resume-from", "x.pth"}, "one run"},
 	}
 	for _, tc := range tests {
