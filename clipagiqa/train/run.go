@@ -51,7 +51,8 @@ func label(sel Selection) string {
 // Run trains m per cfg, evaluating cfg.Eval after every epoch. With OutDir
 // it writes, after each epoch and in this order, metrics.jsonl/.csv (and
 // plots), checkpoint_best.pth when the epoch is the best so far, and
-// checkpoint_N.pth (the previous one is then removed), each atomically: a
+// checkpoint_N.pth (the previous one is then removed, unless it is
+// ResumeFrom), each atomically: a
 // crash leaves the last completed epoch resumable. Resuming recomputes the
 // sampler and reseeds libtorch from (seed, epoch), so an interrupted run
 // continued with Resume ends bit-identical to an uninterrupted one.
@@ -377,13 +378,25 @@ func save(m Model, cfg Config, st State, better bool, parts []string, history []
 		return err
 	}
 	for _, e := range ents {
-		if checkpointRE.MatchString(e.Name()) && e.Name() != filepath.Base(last) {
-			if err := os.Remove(filepath.Join(cfg.OutDir, e.Name())); err != nil {
+		old := filepath.Join(cfg.OutDir, e.Name())
+		if checkpointRE.MatchString(e.Name()) && e.Name() != filepath.Base(last) && !samePath(old, cfg.ResumeFrom) {
+			if err := os.Remove(old); err != nil {
 				return fmt.Errorf("remove the previous checkpoint: %w", err)
 			}
 		}
 	}
 	return nil
+}
+
+// samePath reports whether a and b name the same file (b may be empty); the
+// checkpoint a run was resumed from is never removed.
+func samePath(a, b string) bool {
+	if b == "" {
+		return false
+	}
+	sa, errA := os.Stat(a)
+	sb, errB := os.Stat(b)
+	return errA == nil && errB == nil && os.SameFile(sa, sb)
 }
 
 // resume restores model, optimizer, state and history from the newest

@@ -276,3 +276,25 @@ func TestBatches(t *testing.T) {
 		assert.Equal(t, tc.want, got, "%+v", tc)
 	}
 }
+
+// The checkpoint a run resumed from (ResumeFrom, e.g. an official file put
+// in the output directory) is not removed with the older checkpoints.
+func TestResumeFromFileIsKept(t *testing.T) {
+	out := t.TempDir()
+	m := newToy(t)
+	cfg := toyConfig(t, m, out)
+	cfg.Epochs = 2
+	_, err := Run(context.Background(), m, cfg, Callbacks{})
+	require.NoError(t, err)
+	from := filepath.Join(out, CheckpointName(0))
+	require.NoError(t, os.Rename(filepath.Join(out, CheckpointName(1)), from)) // pretend: a file of epoch 0 given to us
+	require.NoError(t, os.Remove(filepath.Join(out, MetricsJSON)))
+	m2 := newToy(t)
+	c2 := toyConfig(t, m2, out)
+	c2.Epochs, c2.ResumeFrom, c2.OverrideSchedule = 3, from, true
+	res, err := Run(context.Background(), m2, c2, Callbacks{})
+	require.NoError(t, err)
+	assert.Equal(t, 2, res.StartEpoch)
+	assert.FileExists(t, from)
+	assert.FileExists(t, filepath.Join(out, CheckpointName(2)))
+}
