@@ -16,9 +16,6 @@ import (
 type Optimizer struct {
 	ctx *optim.SGD
 	reg *optim.SGD
-	// syncGrads, when set, runs between backward and the step (data-parallel
-	// gradient averaging); it gets and returns the loss over n samples.
-	syncGrads func(loss float64, n int) (float64, error)
 }
 
 // Module prefixes of the two official optimisers.
@@ -212,7 +209,9 @@ func LRAt(epoch, epochs, warmupEpochs int, baseLR, warmupLR float64) float64 {
 
 // TrainStep runs one optimisation step on normalised image features [N, E]
 // (computed by ImageFeatures, possibly cached) against mos, and returns the
-// loss. The text path runs with grad so ctx learns.
+// loss. The text path runs with grad so ctx learns. It is one process's step:
+// data-parallel training goes through Train (the generic trainer averages
+// the gradients across ranks).
 func (m *Model) TrainStep(opt *Optimizer, imgFeat *torch.Tensor, mos []float32) (float64, error) {
 	s := torch.NewScope()
 	defer s.Close()
@@ -230,11 +229,6 @@ func (m *Model) TrainStep(opt *Optimizer, imgFeat *torch.Tensor, mos []float32) 
 	l, err := loss.Item()
 	if err != nil {
 		return 0, fmt.Errorf("train step: %w", err)
-	}
-	if opt.syncGrads != nil {
-		if l, err = opt.syncGrads(l, len(mos)); err != nil {
-			return 0, fmt.Errorf("train step: %w", err)
-		}
 	}
 	if err := opt.Step(); err != nil {
 		return 0, fmt.Errorf("train step: %w", err)
