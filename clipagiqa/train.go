@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -355,8 +356,20 @@ type agiqaTrainee struct {
 	val, test  *evalSet
 	trainFeats *torch.Tensor // [N·views, E] on the device, cached modes
 	views      int
-	built      bool // the feature stage ran
+	usable     []int // readable training samples
+	built      bool  // the feature stage ran
 	resumed    bool
+	stream     *epochStream // "off": this rank's images of the epoch, loaded ahead
+}
+
+// epochStream loads one epoch's images for this rank ahead of the steps
+// (LoadBatches prefetches while the encoder runs), one global batch's
+// shard per step.
+type epochStream struct {
+	epoch   int
+	localBS int
+	next    func() (*Batch, error, bool)
+	stop    func()
 }
 
 var (
@@ -366,9 +379,57 @@ var (
 )
 
 func (t *agiqaTrainee) close() {
+	t.stopStream()
 	t.val.close()
 	t.test.close()
 	t.trainFeats.Close()
+}
+
+func (t *agiqaTrainee) stopStream() {
+	if t.stream != nil {
+		t.stream.stop()
+		t.stream = nil
+	}
+}
+
+// startStream begins loading epoch's images for this rank: the shards of
+// the epoch's global batches, in order (the trainer's own batching).
+func (t *agiqaTrainee) startStream(epoch int) {
+	t.stopStream()
+	var mine []int
+	localBS := 0
+	for _, g := range train.Batches(train.EpochOrder(t.cfg.Seed, epoch, t.usable), t.cfg.BatchSize, false) {
+		shard := t.dp.Sampler(g)
+		mine = append(mine, shard...)
+		localBS = max(localBS, len(shard))
+	}
+	lo := LoaderOptions{Prep: t.prep, BatchSize: max(localBS, 1), Workers: t.cfg.Workers, Augment: !t.cfg.inLoopCenter, Seed: t.cfg.Seed, Stream: uint64(epoch)}
+	next, stop := iter.Pull2(LoadBatches(t.loopCtx, t.ds.Train.Samples, mine, lo))
+	t.stream = &epochStream{epoch: epoch, localBS: lo.BatchSize, next: next, stop: stop}
+}
+
+// loadBatch is b's images: the next batch of the epoch's stream when it is
+// b's (it always is when the trainer walks the epoch in order), else a
+// direct load of b's samples.
+func (t *agiqaTrainee) loadBatch(b train.Batch) (*Batch, error) {
+	if b.Step == 0 || t.stream == nil || t.stream.epoch != b.Epoch {
+		t.startStream(b.Epoch)
+	}
+	st := t.stream
+	bt, err, ok := st.next()
+	if err != nil {
+		t.stopStream()
+		return nil, err
+	}
+	if ok && bt.Start == b.Step*st.localBS {
+		return bt, nil
+	}
+	t.stopStream() // out of step: load b directly
+	lo := LoaderOptions{Prep: t.prep, BatchSize: len(b.Indices), Workers: t.cfg.Workers, Prefetch: 1, Augment: !t.cfg.inLoopCenter, Seed: t.cfg.Seed, Stream: uint64(b.Epoch)}
+	for bt, err := range LoadBatches(t.loopCtx, t.ds.Train.Samples, b.Indices, lo) {
+		return bt, err
+	}
+	return nil, nil
 }
 
 // Trainable is the prompt context and the regressor, in Params' order.
@@ -444,6 +505,7 @@ func (t *agiqaTrainee) BuildFeatureCache(_ context.Context, _ train.Parallel) ([
 	if len(idx) == 0 {
 		return nil, fmt.Errorf("no readable training images")
 	}
+	t.usable = idx
 	return idx, nil
 }
 
@@ -471,14 +533,10 @@ func (t *agiqaTrainee) TrainBatch(s *torch.Scope, b train.Batch) (*torch.Tensor,
 		}
 		s.Adopt(feats)
 	} else {
-		lo := LoaderOptions{Prep: t.prep, BatchSize: len(b.Indices), Workers: t.cfg.Workers, Prefetch: 1, Augment: !t.cfg.inLoopCenter, Seed: t.cfg.Seed, Stream: uint64(b.Epoch)}
-		var batch *Batch
-		for bt, err := range LoadBatches(t.loopCtx, samples, b.Indices, lo) {
-			if err != nil {
-				s.Fail(err)
-				return nil, nil
-			}
-			batch = bt
+		batch, err := t.loadBatch(b)
+		if err != nil {
+			s.Fail(err)
+			return nil, nil
 		}
 		if batch == nil {
 			return nil, nil
@@ -496,7 +554,7 @@ func (t *agiqaTrainee) TrainBatch(s *torch.Scope, b train.Batch) (*torch.Tensor,
 		r := int64(t.prep.Size)
 		ns := s.Sub().WithGrad(torch.NoGrad).WithDevice(t.dev)
 		feats = ns.Keep(t.m.ImageFeatures(ns, ns.FromFloat32On(t.dev, batch.Pixels, int64(batch.Len()), 3, r, r)))
-		err := ns.Err()
+		err = ns.Err()
 		ns.Close()
 		if err != nil {
 			s.Fail(err)
