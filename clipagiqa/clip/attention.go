@@ -54,8 +54,8 @@ func classTokenWeights(s *torch.Scope, a *Attention, h *torch.Tensor, heads int6
 	n, l, w := shape[0], shape[1], shape[2]
 	hd := w / heads
 	qkv := s.Linear(h, a.InProjWeight, a.InProjBias) // [N, L, 3W]
-	q := s.Narrow(s.Narrow(qkv, 1, 0, 1), 2, 0, w)    // [N, 1, W] class-token query
-	k := s.Narrow(qkv, 2, w, w)                       // [N, L, W]
+	q := s.Narrow(s.Narrow(qkv, 1, 0, 1), 2, 0, w)   // [N, 1, W] class-token query
+	k := s.Narrow(qkv, 2, w, w)                      // [N, L, W]
 	q = s.DivScalar(s.Cast(q, torch.Float32), math.Sqrt(float64(hd)))
 	k = s.Cast(k, torch.Float32)
 	qh := s.Permute(s.Reshape(q, n, 1, heads, hd), 0, 2, 1, 3) // [N, H, 1, hd]
