@@ -42,6 +42,7 @@ func TestIPIQAExplainsFixture(t *testing.T) {
 	require.NoError(t, err)
 	defer m.Close()
 	assert.True(t, m.NeedsPrompt())
+	before := torch.LiveTensors()
 	for _, k := range []int{0, 6} { // an upscaled RGB image, an RGBA one
 		px, err := m.Preprocess(ipiqaref.Path(fmt.Sprintf("images/img_%d.png", k)))
 		require.NoError(t, err)
@@ -69,6 +70,7 @@ func TestIPIQAExplainsFixture(t *testing.T) {
 		}
 		require.NoError(t, e.check())
 	}
+	assert.Equal(t, before, torch.LiveTensors(), "Explain frees what it makes")
 }
 
 // FromIPIQA on the fixture's initial model (archive + init_new_params.pth)

@@ -46,3 +46,11 @@ func TestColormapByName(t *testing.T) {
 	_, err := ColormapByName("rainbow")
 	assert.ErrorContains(t, err, "gray, jet, viridis")
 }
+
+func TestFitText(t *testing.T) {
+	assert.Equal(t, "short", FitText("short", 100))
+	got := FitText("a rather long caption that does not fit", 70) // 7 px per glyph: 10 glyphs
+	assert.Equal(t, "a rathe...", got)
+	assert.LessOrEqual(t, TextWidth(got), 70)
+	assert.Equal(t, "", FitText("abc", 5))
+}
