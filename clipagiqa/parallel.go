@@ -100,43 +100,6 @@ func encodeSharded(ctx context.Context, m *Model, samples []data.Sample, miss []
 	return rows, failed, nil
 }
 
-// setupParallel checks the global batch against the world size and hooks the
-// gradient averaging into opt. It returns the group to use: cfg.Parallel, or
-// a single-process one.
-func setupParallel(m *Model, opt *Optimizer, cfg *TrainConfig) (*dist.DataParallel, error) {
-	dp := cfg.Parallel
-	if dp == nil {
-		return dist.NewDataParallel(dist.Local()), nil
-	}
-	if dp.WorldSize() > 1 {
-		if _, err := dp.LocalBatch(cfg.BatchSize); err != nil {
-			return nil, err
-		}
-		params := m.Params()
-		opt.syncGrads = func(loss float64, n int) (float64, error) {
-			return dp.AverageGradients(params, loss, n)
-		}
-	}
-	return dp, nil
-}
-
-// rankOrder is this rank's part of an epoch's order, global batch by global
-// batch (dp.Sampler of each), and its batch size.
-func rankOrder(dp *dist.DataParallel, order []int, bs int) ([]int, int) {
-	if dp.WorldSize() == 1 {
-		return order, bs
-	}
-	if bs%dp.WorldSize() != 0 { // a dataset smaller than one batch: one uneven batch
-		mine := dp.Sampler(order[:min(bs, len(order))])
-		return mine, max(len(mine), 1)
-	}
-	var mine []int
-	for k := 0; k+bs <= len(order); k += bs {
-		mine = append(mine, dp.Sampler(order[k:k+bs])...)
-	}
-	return mine, bs / dp.WorldSize()
-}
-
 // agree checks that every rank holds the same values (small integers, below
 // 2^24), so that ranks which would run different collectives fail with a
 // clear error instead of mismatching. what names the values for the message.

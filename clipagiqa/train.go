@@ -7,8 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -18,9 +16,13 @@ import (
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa/imageprep"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/metrics"
+	"github.com/clipagiqa/clipagiqa/clipagiqa/train"
 	"github.com/clipagiqa/clipagiqa/data"
 	"github.com/clipagiqa/clipagiqa/torch"
 	"github.com/clipagiqa/clipagiqa/torch/dist"
+	"github.com/clipagiqa/clipagiqa/torch/nn"
+	"github.com/clipagiqa/clipagiqa/torch/optim"
+	"github.com/clipagiqa/clipagiqa/torch/ptfile"
 )
 
 // DefaultFeatureCache is Train's default: one centre view per image, encoded
@@ -190,16 +192,12 @@ func (c *TrainConfig) validate() error {
 	return nil
 }
 
-// epochSeed derives the libtorch seed of one epoch (dropout).
-func epochSeed(seed uint64, epoch int) uint64 { return mix64(seed^mix64(uint64(epoch)+1)) >> 1 }
+// epochSeed derives the libtorch seed of one epoch (dropout): the generic
+// trainer's, which reseeds with it at every epoch.
+func epochSeed(seed uint64, epoch int) uint64 { return train.EpochSeed(seed, epoch) }
 
-// epochOrder is the shuffled sample order of one epoch.
-func epochOrder(seed uint64, epoch int, idx []int) []int {
-	rng := rand.New(rand.NewPCG(mix64(seed), mix64(uint64(epoch)^0x2545f4914f6cdd1d)))
-	out := append([]int(nil), idx...)
-	rng.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
-	return out
-}
+// epochOrder is the shuffled sample order of one epoch (the trainer's sampler).
+func epochOrder(seed uint64, epoch int, idx []int) []int { return train.EpochOrder(seed, epoch, idx) }
 
 // epochView picks sample i's cached view in an epoch (views=K).
 func epochView(seed uint64, epoch, i, views int) int {
@@ -228,6 +226,10 @@ func (e *evalSet) close() {
 // Val SRCC, or lowest training loss without Val). Cancelling ctx stops the
 // run at the next step; the last completed epoch is already saved, the
 // result has Interrupted set and the error wraps ctx.Err().
+//
+// The loop is the generic trainer's (clipagiqa/train): this function plugs
+// CLIP-AGIQA in (agiqaTrainee) with its feature cache and its own
+// checkpoint layout.
 func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callbacks) (*TrainResult, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("train: %w", err)
@@ -260,61 +262,149 @@ func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callb
 		return nil, fmt.Errorf("train: %w", err)
 	}
 	defer opt.Close()
-	dp, err := setupParallel(m, opt, &cfg)
-	if err != nil {
-		return nil, fmt.Errorf("train: %w", err)
+	dp := cfg.Parallel
+	if dp == nil {
+		dp = dist.NewDataParallel(dist.Local())
+	} else if dp.WorldSize() > 1 {
+		if _, err := dp.LocalBatch(cfg.BatchSize); err != nil {
+			return nil, fmt.Errorf("train: %w", err)
+		}
 	}
 
 	res := &TrainResult{FeatureCache: fc.String(), BestBy: "train_loss"}
+	sel := train.Selection{}
 	if ds.Val != nil && ds.Val.Len() > 0 {
-		res.BestBy = "val_srcc"
+		res.BestBy, sel = "val_srcc", train.Selection{Part: "val", Metric: "srcc"}
 	}
 	res.RemovedTemps = removeOrphanTemps(cfg.OutDir, cfg.CacheDir, time.Now())
-	st := trainState{Seed: cfg.Seed, Epochs: cfg.Epochs, BatchSize: cfg.BatchSize, LR: cfg.LR, FeatureCache: fc.String(), BestBy: res.BestBy, RNG: rngScheme,
-		HasSchedule: true, WarmupEpochs: cfg.WarmupEpochs, WarmupLR: cfg.WarmupLR, Momentum: cfg.Momentum, WeightDecay: cfg.WeightDecay}
-	if cfg.Resume {
-		if err := resumeFrom(m, opt, cfg, &st, res); err != nil {
-			return nil, fmt.Errorf("train: resume: %w", err)
+	t := &agiqaTrainee{m: m, opt: opt, cfg: cfg, ds: ds, fc: fc, res: res, dp: dp, setupCtx: ctx, dev: dev,
+		prep: imageprep.DefaultOptions(m.CLIP.Config.ImageResolution), views: 1,
+		st: trainState{Seed: cfg.Seed, Epochs: cfg.Epochs, BatchSize: cfg.BatchSize, LR: cfg.LR, FeatureCache: fc.String(), BestBy: res.BestBy, RNG: rngScheme,
+			HasSchedule: true, WarmupEpochs: cfg.WarmupEpochs, WarmupLR: cfg.WarmupLR, Momentum: cfg.Momentum, WeightDecay: cfg.WeightDecay}}
+	defer t.close()
+	all := make([]int, ds.Train.Len())
+	for i := range all {
+		all[i] = i
+	}
+	var eval []train.EvalPart
+	for _, p := range []struct {
+		name string
+		d    *data.Dataset
+	}{{"val", ds.Val}, {"test", ds.Test}} {
+		if p.d != nil && p.d.Len() > 0 {
+			eval = append(eval, train.EvalPart{Name: p.name})
 		}
 	}
-	if err := agree(dp, "the epoch to start from", st.Epoch); err != nil {
-		return nil, fmt.Errorf("train: resume: %w", err)
+	// Data-parallel: every rank stops after the same step (the feature
+	// cache is built on setupCtx, which a signal still cancels at once).
+	loopCtx, endRun := stopContext(ctx, dp)
+	defer endRun()
+	t.loopCtx = loopCtx
+	tcfg := train.Config{
+		Epochs: cfg.Epochs, BatchSize: cfg.BatchSize, Seed: cfg.Seed, Train: all, Loss: train.MSE,
+		Optimizer: pairOptimizer{opt}, Interval: optim.PerEpoch,
+		Schedule: optim.ConstantWarmupCosine{Warmup: cfg.WarmupEpochs, WarmupLR: cfg.WarmupLR, TMax: cfg.Epochs},
+		Eval:     eval, Select: sel, Persist: t, Parallel: dp, FeatureCache: true,
 	}
-	if err := dp.BroadcastParams(m.Params()...); err != nil { // every rank starts from rank 0's weights
-		return nil, fmt.Errorf("train: %w", err)
+	tcb := train.Callbacks{}
+	if cb.OnStep != nil {
+		tcb.OnStep = func(si train.StepInfo) {
+			cb.OnStep(StepInfo{Epoch: si.Epoch, Step: si.Step, Steps: si.Steps, Images: si.Samples, Loss: si.Loss, LR: si.LR, Elapsed: si.Elapsed})
+		}
 	}
-	if st.Epoch >= cfg.Epochs {
-		return res, nil
+	if cb.OnEpoch != nil {
+		tcb.OnEpoch = func(e train.EpochReport) { cb.OnEpoch(fromTrainReport(e)) }
 	}
+	tres, err := train.Run(loopCtx, t, tcfg, tcb)
+	if tres != nil {
+		res.History = res.History[:0]
+		for _, e := range tres.History {
+			res.History = append(res.History, fromTrainReport(e))
+		}
+		res.StartEpoch, res.Resumed, res.BestEpoch, res.BestMetric = tres.StartEpoch, tres.Resumed, tres.BestEpoch, tres.BestScore
+		res.Interrupted = res.Interrupted || tres.Interrupted
+	}
+	if err != nil {
+		if t.built || t.resumed || res.Interrupted {
+			return res, err
+		}
+		return nil, err
+	}
+	return res, nil
+}
 
-	// Features: evaluation sets always use cached centre features (the
-	// encoder is frozen, so this is exact); training per FeatureCache.
-	prep := imageprep.DefaultOptions(m.CLIP.Config.ImageResolution)
-	copts := CacheOptions{Dir: cfg.CacheDir, Mode: FeatureCache{Mode: CacheCenter, Views: 1}, BatchSize: cfg.BatchSize, Workers: cfg.Workers, Prep: prep, Parallel: dp}
-	var val, test *evalSet
-	defer func() { val.close(); test.close() }()
-	if ds.Val != nil && ds.Val.Len() > 0 {
-		if val, res.ValFailed, err = buildEvalSet(ctx, m, ds.Val, copts, res); err != nil {
-			return nil, fmt.Errorf("train: validation features: %w", err)
+// agiqaTrainee is CLIP-AGIQA as a train.Model: the prompt context and the
+// regressor train on image features of the frozen CLIP, cached once
+// (FeatureCache center or views=K) or encoded every step (off); evaluation
+// always uses cached centre features. It keeps the checkpoint layout of
+// our format (last/, best/, metrics.jsonl) as its train.Persister.
+type agiqaTrainee struct {
+	m        *Model
+	opt      *Optimizer
+	cfg      TrainConfig
+	ds       Datasets
+	fc       FeatureCache
+	res      *TrainResult
+	dp       *dist.DataParallel
+	setupCtx context.Context // the caller's: the cache build stops at once on a signal
+	loopCtx  context.Context // data-parallel: cancelled once the ranks agreed to stop
+	dev      torch.Device
+	prep     imageprep.Options
+	st       trainState
+
+	val, test  *evalSet
+	trainFeats *torch.Tensor // [N·views, E] on the device, cached modes
+	views      int
+	built      bool // the feature stage ran
+	resumed    bool
+}
+
+var (
+	_ train.FeatureCacher = (*agiqaTrainee)(nil)
+	_ train.TargetedModel = (*agiqaTrainee)(nil)
+	_ train.Persister     = (*agiqaTrainee)(nil)
+)
+
+func (t *agiqaTrainee) close() {
+	t.val.close()
+	t.test.close()
+	t.trainFeats.Close()
+}
+
+// Trainable is the prompt context and the regressor, in Params' order.
+func (t *agiqaTrainee) Trainable() []nn.NamedParam { return t.m.NamedParams() }
+
+// EncoderFrozen is always true: CLIP stays frozen in CLIP-AGIQA.
+func (t *agiqaTrainee) EncoderFrozen() bool { return true }
+
+// BuildFeatureCache computes the evaluation sets' centre features and the
+// training features per FeatureCache ("off": every training image is
+// decoded once to find unreadable ones), and returns the readable training
+// samples.
+func (t *agiqaTrainee) BuildFeatureCache(_ context.Context, _ train.Parallel) ([]int, error) {
+	ctx, m, cfg, res := t.setupCtx, t.m, t.cfg, t.res
+	t.built = true
+	copts := CacheOptions{Dir: cfg.CacheDir, Mode: FeatureCache{Mode: CacheCenter, Views: 1}, BatchSize: cfg.BatchSize, Workers: cfg.Workers, Prep: t.prep, Parallel: t.dp}
+	var err error
+	if t.ds.Val != nil && t.ds.Val.Len() > 0 {
+		if t.val, res.ValFailed, err = buildEvalSet(ctx, m, t.ds.Val, copts, res); err != nil {
+			return nil, fmt.Errorf("validation features: %w", err)
 		}
 	}
-	if ds.Test != nil && ds.Test.Len() > 0 {
-		if test, res.TestFailed, err = buildEvalSet(ctx, m, ds.Test, copts, res); err != nil {
-			return nil, fmt.Errorf("train: test features: %w", err)
+	if t.ds.Test != nil && t.ds.Test.Len() > 0 {
+		if t.test, res.TestFailed, err = buildEvalSet(ctx, m, t.ds.Test, copts, res); err != nil {
+			return nil, fmt.Errorf("test features: %w", err)
 		}
 	}
-	train := ds.Train.Samples
-	var trainFeats *torch.Tensor // [N·views, E] on the device, cached modes
-	defer func() { trainFeats.Close() }()
-	views := 1
-	valid := make([]bool, len(train))
-	if fc.Mode == CacheOff {
+	samples := t.ds.Train.Samples
+	valid := make([]bool, len(samples))
+	if t.fc.Mode == CacheOff {
 		for i := range valid {
 			valid[i] = true
 		}
-		failed, err := checkDecodable(ctx, train, prep.MaxPixels, cfg.Workers)
+		failed, err := checkDecodable(ctx, samples, t.prep.MaxPixels, cfg.Workers)
 		if err != nil {
-			return nil, fmt.Errorf("train: %w", err)
+			return nil, err
 		}
 		for _, f := range failed {
 			valid[f.Index] = false
@@ -322,161 +412,266 @@ func Train(ctx context.Context, m *Model, ds Datasets, cfg TrainConfig, cb Callb
 		res.TrainFailed = failed
 	} else {
 		co := copts
-		co.Mode, co.Seed = fc, cfg.Seed
-		cf, err := CacheImageFeatures(ctx, m, train, co)
+		co.Mode, co.Seed = t.fc, cfg.Seed
+		cf, err := CacheImageFeatures(ctx, m, samples, co)
 		if err != nil {
-			return nil, fmt.Errorf("train: %w", err)
+			return nil, err
 		}
 		res.Cache = &cf.Stats
 		res.EncodeSeconds += cf.Stats.EncodeSeconds
-		res.TrainFailed, valid, views = cf.Failed, cf.Valid, cf.Views
-		if trainFeats, err = torch.FromFloat32(cf.Rows, int64(len(train)*views), int64(cf.Embed)); err == nil && dev != torch.CPU {
+		res.TrainFailed, valid, t.views = cf.Failed, cf.Valid, cf.Views
+		if t.trainFeats, err = torch.FromFloat32(cf.Rows, int64(len(samples)*t.views), int64(cf.Embed)); err == nil && t.dev != torch.CPU {
 			s := torch.NewScope()
-			moved := s.Keep(s.To(trainFeats, torch.Float32, dev))
+			moved := s.Keep(s.To(t.trainFeats, torch.Float32, t.dev))
 			err = s.Err()
 			s.Close()
-			trainFeats.Close()
-			trainFeats = moved
+			t.trainFeats.Close()
+			t.trainFeats = moved
 		}
 		if err != nil {
-			return nil, fmt.Errorf("train: features to device: %w", err)
+			return nil, fmt.Errorf("features to device: %w", err)
 		}
 	}
 	if err := unusable(res); err != nil && !cfg.SkipBadImages {
-		return res, fmt.Errorf("train: %w (or skip them explicitly)", err)
+		return nil, fmt.Errorf("%w (or skip them explicitly)", err)
 	}
-	var idx []int
+	idx := []int{}
 	for i, ok := range valid {
 		if ok {
 			idx = append(idx, i)
 		}
 	}
 	if len(idx) == 0 {
-		return res, fmt.Errorf("train: no readable training images")
+		return nil, fmt.Errorf("no readable training images")
 	}
-	bs := cfg.BatchSize
-	steps := len(idx) / bs // Dassl drops the last partial batch when there is a full one
-	if steps == 0 {
-		steps, bs = 1, len(idx)
-	}
-	res.StartEpoch = st.Epoch
-	r := int64(prep.Size)
-	ctx, endRun := stopContext(ctx, dp) // data-parallel: every rank stops after the same step
-	defer endRun()
-
-	for epoch := st.Epoch; epoch < cfg.Epochs; epoch++ {
-		if err := ctx.Err(); err != nil {
-			res.Interrupted = true
-			return res, fmt.Errorf("train: stopped before epoch %d: %w", epoch+1, err)
-		}
-		t0 := time.Now()
-		lr := LRAt(epoch, cfg.Epochs, cfg.WarmupEpochs, cfg.LR, cfg.WarmupLR)
-		opt.SetLR(lr)
-		if err := torch.ManualSeed(epochSeed(cfg.Seed, epoch)); err != nil {
-			return res, fmt.Errorf("train: %w", err)
-		}
-		order := epochOrder(cfg.Seed, epoch, idx)[:steps*bs]
-		var lossSum float64
-		images := 0
-		step := 0
-		stepDone := func(n int, loss float64) error {
-			if math.IsNaN(loss) || math.IsInf(loss, 0) {
-				return fmt.Errorf("train: epoch %d step %d: loss is %v (diverged; lower the learning rate)", epoch+1, step+1, loss)
-			}
-			step++
-			lossSum += loss
-			images += n
-			if cb.OnStep != nil {
-				cb.OnStep(StepInfo{Epoch: epoch + 1, Step: step, Steps: steps, Images: n, Loss: loss, LR: lr, Elapsed: time.Since(t0)})
-			}
-			return nil
-		}
-		if trainFeats != nil {
-			for k := range steps {
-				if err := ctx.Err(); err != nil {
-					res.Interrupted = true
-					return res, fmt.Errorf("train: interrupted in epoch %d (epoch %d is the last saved): %w", epoch+1, epoch, err)
-				}
-				global := order[k*bs : (k+1)*bs]
-				batch := dp.Sampler(global)
-				rows := make([]int64, len(batch))
-				mos := make([]float32, len(batch))
-				for j, i := range batch {
-					rows[j] = int64(i*views + epochView(cfg.Seed, epoch, i, views))
-					mos[j] = float32(train[i].MOS)
-				}
-				loss, err := cachedStep(m, opt, trainFeats, rows, mos)
-				if err != nil {
-					return res, fmt.Errorf("train: epoch %d step %d: %w", epoch+1, k+1, err)
-				}
-				if err := stepDone(len(global), loss); err != nil {
-					return res, err
-				}
-			}
-		} else {
-			mine, localBS := rankOrder(dp, order, bs)
-			lo := LoaderOptions{Prep: prep, BatchSize: localBS, Workers: cfg.Workers, Augment: !cfg.inLoopCenter, Seed: cfg.Seed, Stream: uint64(epoch)}
-			for b, err := range LoadBatches(ctx, train, mine, lo) {
-				if err != nil {
-					res.Interrupted = ctx.Err() != nil
-					return res, fmt.Errorf("train: interrupted in epoch %d (epoch %d is the last saved): %w", epoch+1, epoch, err)
-				}
-				if len(b.Failed) > 0 { // files changed since the check
-					res.TrainFailed = append(res.TrainFailed, b.Failed...)
-					if !cfg.SkipBadImages {
-						return res, fmt.Errorf("train: epoch %d (epoch %d is the last saved): training %w", epoch+1, epoch, ImageErrors(b.Failed))
-					}
-				}
-				if b.Len() == 0 {
-					continue
-				}
-				loss, err := encoderStep(m, opt, dev, b.Pixels, b.Len(), r, b.MOS)
-				if err != nil {
-					return res, fmt.Errorf("train: epoch %d step %d: %w", epoch+1, step+1, err)
-				}
-				if err := stepDone(b.Len()*dp.WorldSize(), loss); err != nil {
-					return res, err
-				}
-			}
-		}
-		rep := EpochReport{Epoch: epoch + 1, LR: lr, Steps: step, TrainImages: images, TrainLoss: lossSum / float64(max(step, 1))}
-		if val != nil {
-			rep.Val, rep.ValError = evalEpoch(m, val)
-		}
-		if test != nil {
-			rep.Test, rep.TestError = evalEpoch(m, test)
-		}
-		better := false
-		if res.BestBy == "val_srcc" {
-			better = rep.Val != nil && !math.IsNaN(rep.Val.SRCC) && (st.BestEpoch == 0 || rep.Val.SRCC > st.BestMetric)
-			if better {
-				st.BestMetric = rep.Val.SRCC
-			}
-		} else {
-			better = !math.IsNaN(rep.TrainLoss) && (st.BestEpoch == 0 || rep.TrainLoss < st.BestMetric)
-			if better {
-				st.BestMetric = rep.TrainLoss
-			}
-		}
-		if better {
-			st.BestEpoch = epoch + 1
-		}
-		rep.Best = better
-		st.Epoch = epoch + 1
-		rep.Seconds = time.Since(t0).Seconds()
-		res.History = append(res.History, rep)
-		res.BestEpoch, res.BestMetric = st.BestEpoch, st.BestMetric
-		if cfg.OutDir != "" && dp.IsMain() {
-			if err := saveEpoch(m, opt, cfg.OutDir, st, better, res.History); err != nil {
-				return res, fmt.Errorf("train: epoch %d: %w", epoch+1, err)
-			}
-		}
-		if cb.OnEpoch != nil {
-			cb.OnEpoch(rep)
-		}
-	}
-	return res, nil
+	return idx, nil
 }
+
+// TrainBatch forwards the head on b's features in training mode (dropout
+// on): cached rows (one view per sample and epoch) or, with the cache off,
+// the frozen encoder on freshly augmented images.
+func (t *agiqaTrainee) TrainBatch(s *torch.Scope, b train.Batch) (*torch.Tensor, *torch.Tensor) {
+	samples := t.ds.Train.Samples
+	var feats *torch.Tensor
+	var mos []float32
+	if t.trainFeats != nil {
+		rows := make([]int64, len(b.Indices))
+		mos = make([]float32, len(b.Indices))
+		for j, i := range b.Indices {
+			rows[j] = int64(i*t.views + epochView(t.cfg.Seed, b.Epoch, i, t.views))
+			mos[j] = float32(samples[i].MOS)
+		}
+		ns := s.Sub().WithGrad(torch.NoGrad)
+		feats = ns.Keep(ns.IndexSelect(t.trainFeats, 0, ns.FromInt64On(t.trainFeats.Device(), rows, int64(len(rows)))))
+		err := ns.Err()
+		ns.Close()
+		if err != nil {
+			s.Fail(err)
+			return nil, nil
+		}
+		s.Adopt(feats)
+	} else {
+		lo := LoaderOptions{Prep: t.prep, BatchSize: len(b.Indices), Workers: t.cfg.Workers, Prefetch: 1, Augment: !t.cfg.inLoopCenter, Seed: t.cfg.Seed, Stream: uint64(b.Epoch)}
+		var batch *Batch
+		for bt, err := range LoadBatches(t.loopCtx, samples, b.Indices, lo) {
+			if err != nil {
+				s.Fail(err)
+				return nil, nil
+			}
+			batch = bt
+		}
+		if batch == nil {
+			return nil, nil
+		}
+		if len(batch.Failed) > 0 { // files changed since the check
+			t.res.TrainFailed = append(t.res.TrainFailed, batch.Failed...)
+			if !t.cfg.SkipBadImages {
+				s.Fail(fmt.Errorf("epoch %d (epoch %d is the last saved): training %w", b.Epoch+1, b.Epoch, ImageErrors(batch.Failed)))
+				return nil, nil
+			}
+		}
+		if batch.Len() == 0 {
+			return nil, nil
+		}
+		r := int64(t.prep.Size)
+		ns := s.Sub().WithGrad(torch.NoGrad).WithDevice(t.dev)
+		feats = ns.Keep(t.m.ImageFeatures(ns, ns.FromFloat32On(t.dev, batch.Pixels, int64(batch.Len()), 3, r, r)))
+		err := ns.Err()
+		ns.Close()
+		if err != nil {
+			s.Fail(err)
+			return nil, nil
+		}
+		s.Adopt(feats)
+		mos = batch.MOS
+	}
+	pred := t.m.Head(s, feats, t.m.TextFeatures(s), true)
+	return pred, s.FromFloat32On(t.dev, mos, int64(len(mos)))
+}
+
+func (t *agiqaTrainee) evalSet(part string) *evalSet {
+	switch part {
+	case "val":
+		return t.val
+	case "test":
+		return t.test
+	}
+	return nil
+}
+
+// EvalTargets are the MOS of the part's readable images.
+func (t *agiqaTrainee) EvalTargets(part string) [][]float64 {
+	e := t.evalSet(part)
+	if e == nil {
+		return nil
+	}
+	out := make([][]float64, len(e.mos))
+	for i, v := range e.mos {
+		out[i] = []float64{v}
+	}
+	return out
+}
+
+// Predict scores a part's cached centre features in inference mode.
+func (t *agiqaTrainee) Predict(_ context.Context, part string) ([][]float64, error) {
+	e := t.evalSet(part)
+	if e == nil {
+		return nil, fmt.Errorf("no evaluation part %q", part)
+	}
+	pred, err := headScores(t.m, e.feats)
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]float64, len(pred))
+	for i, v := range pred {
+		out[i] = []float64{v}
+	}
+	return out, nil
+}
+
+// SaveCheckpoint is unused: the trainee is its own train.Persister.
+func (t *agiqaTrainee) SaveCheckpoint(string, optim.Optimizer, *ptfile.Dict, int) error {
+	return errors.New("clipagiqa: checkpoints are written by the persister")
+}
+
+// LoadCheckpoint is unused: the trainee is its own train.Persister.
+func (t *agiqaTrainee) LoadCheckpoint(string, optim.Optimizer) (any, int, error) {
+	return nil, 0, errors.New("clipagiqa: checkpoints are read by the persister")
+}
+
+// Resume restores OutDir/last when TrainConfig.Resume asks for it (with
+// the refusals of resumeFrom), then checks that every rank starts from the
+// same epoch.
+func (t *agiqaTrainee) Resume(train.State) (train.State, []train.EpochReport, bool, error) {
+	var out train.State
+	if t.cfg.Resume {
+		if err := resumeFrom(t.m, t.opt, t.cfg, &t.st, t.res); err != nil {
+			return out, nil, false, err
+		}
+	}
+	if err := agree(t.dp, "the epoch to start from", t.st.Epoch); err != nil {
+		return out, nil, false, err
+	}
+	if !t.res.Resumed {
+		return out, nil, false, nil
+	}
+	t.resumed = true
+	out.Epoch, out.BestEpoch, out.BestScore = t.st.Epoch, t.st.BestEpoch, t.st.BestMetric
+	hist := make([]train.EpochReport, len(t.res.History))
+	for i, h := range t.res.History {
+		hist[i] = toTrainReport(h)
+	}
+	return out, hist, true, nil
+}
+
+// SaveEpoch writes metrics, best/ and last/ (saveEpoch) when OutDir is set.
+func (t *agiqaTrainee) SaveEpoch(st train.State, better bool, history []train.EpochReport) error {
+	if t.cfg.OutDir == "" {
+		return nil
+	}
+	t.st.Epoch, t.st.BestEpoch, t.st.BestMetric = st.Epoch, st.BestEpoch, st.BestScore
+	h := make([]EpochReport, len(history))
+	for i, e := range history {
+		h[i] = fromTrainReport(e)
+	}
+	return saveEpoch(t.m, t.opt, t.cfg.OutDir, t.st, better, h)
+}
+
+// fromTrainReport is a generic epoch report in this package's layout; a
+// metric that JSON cannot hold (NaN, Inf) becomes the part's error.
+func fromTrainReport(e train.EpochReport) EpochReport {
+	r := EpochReport{Epoch: e.Epoch, LR: e.LR, TrainLoss: e.TrainLoss, Steps: e.Steps, TrainImages: e.TrainSamples, Best: e.Best, Seconds: e.Seconds}
+	part := func(name string) (*metrics.Report, string) {
+		p, ok := e.Parts[name]
+		if !ok {
+			return nil, ""
+		}
+		if p.Error != "" {
+			return nil, p.Error
+		}
+		rep, ok := p.Outputs["score"]
+		if !ok {
+			return nil, ""
+		}
+		if _, err := json.Marshal(rep); err != nil {
+			return nil, err.Error()
+		}
+		return &rep, ""
+	}
+	r.Val, r.ValError = part("val")
+	r.Test, r.TestError = part("test")
+	return r
+}
+
+// toTrainReport is the inverse of fromTrainReport (for resumed history).
+func toTrainReport(e EpochReport) train.EpochReport {
+	r := train.EpochReport{Epoch: e.Epoch, LR: e.LR, TrainLoss: e.TrainLoss, Steps: e.Steps, TrainSamples: e.TrainImages, Best: e.Best, Seconds: e.Seconds}
+	add := func(name string, rep *metrics.Report, msg string) {
+		if rep == nil && msg == "" {
+			return
+		}
+		if r.Parts == nil {
+			r.Parts = map[string]train.PartReport{}
+		}
+		p := train.PartReport{Error: msg}
+		if rep != nil {
+			p.Outputs = map[string]metrics.Report{"score": *rep}
+		}
+		r.Parts[name] = p
+	}
+	add("val", e.Val, e.ValError)
+	add("test", e.Test, e.TestError)
+	return r
+}
+
+// pairOptimizer presents the two official SGD optimisers as one
+// optim.Optimizer with two groups (prompt learner, regressor); state dicts
+// go through Optimizer.StateDicts (our checkpoint keeps them apart).
+type pairOptimizer struct{ o *Optimizer }
+
+func (p pairOptimizer) sgd(g int) *optim.SGD {
+	if g == 0 {
+		return p.o.ctx
+	}
+	return p.o.reg
+}
+
+func (p pairOptimizer) Step() error     { return p.o.Step() }
+func (p pairOptimizer) ZeroGrad() error { return p.o.ZeroGrad() }
+func (p pairOptimizer) Params() []optim.Param {
+	return append(p.o.ctx.Params(), p.o.reg.Params()...)
+}
+func (p pairOptimizer) NumGroups() int          { return 2 }
+func (p pairOptimizer) LR(g int) float64        { return p.sgd(g).LR(0) }
+func (p pairOptimizer) SetLR(g int, lr float64) { p.sgd(g).SetLR(0, lr) }
+func (p pairOptimizer) InitialLR(g int) float64 { return p.sgd(g).InitialLR(0) }
+func (p pairOptimizer) LoadStateDict(*ptfile.Dict) error {
+	return errors.New("clipagiqa: the optimiser pair loads through LoadStateDicts")
+}
+func (p pairOptimizer) StateDict() (*ptfile.Dict, error) {
+	return nil, errors.New("clipagiqa: the optimiser pair saves through StateDicts")
+}
+func (p pairOptimizer) Close() {} // the Optimizer's owner closes it
 
 // unusable reports every image of any part that could not be read, by part.
 func unusable(res *TrainResult) error {
@@ -602,28 +797,6 @@ func headScores(m *Model, feats *torch.Tensor) ([]float64, error) {
 		return nil, err
 	}
 	return pred.Float64s()
-}
-
-// cachedStep runs one step on the given rows of the cached features.
-func cachedStep(m *Model, opt *Optimizer, all *torch.Tensor, rows []int64, mos []float32) (float64, error) {
-	s := torch.NewScope().WithGrad(torch.NoGrad)
-	defer s.Close()
-	f := s.IndexSelect(all, 0, s.FromInt64On(all.Device(), rows, int64(len(rows))))
-	if err := s.Err(); err != nil {
-		return 0, err
-	}
-	return m.TrainStep(opt, f, mos)
-}
-
-// encoderStep encodes a batch (no grad: the encoder is frozen) and steps.
-func encoderStep(m *Model, opt *Optimizer, dev torch.Device, px []float32, n int, r int64, mos []float32) (float64, error) {
-	s := torch.NewScope().WithGrad(torch.NoGrad).WithDevice(dev)
-	defer s.Close()
-	f := m.ImageFeatures(s, s.FromFloat32On(dev, px, int64(n), 3, r, r))
-	if err := s.Err(); err != nil {
-		return 0, err
-	}
-	return m.TrainStep(opt, f, mos)
 }
 
 // saveEpoch writes the metrics files, then OutDir/best (if better), then

@@ -94,6 +94,11 @@ const (
 	ProtocolRandom = "random"
 )
 
+// ProtocolIPIQAOfficial (declared with the folds) is the official IP-IQA
+// cross-validation: Splits of its 10 folds of seed 42 (the first ones), each
+// trained on its train part and evaluated on its test part; no validation
+// part (the official code chooses the epoch on the test part).
+
 // Protocol is how to partition a dataset.
 type Protocol struct {
 	Name         string  // ProtocolPaper, ProtocolPromptDisjoint or ProtocolRandom
@@ -133,9 +138,11 @@ func Plan(p Protocol, all, fixedTest *Dataset) ([]Partition, error) {
 			return nil, err
 		}
 		return []Partition{{Name: "paper", Train: train, Test: test}}, nil
+	case ProtocolIPIQAOfficial:
+		return planIPIQAOfficial(k, all, fixedTest)
 	case ProtocolPromptDisjoint, ProtocolRandom:
 	default:
-		return nil, fmt.Errorf("protocol %q: want prompt-disjoint, paper or random", p.Name)
+		return nil, fmt.Errorf("protocol %q: want prompt-disjoint, paper or random (or %s for IP-IQA)", p.Name, ProtocolIPIQAOfficial)
 	}
 	if fixedTest != nil {
 		if k != 1 {
@@ -178,6 +185,26 @@ func Plan(p Protocol, all, fixedTest *Dataset) ([]Partition, error) {
 	}
 	for i, s := range splits {
 		plans = append(plans, Partition{Name: fmt.Sprintf("split%d", i), Train: s.Train, Val: s.Val, Test: s.Test})
+	}
+	return plans, nil
+}
+
+// planIPIQAOfficial is the first k official IP-IQA folds (see
+// IPIQAOfficialSplits), named fold0, fold1, ...
+func planIPIQAOfficial(k int, all, fixedTest *Dataset) ([]Partition, error) {
+	if fixedTest != nil {
+		return nil, fmt.Errorf("protocol %s has its own test folds; a given test table does not fit it", ProtocolIPIQAOfficial)
+	}
+	if k > IPIQAOfficialNumFolds {
+		return nil, fmt.Errorf("protocol %s has %d folds; splits %d is too many", ProtocolIPIQAOfficial, IPIQAOfficialNumFolds, k)
+	}
+	splits, err := IPIQAOfficialSplits(all)
+	if err != nil {
+		return nil, err
+	}
+	plans := make([]Partition, k)
+	for i := range k {
+		plans[i] = Partition{Name: fmt.Sprintf("fold%d", i), Train: splits[i].Train, Test: splits[i].Test}
 	}
 	return plans, nil
 }

@@ -1,6 +1,7 @@
 package data
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -146,4 +147,34 @@ func TestOpenSources(t *testing.T) {
 			assert.Contains(t, err.Error(), tc.want)
 		})
 	}
+}
+
+// TestPlanIPIQAOfficial: the ipiqa-official protocol is the official folds
+// (the same test images, fold by fold), without a validation part.
+func TestPlanIPIQAOfficial(t *testing.T) {
+	ds, err := LoadAGIQA3K("root", "testdata/agiqa3k/data.csv", TargetQuality)
+	require.NoError(t, err)
+	parts, err := Plan(Protocol{Name: ProtocolIPIQAOfficial, Splits: 3}, ds, nil)
+	require.NoError(t, err)
+	require.Len(t, parts, 3)
+	for k, pt := range parts {
+		assert.Equal(t, fmt.Sprintf("fold%d", k), pt.Name)
+		assert.Nil(t, pt.Val)
+		assert.Equal(t, officialTestNames(t, "agiqa3k", k), pt.Test.Names(), "fold %d test part", k)
+		assert.Equal(t, ds.Len(), pt.Train.Len()+pt.Test.Len())
+	}
+	for _, tc := range []struct {
+		name  string
+		k     int
+		fixed *Dataset
+		want  string
+	}{
+		{"too many folds", 11, nil, "10 folds"},
+		{"given test table", 1, toyDataset(5), "own test folds"},
+	} {
+		_, err := Plan(Protocol{Name: ProtocolIPIQAOfficial, Splits: tc.k}, ds, tc.fixed)
+		assert.ErrorContains(t, err, tc.want, tc.name)
+	}
+	_, err = Plan(Protocol{Name: ProtocolIPIQAOfficial, Splits: 1}, toyDataset(20), nil)
+	assert.ErrorContains(t, err, "only AGIQA-3K and AGIQA-1K")
 }

@@ -74,6 +74,7 @@ func trainCommand() *cli.Command {
 		&cli.BoolFlag{Name: "resume", Usage: "continue each split from OUT[/splitK]/last (same seed, batch size, feature cache and schedule)"},
 		&cli.BoolFlag{Name: "override-schedule", Usage: "with --resume: accept changed --epochs, --lr, --warmup-epochs, --warmup-lr (the run then mixes two schedules)"},
 		threadsFlag)
+	flags = append(flags, ipiqaTrainFlags()...)
 	return &cli.Command{
 		Name:  "train",
 		Usage: "train CLIP-AGIQA (prompt context + regressor on a frozen CLIP) and evaluate it",
@@ -95,7 +96,16 @@ func trainCommand() *cli.Command {
 			"epoch, loss.png and srcc.png curves, scatter.png and test_predictions.csv of the\n" +
 			"selected epoch on the test part, and summary.json. A progress bar with loss and\n" +
 			"ETA is drawn on stderr when it is a terminal; per-epoch lines go to stdout.\n" +
-			"Ctrl-C stops after saving the last finished epoch; --resume continues.",
+			"Ctrl-C stops after saving the last finished epoch; --resume continues.\n\n" +
+			"--method ipiqa trains IP-IQA on a ResNet CLIP (image encoder fine-tuned, BatchNorm\n" +
+			"in train mode) with the official defaults: AdamW lr 1e-5 constant, head groups at\n" +
+			"lr x --head-scale 10, batch 32, 100 epochs, MSE on [quality, alignment] for\n" +
+			"agiqa3k, dropout 0.5, 512x512 squashed inputs with random horizontal flips.\n" +
+			"Protocol ipiqa-official runs the official folds (--splits up to 10), choosing the\n" +
+			"epoch on the test fold by the sum of the correlations (labelled optimistic) and\n" +
+			"reporting the last epoch too. Checkpoints are the official layout\n" +
+			"(checkpoint_N.pth after 0-based epoch N, checkpoint_best.pth); --resume-from\n" +
+			"continues an official checkpoint with its AdamW state.",
 		Flags:  flags,
 		Action: runTrain,
 	}
@@ -165,6 +175,13 @@ func checkTrainFlags(c *cli.Context) error {
 }
 
 func runTrain(c *cli.Context) error {
+	switch m := c.String("method"); m {
+	case trainMethodIPIQA:
+		return runTrainIPIQA(c)
+	case trainMethodAGIQA:
+	default:
+		return fmt.Errorf("--method %q: want %s or %s", m, trainMethodAGIQA, trainMethodIPIQA)
+	}
 	if err := checkTrainFlags(c); err != nil {
 		return err
 	}
