@@ -9,6 +9,7 @@ func commands() []*cli.Command {
 		trainCommand(),
 		evalCommand(),
 		predictCommand(),
+		explainCommand(),
 		exportCommand(),
 		demoCommand(),
 		serveCommand(),
