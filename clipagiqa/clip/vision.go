@@ -10,7 +10,7 @@ import (
 var errClosedInput = errors.New("input tensor is nil or closed")
 
 // ImageEncoder is a CLIP image backbone: *VisionTransformer, *FusedEncoder
-// (the ViT's fused CPU forward) or *ModifiedResNet.
+// (the ViT with its blocks on the fused CPU op) or *ModifiedResNet.
 type ImageEncoder interface {
 	// Encode maps pixels [N, 3, R, R] to raw image features [N, E].
 	Encode(s *torch.Scope, pixels *torch.Tensor) *torch.Tensor
@@ -50,6 +50,12 @@ func (v *VisionTransformer) transformerBlocks() []*ResidualBlock {
 
 // Encode maps pixels [N, 3, R, R] to raw (un-normalised) features [N, E].
 func (v *VisionTransformer) Encode(s *torch.Scope, pixels *torch.Tensor) *torch.Tensor {
+	return v.encode(s, pixels, nil)
+}
+
+// encode is the ViT forward; with blocks (the fused op over v's own
+// transformer) the residual blocks run natively, stem and head stay here.
+func (v *VisionTransformer) encode(s *torch.Scope, pixels *torch.Tensor, blocks *torch.FusedBlocks) *torch.Tensor {
 	shape := pixels.Shape()
 	r := int64(v.cfg.ImageResolution)
 	if len(shape) != 4 || shape[1] != 3 || shape[2] != r || shape[3] != r {
@@ -63,7 +69,11 @@ func (v *VisionTransformer) Encode(s *torch.Scope, pixels *torch.Tensor) *torch.
 	cls := s.Expand(s.Reshape(v.ClassEmbedding, 1, 1, w), n, 1, w) // [N, 1, W]
 	x = s.Add(s.Cat(1, cls, x), v.PositionalEmbedding)             // [N, G²+1, W]
 	x = layerNorm(s, x, v.LNPre, v.dtype)
-	x = v.Transformer.forward(s, x, nil, v.dtype)
+	if blocks != nil {
+		x = blocks.Forward(s, x)
+	} else {
+		x = v.Transformer.forward(s, x, nil, v.dtype)
+	}
 	x = layerNorm(s, s.Select(x, 1, 0), v.LNPost, v.dtype) // class token [N, W]
 	return s.MatMul(x, v.Proj)                             // [N, E]
 }
