@@ -820,6 +820,68 @@ ct_error ct_blocks_forward_shared_prefix(ct_blocks b, int32_t grad, ct_tensor pr
   FUSED_CATCH
 }
 
+ct_error ct_fused_patch_embed(ct_tensor pixels, ct_tensor weight, ct_tensor *out) {
+  FUSED_TRY
+  ct_apply_num_threads();
+  if (pixels == nullptr || weight == nullptr) throw std::invalid_argument("fused patch embed: nil input");
+  const at::Tensor &px = *static_cast<at::Tensor *>(pixels), &W = *static_cast<at::Tensor *>(weight);
+  if (!is_cpu_f32(px) || !is_cpu_f32(W)) throw std::invalid_argument("fused patch embed: inputs must be CPU float32 tensors");
+  if (W.dim() != 4 || W.size(2) != W.size(3) || W.size(2) < 1 || px.dim() != 4 || px.size(0) < 1 ||
+      px.size(1) != W.size(1) || px.size(2) != px.size(3) || px.size(2) % W.size(2) != 0)
+    throw std::invalid_argument("fused patch embed: pixels " + c10::str(px.sizes()) + " and weight " +
+                                c10::str(W.sizes()) + ", want [N C R R] and [W C P P] with P dividing R");
+  at::NoGradGuard no_grad;
+  SingleThreadedBlas single;
+  const at::Tensor x = px.detach().contiguous(), w = W.detach().contiguous();
+  const int64_t n = x.size(0), ch = x.size(1), res = x.size(2), width = w.size(0), p = w.size(2), g = res / p;
+  const int64_t g2 = g * g, k = ch * p * p;
+  at::Tensor y = at::empty({n, g2, width}, x.options());
+  const float *img0 = x.data_ptr<float>(), *wp = w.data_ptr<float>();
+  float *yp = y.data_ptr<float>();
+  // One image per task, its patches gathered into the thread's scratch
+  // (kept across calls: a fresh one would cost a page fault per 4 KiB).
+  run_tasks(n, [&](int64_t i, int) {
+    thread_local std::vector<float> cols;
+    if (static_cast<int64_t>(cols.size()) < g2 * k) cols.resize(g2 * k);
+    const float *img = img0 + i * ch * res * res;
+    for (int64_t gy = 0; gy < g; gy++)
+      for (int64_t gx = 0; gx < g; gx++) {
+        float *row = cols.data() + (gy * g + gx) * k;
+        for (int64_t c = 0; c < ch; c++)
+          for (int64_t ky = 0; ky < p; ky++)
+            std::memcpy(row + (c * p + ky) * p, img + c * res * res + (gy * p + ky) * res + gx * p, p * sizeof(float));
+      }
+    gemm(false, true, g2, width, k, cols.data(), k, wp, k, 0.0f, yp + i * g2 * width, width);
+  });
+  *out = new at::Tensor(std::move(y));
+  FUSED_CATCH
+}
+
+ct_error ct_fused_layer_norm(ct_tensor x, ct_tensor w, ct_tensor b, double eps, ct_tensor *out) {
+  FUSED_TRY
+  ct_apply_num_threads();
+  if (x == nullptr || w == nullptr || b == nullptr) throw std::invalid_argument("fused layer norm: nil input");
+  const at::Tensor &in = *static_cast<at::Tensor *>(x), &g = *static_cast<at::Tensor *>(w),
+                   &beta = *static_cast<at::Tensor *>(b);
+  if (!is_cpu_f32(in) || !is_cpu_f32(g) || !is_cpu_f32(beta))
+    throw std::invalid_argument("fused layer norm: inputs must be CPU float32 tensors");
+  if (in.dim() < 1 || g.dim() != 1 || beta.sizes() != g.sizes() || in.size(-1) != g.size(0))
+    throw std::invalid_argument("fused layer norm: x " + c10::str(in.sizes()) + ", weight " + c10::str(g.sizes()) +
+                                ", bias " + c10::str(beta.sizes()) + ", want [... W], [W], [W]");
+  at::NoGradGuard no_grad;
+  const at::Tensor xc = in.detach().contiguous(), gc = g.detach().contiguous(), bc = beta.detach().contiguous();
+  at::Tensor y = at::empty_like(xc);
+  const int64_t width = g.size(0), rows = width > 0 ? xc.numel() / width : 0, chunk = 64;
+  const float *xp = xc.data_ptr<float>(), *gp = gc.data_ptr<float>(), *bp = bc.data_ptr<float>();
+  float *yp = y.data_ptr<float>();
+  run_tasks((rows + chunk - 1) / chunk, [&](int64_t i, int) {
+    const int64_t r0 = i * chunk, r1 = std::min(rows, r0 + chunk);
+    layer_norm_rows(xp + r0 * width, yp + r0 * width, r1 - r0, width, gp, bp, static_cast<float>(eps));
+  });
+  *out = new at::Tensor(std::move(y));
+  FUSED_CATCH
+}
+
 int32_t ct_fused_direct_blas(void) { return blas().sgemm != nullptr ? 1 : 0; }
 
 int32_t ct_fused_dnnl(void) { return dnnl_sgemm() != nullptr ? 1 : 0; }

@@ -48,6 +48,16 @@ void ct_blocks_trim(ct_blocks b);
 /* Bytes of activation buffers the handle holds now. */
 int64_t ct_blocks_buffer_bytes(ct_blocks b);
 
+/* pixels [N, C, R, R] → conv2d(pixels, weight [W, C, P, P], stride P, no
+ * padding, no bias) as tokens [N, (R/P)², W] (CPU float32): one image per
+ * task, its patches gathered into a per-thread scratch kept across calls,
+ * one product each. No autograd history. */
+ct_error ct_fused_patch_embed(ct_tensor pixels, ct_tensor weight, ct_tensor *out);
+
+/* y = LayerNorm(x) over the last dimension (weight w, bias b, CPU float32):
+ * the block ops' row kernel, 64 rows per task, without autograd history. */
+ct_error ct_fused_layer_norm(ct_tensor x, ct_tensor w, ct_tensor b, double eps, ct_tensor *out);
+
 /* Which matrix-multiply route the fused code uses: 1 = the process's BLAS
  * sgemm called directly, 0 = libtorch's mm on strided views. */
 int32_t ct_fused_direct_blas(void);

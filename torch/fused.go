@@ -154,6 +154,33 @@ func (f *FusedBlocks) Close() {
 	}
 }
 
+// FusedPatchEmbed is conv2d(pixels, w, stride P, no padding, no bias) for
+// pixels [N, C, R, R] and w [W, C, P, P] (CPU float32), returned as tokens
+// [N, (R/P)², W]: one image per task on libtorch's threads, its patches
+// gathered into a per-thread scratch kept across calls (about (R/P)²·C·P²
+// floats per thread), one product each, so an image's tokens do not depend
+// on its batch. The result has no autograd history.
+func (s *Scope) FusedPatchEmbed(pixels, w *Tensor) *Tensor {
+	if !s.required("fused_patch_embed", pixels, w) {
+		return nil
+	}
+	return s.run("fused_patch_embed", []*Tensor{pixels, w}, func(in []C.ct_tensor, out *C.ct_tensor) C.ct_error {
+		return C.ct_fused_patch_embed(in[0], in[1], out)
+	})
+}
+
+// FusedLayerNorm normalises x over its last dimension (weight w and bias b
+// [W], CPU float32) with the fused blocks' row kernel, 64 rows per task.
+// The result has no autograd history.
+func (s *Scope) FusedLayerNorm(x, w, b *Tensor, eps float64) *Tensor {
+	if !s.required("fused_layer_norm", x, w, b) {
+		return nil
+	}
+	return s.run("fused_layer_norm", []*Tensor{x, w, b}, func(in []C.ct_tensor, out *C.ct_tensor) C.ct_error {
+		return C.ct_fused_layer_norm(in[0], in[1], in[2], C.double(eps), out)
+	})
+}
+
 // FusedDirectBLAS reports whether fused code calls the process's BLAS sgemm
 // directly (true) or goes through libtorch's mm on strided views.
 func FusedDirectBLAS() bool { return C.ct_fused_direct_blas() != 0 }

@@ -90,16 +90,18 @@ func (e *FusedEncoder) Close() {
 	e.ViT.Close()
 }
 
-// EnableFused switches EncodeImage's residual blocks to the fused native op,
+// EnableFused switches EncodeImage's residual blocks to the fused native op
 // and EncodeTextSharedPrefix's to the fused shared-prefix op (forward and a
-// hand-written backward, torch.FusedBlocks.ForwardSharedPrefix), when the model is a ViT computing in float32 on
-// the CPU, and reports whether it did. Both give the plain paths' numbers to
-// float32 rounding. It is opt-in because the image forward is inference-only
-// (pixels that need gradients still take the plain path), it keeps activation
-// buffers between calls (about 140 MB at batch 32 for ViT-B/16; see
-// FusedEncoder.Trim), and the first differentiable text call makes transposed
-// copies of the text blocks' weights (about 150 MB for ViT-B/16) when
-// libtorch's oneDNN is reachable, for its faster few-row products.
+// hand-written backward, torch.FusedBlocks.ForwardSharedPrefix), when the
+// model is a ViT computing in float32 on the CPU, and reports whether it did.
+// Stems and heads stay the Go model's own. Both give the plain paths'
+// numbers to float32 rounding. It is opt-in because the image forward is
+// inference-only (pixels that need gradients still take the plain path), it
+// keeps activation buffers between calls (about 120 MB at batch 32 for
+// ViT-B/16; see FusedEncoder.Trim), and the first differentiable text call
+// makes transposed copies of the text blocks' weights (about 150 MB for
+// ViT-B/16) when libtorch's oneDNN is reachable, for its faster few-row
+// products.
 //
 // It also shrinks an OpenBLAS thread pool, if the process has one, to one
 // thread (torch.SetBLASThreads): the fused forward parallelises its products
