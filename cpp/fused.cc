@@ -1,7 +1,11 @@
-// Fused CPU paths for CLIP: see fused.h.
+// Fused CPU ops for CLIP's residual attention blocks: see fused.h.
 //
-// Image encoder (inference). Why it is faster than running the same ops one
-// by one (as the Go plain path and PyTorch eager do):
+// The model itself (stems, heads, parameter names) is defined once, in Go
+// (clipagiqa/clip); these ops run only its block stack, on weights handed
+// over by their PyTorch names.
+//
+// Block stack forward (inference). Why it is faster than running the same
+// ops one by one (as the Go plain path and PyTorch eager do):
 //  * one thread pool: libtorch's intra-op threads split every matrix
 //    multiply by output columns and call BLAS single-threaded, instead of
 //    OpenBLAS's own pthreads and OpenMP's spinning workers taking turns on
@@ -17,7 +21,7 @@
 // softmax, bias added before the product as addmm does), so results agree to
 // float32 rounding; clipagiqa/clip/fast_test.go checks it.
 //
-// Text path with a shared prefix (training): see TextFn below.
+// Shared-prefix forward (training's text path): see PrefixFn below.
 #include "fused.h"
 
 #include <dlfcn.h>
@@ -328,71 +332,137 @@ void linear_grad_tiled(const float *dC, int64_t m, int64_t n, const at::Tensor &
   });
 }
 
-// ---------------------------------------------------------------- model
 
+// ---------------------------------------------------------------- blocks
+
+bool is_cpu_f32(const at::Tensor &t) { return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat; }
+
+// One residual block's weights.
 struct Block {
   at::Tensor in_w, in_b, out_w, out_b, ln1_w, ln1_b, fc_w, fc_b, proj_w, proj_b, ln2_w, ln2_b;
 };
 
+// A block's parameters by their PyTorch names under resblocks.<l>., with
+// where each goes and its shape in units of the width W (rows, cols; 0 cols
+// for a vector).
+struct BlockParam {
+  const char *name;
+  at::Tensor Block::*field;
+  int64_t rows, cols;
+};
+const BlockParam kBlockParams[] = {
+    {"attn.in_proj_weight", &Block::in_w, 3, 1},  {"attn.in_proj_bias", &Block::in_b, 3, 0},
+    {"attn.out_proj.weight", &Block::out_w, 1, 1}, {"attn.out_proj.bias", &Block::out_b, 1, 0},
+    {"ln_1.weight", &Block::ln1_w, 1, 0},          {"ln_1.bias", &Block::ln1_b, 1, 0},
+    {"mlp.c_fc.weight", &Block::fc_w, 4, 1},       {"mlp.c_fc.bias", &Block::fc_b, 4, 0},
+    {"mlp.c_proj.weight", &Block::proj_w, 1, 4},   {"mlp.c_proj.bias", &Block::proj_b, 1, 0},
+    {"ln_2.weight", &Block::ln2_w, 1, 0},          {"ln_2.bias", &Block::ln2_b, 1, 0},
+};
+constexpr int kBlockParamCount = sizeof(kBlockParams) / sizeof(kBlockParams[0]);
+
+// Reads the blocks from weights named resblocks.<l>.<param>: every block
+// 0..L-1 must have each parameter once, with the shape for one width; other
+// names are refused.
+std::vector<Block> read_blocks(const char *const *names, const ct_tensor *ws, int64_t n, int64_t *width) {
+  std::vector<std::array<at::Tensor, kBlockParamCount>> found;
+  for (int64_t i = 0; i < n; i++) {
+    if (names[i] == nullptr) throw std::invalid_argument("fused blocks: nil weight name");
+    const std::string name = names[i];
+    const std::string pre = "resblocks.";
+    size_t end = pre.size();
+    while (end < name.size() && name[end] >= '0' && name[end] <= '9') end++;
+    int j = -1;
+    if (name.compare(0, pre.size(), pre) == 0 && end > pre.size() && end < name.size() && name[end] == '.' &&
+        end - pre.size() < 6)
+      for (int q = 0; q < kBlockParamCount; q++)
+        if (name.compare(end + 1, std::string::npos, kBlockParams[q].name) == 0) j = q;
+    if (j < 0) throw std::invalid_argument("fused blocks: unexpected weight " + name);
+    const size_t l = std::stoul(name.substr(pre.size(), end - pre.size()));
+    if (found.size() <= l) found.resize(l + 1);
+    if (found[l][j].defined()) throw std::invalid_argument("fused blocks: weight " + name + " given twice");
+    if (ws[i] == nullptr) throw std::invalid_argument("fused blocks: nil tensor for " + name);
+    const at::Tensor &t = *static_cast<at::Tensor *>(ws[i]);
+    if (!is_cpu_f32(t)) throw std::invalid_argument("fused blocks: " + name + " must be a CPU float32 tensor");
+    found[l][j] = t.detach().contiguous();
+  }
+  if (found.empty()) throw std::invalid_argument("fused blocks: no weights");
+  for (size_t l = 0; l < found.size(); l++)
+    for (int j = 0; j < kBlockParamCount; j++)
+      if (!found[l][j].defined())
+        throw std::invalid_argument("fused blocks: missing weight resblocks." + std::to_string(l) + "." +
+                                    kBlockParams[j].name);
+  const int64_t w = found[0][0].dim() == 2 ? found[0][0].size(1) : -1;
+  if (w < 1) throw std::invalid_argument("fused blocks: resblocks.0.attn.in_proj_weight has shape " +
+                                         c10::str(found[0][0].sizes()));
+  std::vector<Block> blocks(found.size());
+  for (size_t l = 0; l < found.size(); l++)
+    for (int j = 0; j < kBlockParamCount; j++) {
+      const BlockParam &p = kBlockParams[j];
+      const at::Tensor &t = found[l][j];
+      std::vector<int64_t> want{p.rows * w};
+      if (p.cols > 0) want.push_back(p.cols * w);
+      if (t.sizes() != at::IntArrayRef(want))
+        throw std::invalid_argument("fused blocks: resblocks." + std::to_string(l) + "." + p.name + " has shape " +
+                                    c10::str(t.sizes()) + ", want " + c10::str(at::IntArrayRef(want)));
+      blocks[l].*p.field = t;
+    }
+  *width = w;
+  return blocks;
+}
+
+// Activation buffers of the inference forward, reused across calls.
 struct Buffers {
-  int64_t rows = 0;
-  at::Tensor x, h, o, f;              // [M, W], [M, W], [M, W], [M, 4W] (also holds qkv)
-  std::vector<at::Tensor> scores;     // per thread [L, L] ×2
-  std::vector<at::Tensor> gelu;       // per thread scratch block
-  std::vector<at::Tensor> patches;    // per thread [G², 3·P·P]
+  int64_t rows = 0, tokens = 0;
+  at::Tensor h, o, f;              // [M, W], [M, W], [M, 4W] (f also holds qkv)
+  std::vector<at::Tensor> scores;  // per thread [L, L] ×2
+  std::vector<at::Tensor> gelu;    // per thread scratch block
   int64_t bytes() const {
     int64_t n = 0;
-    for (const at::Tensor *t : {&x, &h, &o, &f})
+    for (const at::Tensor *t : {&h, &o, &f})
       if (t->defined()) n += t->numel() * 4;
-    for (const auto *v : {&scores, &gelu, &patches})
+    for (const auto *v : {&scores, &gelu})
       for (const auto &t : *v) n += t.numel() * 4;
     return n;
   }
 };
 
-struct ViT {
-  at::Tensor conv_w, cls, pos, ln_pre_w, ln_pre_b, ln_post_w, ln_post_b, proj;
+// A stack of residual attention blocks (x + attn(ln_1(x)), then
+// x + mlp(ln_2(x))) with its inference buffers.
+struct Stack {
   std::vector<Block> blocks;
-  int64_t width = 0, heads = 0, patch = 0, grid = 0, tokens = 0, res = 0;
-  std::mutex mu;
+  int64_t width = 0, heads = 0;
+
+  std::mutex mu;  // guards buf
   Buffers buf;
 
-  void ensure(int64_t n, int64_t T) {
-    const int64_t m = n * tokens;
+  // Transposed copies of each block's in, out, fc and proj weights for the
+  // shared-prefix path, made on its first differentiable call when oneDNN is
+  // there (training runs it every step; scoring once, without them).
+  mutable std::once_flag once;
+  mutable std::vector<std::array<at::Tensor, 4>> wt;
+
+  const std::vector<std::array<at::Tensor, 4>> *transposed() const {
+    if (dnnl_sgemm() == nullptr) return nullptr;
+    std::call_once(once, [this] {
+      for (const Block &b : blocks)
+        wt.push_back({b.in_w.t().contiguous(), b.out_w.t().contiguous(), b.fc_w.t().contiguous(),
+                      b.proj_w.t().contiguous()});
+    });
+    return &wt;
+  }
+
+  void ensure(int64_t m, int64_t L, int64_t T) {
     auto opts = at::TensorOptions().dtype(at::kFloat);
     if (buf.rows < m) {
-      buf = Buffers();  // free the old ones first: the peak stays one set
-      buf.x = at::empty({m, width}, opts);
+      buf.h = at::Tensor(), buf.o = at::Tensor(), buf.f = at::Tensor();  // free first: the peak stays one set
       buf.h = at::empty({m, width}, opts);
       buf.o = at::empty({m, width}, opts);
       buf.f = at::empty({m, 4 * width}, opts);
       buf.rows = m;
     }
-    while (static_cast<int64_t>(buf.scores.size()) < 2 * T) buf.scores.push_back(at::empty({tokens, tokens}, opts));
+    if (buf.tokens != L) buf.scores.clear(), buf.tokens = L;
+    while (static_cast<int64_t>(buf.scores.size()) < 2 * T) buf.scores.push_back(at::empty({L, L}, opts));
     while (static_cast<int64_t>(buf.gelu.size()) < T) buf.gelu.push_back(at::empty({1 << 16}, opts));
-    while (static_cast<int64_t>(buf.patches.size()) < T)
-      buf.patches.push_back(at::empty({grid * grid, 3 * patch * patch}, opts));
-  }
-
-  // Patch embedding (conv as a product), class token and positions for image i.
-  void embed(const float *pix, int64_t i, at::Tensor &cols) {
-    const int64_t g2 = grid * grid, pp = patch * patch, w = width;
-    float *pc = cols.data_ptr<float>();
-    const float *img = pix + i * 3 * res * res;
-    for (int64_t gy = 0; gy < grid; gy++)
-      for (int64_t gx = 0; gx < grid; gx++) {
-        float *row = pc + (gy * grid + gx) * 3 * pp;
-        for (int64_t c = 0; c < 3; c++)
-          for (int64_t ky = 0; ky < patch; ky++)
-            std::memcpy(row + c * pp + ky * patch, img + c * res * res + (gy * patch + ky) * res + gx * patch,
-                        patch * sizeof(float));
-      }
-    float *x = buf.x.data_ptr<float>() + i * tokens * w;
-    gemm(false, true, g2, w, 3 * pp, pc, 3 * pp, conv_w.data_ptr<float>(), 3 * pp, 0.0f, x + w, w);
-    const float *p = pos.data_ptr<float>(), *ce = cls.data_ptr<float>();
-    for (int64_t c = 0; c < w; c++) x[c] = ce[c] + p[c];
-    for (int64_t t = 1; t < tokens; t++)
-      for (int64_t c = 0; c < w; c++) x[t * w + c] += p[t * w + c];
   }
 
   // Rows [0, m) of dst = LayerNorm(src).
@@ -405,14 +475,10 @@ struct ViT {
     });
   }
 
-  template <class Post>
-  void linear(const float *A, int64_t m, int64_t k, const at::Tensor &W, const at::Tensor &bias, float *C,
-              int64_t n, const Post &post) {
-    linear_tiled(A, m, k, W, bias, C, n, post);
-  }
-
-  void attention(int64_t n) {
-    const int64_t L = tokens, w = width, hd = width / heads, ld = 3 * width;
+  // Unmasked self-attention of n sequences of L tokens: qkv in buf.f, the
+  // heads' outputs into buf.o.
+  void attention(int64_t n, int64_t L) {
+    const int64_t w = width, hd = width / heads, ld = 3 * width;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     const float *qkv = buf.f.data_ptr<float>();
     float *o = buf.o.data_ptr<float>();
@@ -427,117 +493,53 @@ struct ViT {
     });
   }
 
-  at::Tensor forward(const at::Tensor &pixels) {
-    const int64_t n = pixels.size(0), L = tokens, w = width, m = n * L;
+  // x [N, L, W] → the blocks' output [N, L, W] (a new tensor).
+  at::Tensor forward(const at::Tensor &input) {
+    const int64_t n = input.size(0), L = input.size(1), w = width, m = n * L;
     const int64_t T = at::get_num_threads();
     std::lock_guard<std::mutex> lock(mu);
     SingleThreadedBlas single;
-    ensure(n, T);
-    float *x = buf.x.data_ptr<float>(), *h = buf.h.data_ptr<float>(), *o = buf.o.data_ptr<float>();
+    ensure(m, L, T);
+    at::Tensor out = input.clone(at::MemoryFormat::Contiguous);  // the residual stream
+    float *x = out.data_ptr<float>(), *h = buf.h.data_ptr<float>(), *o = buf.o.data_ptr<float>();
     float *f = buf.f.data_ptr<float>();
-    const float *pix = pixels.data_ptr<float>();
-    run_tasks(n, [&](int64_t i, int tid) { embed(pix, i, buf.patches[tid]); });
-    norm(x, x, m, ln_pre_w, ln_pre_b);
     auto none = [](int, int64_t, int64_t, int64_t, int64_t) {};
     for (const Block &b : blocks) {
       norm(x, h, m, b.ln1_w, b.ln1_b);
-      linear(h, m, w, b.in_w, b.in_b, f, 3 * w, none);  // f holds qkv [m, 3W]
-      attention(n);
-      linear(o, m, w, b.out_w, b.out_b, h, w,
-             [&](int, int64_t r0, int64_t r1, int64_t c0, int64_t c1) { add_tile(x, h, w, r0, r1, c0, c1); });
+      linear_tiled(h, m, w, b.in_w, b.in_b, f, 3 * w, none);  // f holds qkv [m, 3W]
+      attention(n, L);
+      linear_tiled(o, m, w, b.out_w, b.out_b, h, w,
+                   [&](int, int64_t r0, int64_t r1, int64_t c0, int64_t c1) { add_tile(x, h, w, r0, r1, c0, c1); });
       norm(x, h, m, b.ln2_w, b.ln2_b);
-      linear(h, m, w, b.fc_w, b.fc_b, f, 4 * w, [&](int t, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+      linear_tiled(h, m, w, b.fc_w, b.fc_b, f, 4 * w, [&](int t, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
         quick_gelu_tile(f, 4 * w, r0, r1, c0, c1, buf.gelu[t]);
       });
-      linear(f, m, 4 * w, b.proj_w, b.proj_b, o, w,
-             [&](int, int64_t r0, int64_t r1, int64_t c0, int64_t c1) { add_tile(x, o, w, r0, r1, c0, c1); });
+      linear_tiled(f, m, 4 * w, b.proj_w, b.proj_b, o, w,
+                   [&](int, int64_t r0, int64_t r1, int64_t c0, int64_t c1) { add_tile(x, o, w, r0, r1, c0, c1); });
     }
-    at::Tensor cls_rows = buf.x.narrow(0, 0, m).view({n, L, w}).select(1, 0);
-    at::Tensor y = at::layer_norm(cls_rows, {w}, ln_post_w, ln_post_b, 1e-5);
-    return at::matmul(y, proj);
+    return out;
   }
 };
 
-bool is_cpu_f32(const at::Tensor &t) { return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat; }
-
-at::Tensor weight(const ct_tensor *ws, int64_t i, const char *what) {
-  if (ws[i] == nullptr) throw std::invalid_argument(std::string("fused ViT: nil tensor for ") + what);
-  at::Tensor t = *static_cast<at::Tensor *>(ws[i]);
-  if (!is_cpu_f32(t)) throw std::invalid_argument(std::string("fused ViT: ") + what + " must be a CPU float32 tensor");
-  return t.detach().contiguous();
-}
-
-void expect_shape(const at::Tensor &t, std::vector<int64_t> want, const char *what) {
-  if (t.sizes() != at::IntArrayRef(want)) {
-    std::string msg = std::string("fused ViT: ") + what + " has shape " + c10::str(t.sizes()) + ", want " +
-                      c10::str(at::IntArrayRef(want));
-    throw std::invalid_argument(msg);
-  }
-}
-
-
-// Reads `layers` residual blocks of width w, 12 weights each in the order of
-// ct_vit_new, starting at ws[first], checking every shape.
-std::vector<Block> read_blocks(const ct_tensor *ws, int64_t first, int64_t layers, int64_t w) {
-  static const char *names[12] = {"in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias",
-                                  "ln_1.weight",    "ln_1.bias",    "c_fc.weight",     "c_fc.bias",
-                                  "c_proj.weight",  "c_proj.bias",  "ln_2.weight",     "ln_2.bias"};
-  const std::vector<std::vector<int64_t>> shapes = {{3 * w, w}, {3 * w}, {w, w},     {w}, {w}, {w},
-                                                    {4 * w, w}, {4 * w}, {w, 4 * w}, {w}, {w}, {w}};
-  std::vector<Block> blocks;
-  for (int64_t l = 0; l < layers; l++) {
-    at::Tensor t[12];
-    for (int j = 0; j < 12; j++) {
-      t[j] = weight(ws, first + 12 * l + j, names[j]);
-      expect_shape(t[j], shapes[j], names[j]);
-    }
-    blocks.push_back(Block{t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10], t[11]});
-  }
-  return blocks;
-}
-
-// ------------------------------------------- text path with a shared prefix
+// ------------------------------------------- forward with a shared prefix
 //
 // CLIP-AGIQA's prompts share their first P token embeddings (SOT + context):
-// the prefix runs once and each prompt's remaining L tokens attend to the
-// prefix's keys and values. TextPrefix computes the features forward and,
-// as an autograd function, the gradients to both inputs backward, by hand:
-// the weights are frozen, so only input gradients are needed, and one native
-// call per direction replaces hundreds of small autograd ops. All rows
-// (prefix, then each prompt's suffix) share every linear layer as one
-// product split over the threads.
-
-struct TextWeights {
-  at::Tensor pos, lnf_w, lnf_b, tproj;
-  std::vector<Block> blocks;
-  int64_t width = 0, heads = 0;
-  // Transposed copies of each block's in, out, fc and proj weights, made on
-  // the first differentiable call when oneDNN is there (training runs the
-  // text path every step; scoring once, without them).
-  mutable std::once_flag once;
-  mutable std::vector<std::array<at::Tensor, 4>> wt;
-
-  const std::vector<std::array<at::Tensor, 4>> *transposed() const {
-    if (dnnl_sgemm() == nullptr) return nullptr;
-    std::call_once(once, [this] {
-      for (const Block &b : blocks)
-        wt.push_back({b.in_w.t().contiguous(), b.out_w.t().contiguous(), b.fc_w.t().contiguous(),
-                      b.proj_w.t().contiguous()});
-    });
-    return &wt;
-  }
-};
+// the prefix rows run once and each prompt's L remaining rows attend to the
+// prefix's keys and values, causally. PrefixFn computes the suffix rows'
+// outputs forward and, as an autograd function, the gradients to both
+// inputs backward, by hand: the weights are frozen, so only input gradients
+// are needed, and one native call per direction replaces hundreds of small
+// autograd ops. All rows (prefix, then each prompt's suffix) share every
+// linear layer as one product split over the threads.
 
 // Activations a backward pass needs, kept by the autograd graph.
-struct TextRun {
-  std::shared_ptr<const TextWeights> tw;
-  int64_t P = 0, K = 0, L = 0, S = 0;
-  at::Tensor rows;  // int64 [K]: each prompt's EOT row
+struct PrefixRun {
+  std::shared_ptr<const Stack> st;
+  int64_t P = 0, K = 0, L = 0;
   std::vector<at::Tensor> xin, m1, r1, qkv, pp, ps, xmid, m2, r2, a;
-  at::Tensor xf, mf, rf;
 };
 
-at::Tensor text_linear(const at::Tensor &x, const at::Tensor &W, const at::Tensor &b) {
+at::Tensor rows_linear(const at::Tensor &x, const at::Tensor &W, const at::Tensor &b) {
   at::Tensor y = at::empty({x.size(0), W.size(0)}, x.options());
   linear_tiled(x.data_ptr<float>(), x.size(0), x.size(1), W, b, y.data_ptr<float>(), W.size(0),
                [](int, int64_t, int64_t, int64_t, int64_t) {});
@@ -546,7 +548,7 @@ at::Tensor text_linear(const at::Tensor &x, const at::Tensor &W, const at::Tenso
 
 // The same with Wᵀ [k, n] stored: y = x · Wt + b (a product whose second
 // operand is not transposed, which oneDNN's sgemm runs fastest for few rows).
-at::Tensor text_linear_t(const at::Tensor &x, const at::Tensor &Wt, const at::Tensor &b) {
+at::Tensor rows_linear_t(const at::Tensor &x, const at::Tensor &Wt, const at::Tensor &b) {
   const int64_t m = x.size(0), k = x.size(1), n = Wt.size(1);
   at::Tensor y = at::empty({m, n}, x.options());
   const float *xp = x.data_ptr<float>(), *wp = Wt.data_ptr<float>(), *bp = b.data_ptr<float>();
@@ -561,7 +563,7 @@ at::Tensor text_linear_t(const at::Tensor &x, const at::Tensor &Wt, const at::Te
   return y;
 }
 
-at::Tensor text_linear_grad(const at::Tensor &dy, const at::Tensor &W) {
+at::Tensor rows_linear_grad(const at::Tensor &dy, const at::Tensor &W) {
   at::Tensor dx = at::empty({dy.size(0), W.size(1)}, dy.options());
   linear_grad_tiled(dy.data_ptr<float>(), dy.size(0), dy.size(1), W, dx.data_ptr<float>(), W.size(1));
   return dx;
@@ -569,7 +571,7 @@ at::Tensor text_linear_grad(const at::Tensor &dy, const at::Tensor &W) {
 
 // Additive masks: causal over the prefix [P, P]; a suffix row sees the whole
 // prefix and its own prompt's tokens up to itself [L, P+L].
-std::pair<at::Tensor, at::Tensor> text_masks(int64_t P, int64_t L, const at::TensorOptions &o) {
+std::pair<at::Tensor, at::Tensor> prefix_masks(int64_t P, int64_t L, const at::TensorOptions &o) {
   const double inf = std::numeric_limits<double>::infinity();
   at::Tensor mp = at::full({P, P}, -inf, o).triu(1);
   at::Tensor ms = at::zeros({L, P + L}, o);
@@ -577,32 +579,26 @@ std::pair<at::Tensor, at::Tensor> text_masks(int64_t P, int64_t L, const at::Ten
   return {mp, ms};
 }
 
-at::Tensor text_forward(const std::shared_ptr<const TextWeights> &tw, const at::Tensor &prefix,
-                        const at::Tensor &suffix, const std::vector<int64_t> &eot, TextRun *run) {
-  const int64_t D = tw->width, H = tw->heads, hd = D / H;
-  const int64_t P = prefix.size(1), K = suffix.size(0);
-  int64_t last = 0;
-  for (int64_t e : eot) last = std::max(last, e);
-  const int64_t L = last + 1 - P, R = P + K * L;
+// prefix [1, P, D], suffix [K, L, D] → the suffix rows' outputs [K, L, D].
+at::Tensor prefix_forward(const std::shared_ptr<const Stack> &st, const at::Tensor &prefix, const at::Tensor &suffix,
+                          PrefixRun *run) {
+  const int64_t D = st->width, H = st->heads, hd = D / H;
+  const int64_t P = prefix.size(1), K = suffix.size(0), L = suffix.size(1), R = P + K * L;
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   auto o = prefix.options();
   at::Tensor x = at::empty({R, D}, o);
-  x.narrow(0, 0, P).copy_(prefix[0] + tw->pos.narrow(0, 0, P));
-  x.narrow(0, P, K * L).view({K, L, D}).copy_(suffix.narrow(1, 0, L) + tw->pos.narrow(0, P, L));
-  auto masks = text_masks(P, L, o);
-  std::vector<int64_t> rows(K);
-  for (int64_t k = 0; k < K; k++) rows[k] = P + k * L + (eot[k] - P);
-  at::Tensor rows_t = at::tensor(rows, at::TensorOptions().dtype(at::kLong));
+  x.narrow(0, 0, P).copy_(prefix[0]);
+  x.narrow(0, P, K * L).view({K, L, D}).copy_(suffix);
+  auto masks = prefix_masks(P, L, o);
   if (run != nullptr) {
-    run->tw = tw;
-    run->P = P, run->K = K, run->L = L, run->S = suffix.size(1);
-    run->rows = rows_t;
+    run->st = st;
+    run->P = P, run->K = K, run->L = L;
   }
-  const auto *wt = run != nullptr ? tw->transposed() : nullptr;
-  for (size_t l = 0; l < tw->blocks.size(); l++) {
-    const Block &b = tw->blocks[l];
+  const auto *wt = run != nullptr ? st->transposed() : nullptr;
+  for (size_t l = 0; l < st->blocks.size(); l++) {
+    const Block &b = st->blocks[l];
     auto lin = [&](const at::Tensor &in, int j, const at::Tensor &W, const at::Tensor &bias) {
-      return wt != nullptr ? text_linear_t(in, (*wt)[l][j], bias) : text_linear(in, W, bias);
+      return wt != nullptr ? rows_linear_t(in, (*wt)[l][j], bias) : rows_linear(in, W, bias);
     };
     auto ln1 = at::native_layer_norm(x, {D}, b.ln1_w, b.ln1_b, 1e-5);
     at::Tensor qkv = lin(std::get<0>(ln1), 0, b.in_w, b.in_b);
@@ -637,14 +633,7 @@ at::Tensor text_forward(const std::shared_ptr<const TextWeights> &tw, const at::
     }
     x = xout;
   }
-  at::Tensor xf = x.index_select(0, rows_t);
-  auto lnf = at::native_layer_norm(xf, {D}, tw->lnf_w, tw->lnf_b, 1e-5);
-  if (run != nullptr) {
-    run->xf = xf;
-    run->mf = std::get<1>(lnf);
-    run->rf = std::get<2>(lnf);
-  }
-  return at::matmul(std::get<0>(lnf), tw->tproj);
+  return x.narrow(0, P, K * L).view({K, L, D});
 }
 
 at::Tensor ln_grad(const at::Tensor &dy, const at::Tensor &x, const at::Tensor &mean, const at::Tensor &rstd,
@@ -652,26 +641,24 @@ at::Tensor ln_grad(const at::Tensor &dy, const at::Tensor &x, const at::Tensor &
   return std::get<0>(at::native_layer_norm_backward(dy, x, {x.size(-1)}, mean, rstd, w, b, {true, false, false}));
 }
 
-// Gradients of the features with respect to prefix [1, P, D] and suffix
-// [K, S, D] (zero beyond the computed positions).
-std::pair<at::Tensor, at::Tensor> text_backward(const TextRun &run, const at::Tensor &dfeat) {
-  const TextWeights &tw = *run.tw;
-  const int64_t D = tw.width, H = tw.heads, hd = D / H, P = run.P, K = run.K, L = run.L, R = P + K * L;
+// Gradients of the suffix outputs (dout [K, L, D]) with respect to prefix
+// [1, P, D] and suffix [K, L, D].
+std::pair<at::Tensor, at::Tensor> prefix_backward(const PrefixRun &run, const at::Tensor &dout) {
+  const Stack &st = *run.st;
+  const int64_t D = st.width, H = st.heads, hd = D / H, P = run.P, K = run.K, L = run.L, R = P + K * L;
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  auto o = run.xf.options();
-  at::Tensor dy = at::matmul(dfeat.contiguous(), tw.tproj.t());
-  at::Tensor dX = at::zeros({R, D}, o);
-  dX.index_add_(0, run.rows, ln_grad(dy, run.xf, run.mf, run.rf, tw.lnf_w, tw.lnf_b));
-  for (int64_t l = static_cast<int64_t>(tw.blocks.size()) - 1; l >= 0; l--) {
-    const Block &b = tw.blocks[l];
+  at::Tensor dX = at::zeros({R, D}, dout.options());
+  dX.narrow(0, P, K * L).copy_(dout.reshape({K * L, D}));
+  for (int64_t l = static_cast<int64_t>(st.blocks.size()) - 1; l >= 0; l--) {
+    const Block &b = st.blocks[l];
     // MLP: x_out = x_mid + proj(QuickGELU(fc(LN2(x_mid)))).
-    at::Tensor dg = text_linear_grad(dX, b.proj_w);
+    at::Tensor dg = rows_linear_grad(dX, b.proj_w);
     const at::Tensor &a = run.a[l];
     at::Tensor sg = at::sigmoid(a * 1.702);
     at::Tensor da = dg * (sg + a * 1.702 * sg * (1 - sg));
-    at::Tensor dxmid = dX + ln_grad(text_linear_grad(da, b.fc_w), run.xmid[l], run.m2[l], run.r2[l], b.ln2_w, b.ln2_b);
+    at::Tensor dxmid = dX + ln_grad(rows_linear_grad(da, b.fc_w), run.xmid[l], run.m2[l], run.r2[l], b.ln2_w, b.ln2_b);
     // Attention: x_mid = x_in + out(attention(LN1(x_in))).
-    at::Tensor datt = text_linear_grad(dxmid, b.out_w);
+    at::Tensor datt = rows_linear_grad(dxmid, b.out_w);
     const at::Tensor &qkv = run.qkv[l], &pp = run.pp[l], &ps = run.ps[l];
     at::Tensor qp = qkv.narrow(0, 0, P).view({P, 3, H, hd}).permute({1, 2, 0, 3});
     at::Tensor q = qp[0], k = qp[1], v = qp[2];
@@ -692,15 +679,14 @@ std::pair<at::Tensor, at::Tensor> text_backward(const TextRun &run, const at::Te
     at::Tensor dsp = pp * (dpp - (dpp * pp).sum(-1, true));
     at::Tensor dq = at::matmul(dsp, k).mul_(scale);
     at::Tensor dk = at::matmul(dsp.transpose(1, 2), q).mul_(scale) + dkeys.narrow(2, 0, P).sum(0);
-    at::Tensor dqkv = at::empty({R, 3 * D}, o);
+    at::Tensor dqkv = at::empty({R, 3 * D}, dout.options());
     dqkv.narrow(0, 0, P).view({P, 3, H, hd}).copy_(at::stack({dq, dk, dv}).permute({2, 0, 1, 3}));
     dqkv.narrow(0, P, K * L).view({K, L, 3, H, hd})
         .copy_(at::stack({dqs, dkeys.narrow(2, P, L), dvals.narrow(2, P, L)}).permute({1, 3, 0, 2, 4}));
-    dX = dxmid + ln_grad(text_linear_grad(dqkv, b.in_w), run.xin[l], run.m1[l], run.r1[l], b.ln1_w, b.ln1_b);
+    dX = dxmid + ln_grad(rows_linear_grad(dqkv, b.in_w), run.xin[l], run.m1[l], run.r1[l], b.ln1_w, b.ln1_b);
   }
   at::Tensor dprefix = dX.narrow(0, 0, P).unsqueeze(0).contiguous();
-  at::Tensor dsuffix = at::zeros({K, run.S, D}, o);
-  dsuffix.narrow(1, 0, L).copy_(dX.narrow(0, P, K * L).view({K, L, D}));
+  at::Tensor dsuffix = dX.narrow(0, P, K * L).view({K, L, D}).contiguous();
   return {dprefix, dsuffix};
 }
 
@@ -712,14 +698,14 @@ at::Tensor holder(std::shared_ptr<T> p) {
   return at::from_blob(raw, {1}, [p](void *) mutable { p.reset(); }, at::TensorOptions().dtype(at::kByte));
 }
 
-struct TextFn : public torch::autograd::Function<TextFn> {
+struct PrefixFn : public torch::autograd::Function<PrefixFn> {
   static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &prefix, const at::Tensor &suffix,
-                            std::shared_ptr<const TextWeights> tw, std::vector<int64_t> eot) {
-    auto run = std::make_shared<TextRun>();
+                            std::shared_ptr<const Stack> st) {
+    auto run = std::make_shared<PrefixRun>();
     at::Tensor out;
     {
       SingleThreadedBlas single;
-      out = text_forward(tw, prefix, suffix, eot, run.get());
+      out = prefix_forward(st, prefix, suffix, run.get());
     }
     ctx->saved_data["run"] = holder(run);
     return out;
@@ -727,14 +713,18 @@ struct TextFn : public torch::autograd::Function<TextFn> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
                                                  torch::autograd::variable_list grads) {
     at::Tensor keep = ctx->saved_data["run"].toTensor();
-    const TextRun &run = *static_cast<const TextRun *>(keep.data_ptr());
+    const PrefixRun &run = *static_cast<const PrefixRun *>(keep.data_ptr());
     std::pair<at::Tensor, at::Tensor> g;
     {
       SingleThreadedBlas single;
-      g = text_backward(run, grads[0]);
+      g = prefix_backward(run, grads[0]);
     }
-    return {g.first, g.second, at::Tensor(), at::Tensor()};
+    return {g.first, g.second, at::Tensor()};
   }
+};
+
+struct StackHandle {
+  std::shared_ptr<Stack> st;
 };
 
 }  // namespace
@@ -755,135 +745,67 @@ struct TextFn : public torch::autograd::Function<TextFn> {
 
 extern "C" {
 
-int64_t ct_vit_weight_count(int64_t layers) { return 8 + 12 * layers; }
-
-ct_error ct_vit_new(const ct_tensor *ws, int64_t n, int64_t layers, int64_t heads, ct_vit *out) {
+ct_error ct_blocks_new(const char *const *names, const ct_tensor *ws, int64_t n, int64_t heads, ct_blocks *out) {
   FUSED_TRY
-  if (layers < 1 || n != ct_vit_weight_count(layers))
-    throw std::invalid_argument("fused ViT: " + std::to_string(n) + " weights for " + std::to_string(layers) +
-                                " layers, want " + std::to_string(ct_vit_weight_count(layers)));
-  auto v = std::make_unique<ViT>();
-  v->conv_w = weight(ws, 0, "conv1.weight");
-  v->cls = weight(ws, 1, "class_embedding");
-  v->pos = weight(ws, 2, "positional_embedding");
-  v->ln_pre_w = weight(ws, 3, "ln_pre.weight");
-  v->ln_pre_b = weight(ws, 4, "ln_pre.bias");
-  v->ln_post_w = weight(ws, 5, "ln_post.weight");
-  v->ln_post_b = weight(ws, 6, "ln_post.bias");
-  v->proj = weight(ws, 7, "proj");
-  if (v->conv_w.dim() != 4 || v->conv_w.size(1) != 3 || v->conv_w.size(2) != v->conv_w.size(3))
-    throw std::invalid_argument("fused ViT: conv1.weight has shape " + c10::str(v->conv_w.sizes()));
-  const int64_t w = v->conv_w.size(0);
-  v->width = w;
-  v->heads = heads;
-  v->patch = v->conv_w.size(2);
-  v->tokens = v->pos.size(0);
-  v->grid = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(v->tokens - 1))));
-  v->res = v->grid * v->patch;
-  if (heads < 1 || w % heads != 0) throw std::invalid_argument("fused ViT: width not divisible by heads");
-  if (v->grid * v->grid + 1 != v->tokens) throw std::invalid_argument("fused ViT: positions are not a square grid plus one");
-  v->conv_w = v->conv_w.reshape({w, -1});
-  expect_shape(v->cls, {w}, "class_embedding");
-  expect_shape(v->pos, {v->tokens, w}, "positional_embedding");
-  for (const at::Tensor *t : {&v->ln_pre_w, &v->ln_pre_b, &v->ln_post_w, &v->ln_post_b}) expect_shape(*t, {w}, "ln_pre/ln_post");
-  if (v->proj.dim() != 2 || v->proj.size(0) != w) throw std::invalid_argument("fused ViT: proj has shape " + c10::str(v->proj.sizes()));
-  v->blocks = read_blocks(ws, 8, layers, w);
-  *out = v.release();
+  if (n < 1 || names == nullptr || ws == nullptr) throw std::invalid_argument("fused blocks: no weights");
+  auto st = std::make_shared<Stack>();
+  st->blocks = read_blocks(names, ws, n, &st->width);
+  st->heads = heads;
+  if (heads < 1 || st->width % heads != 0)
+    throw std::invalid_argument("fused blocks: width " + std::to_string(st->width) + " not divisible by " +
+                                std::to_string(heads) + " heads");
+  *out = new StackHandle{std::move(st)};
   FUSED_CATCH
 }
 
-void ct_vit_free(ct_vit v) { delete static_cast<ViT *>(v); }
+void ct_blocks_free(ct_blocks b) { delete static_cast<StackHandle *>(b); }
 
-void ct_vit_trim(ct_vit v) {
-  auto *p = static_cast<ViT *>(v);
-  std::lock_guard<std::mutex> lock(p->mu);
-  p->buf = Buffers();
+int64_t ct_blocks_layers(ct_blocks b) { return static_cast<int64_t>(static_cast<StackHandle *>(b)->st->blocks.size()); }
+
+void ct_blocks_trim(ct_blocks b) {
+  Stack &st = *static_cast<StackHandle *>(b)->st;
+  std::lock_guard<std::mutex> lock(st.mu);
+  st.buf = Buffers();
 }
 
-int64_t ct_vit_buffer_bytes(ct_vit v) {
-  auto *p = static_cast<ViT *>(v);
-  std::lock_guard<std::mutex> lock(p->mu);
-  return p->buf.bytes();
+int64_t ct_blocks_buffer_bytes(ct_blocks b) {
+  Stack &st = *static_cast<StackHandle *>(b)->st;
+  std::lock_guard<std::mutex> lock(st.mu);
+  return st.buf.bytes();
 }
 
-ct_error ct_vit_forward(ct_vit v, ct_tensor pixels, ct_tensor *out) {
+ct_error ct_blocks_forward(ct_blocks b, ct_tensor x, ct_tensor *out) {
   FUSED_TRY
   ct_apply_num_threads();
-  auto *p = static_cast<ViT *>(v);
-  if (pixels == nullptr) throw std::invalid_argument("fused ViT: nil pixels");
-  const at::Tensor &px = *static_cast<at::Tensor *>(pixels);
-  if (!is_cpu_f32(px)) throw std::invalid_argument("fused ViT: pixels must be a CPU float32 tensor");
-  if (px.dim() != 4 || px.size(1) != 3 || px.size(2) != p->res || px.size(3) != p->res || px.size(0) < 1)
-    throw std::invalid_argument("fused ViT: pixels have shape " + c10::str(px.sizes()) + ", want [N 3 " +
-                                std::to_string(p->res) + " " + std::to_string(p->res) + "]");
+  Stack &st = *static_cast<StackHandle *>(b)->st;
+  if (x == nullptr) throw std::invalid_argument("fused blocks: nil input");
+  const at::Tensor &in = *static_cast<at::Tensor *>(x);
+  if (!is_cpu_f32(in)) throw std::invalid_argument("fused blocks: input must be a CPU float32 tensor");
+  if (in.dim() != 3 || in.size(0) < 1 || in.size(1) < 1 || in.size(2) != st.width)
+    throw std::invalid_argument("fused blocks: input has shape " + c10::str(in.sizes()) + ", want [N L " +
+                                std::to_string(st.width) + "]");
   at::NoGradGuard no_grad;
-  at::Tensor x = px.detach().contiguous();
-  *out = new at::Tensor(p->forward(x));
+  *out = new at::Tensor(st.forward(in.detach()));
   FUSED_CATCH
 }
 
-int64_t ct_text_weight_count(int64_t layers) { return 4 + 12 * layers; }
-
-namespace {
-struct TextHandle {
-  std::shared_ptr<const TextWeights> tw;
-  int64_t context = 0;
-};
-}  // namespace
-
-ct_error ct_text_new(const ct_tensor *ws, int64_t n, int64_t layers, int64_t heads, ct_text *out) {
-  FUSED_TRY
-  if (layers < 1 || n != ct_text_weight_count(layers))
-    throw std::invalid_argument("fused text: " + std::to_string(n) + " weights for " + std::to_string(layers) +
-                                " layers, want " + std::to_string(ct_text_weight_count(layers)));
-  auto tw = std::make_shared<TextWeights>();
-  tw->pos = weight(ws, 0, "positional_embedding");
-  tw->lnf_w = weight(ws, 1, "ln_final.weight");
-  tw->lnf_b = weight(ws, 2, "ln_final.bias");
-  tw->tproj = weight(ws, 3, "text_projection");
-  if (tw->pos.dim() != 2) throw std::invalid_argument("fused text: positional_embedding has shape " + c10::str(tw->pos.sizes()));
-  const int64_t w = tw->pos.size(1);
-  tw->width = w;
-  tw->heads = heads;
-  if (heads < 1 || w % heads != 0) throw std::invalid_argument("fused text: width not divisible by heads");
-  expect_shape(tw->lnf_w, {w}, "ln_final.weight");
-  expect_shape(tw->lnf_b, {w}, "ln_final.bias");
-  if (tw->tproj.dim() != 2 || tw->tproj.size(0) != w)
-    throw std::invalid_argument("fused text: text_projection has shape " + c10::str(tw->tproj.sizes()));
-  tw->blocks = read_blocks(ws, 4, layers, w);
-  auto *h = new TextHandle();
-  h->context = tw->pos.size(0);
-  h->tw = std::move(tw);
-  *out = h;
-  FUSED_CATCH
-}
-
-void ct_text_free(ct_text t) { delete static_cast<TextHandle *>(t); }
-
-ct_error ct_text_forward(ct_text t, int32_t grad, ct_tensor prefix, ct_tensor suffix, const int64_t *eot, int64_t k,
-                         ct_tensor *out) {
+ct_error ct_blocks_forward_shared_prefix(ct_blocks b, int32_t grad, ct_tensor prefix, ct_tensor suffix,
+                                         ct_tensor *out) {
   FUSED_TRY
   ct_apply_num_threads();
-  auto *h = static_cast<TextHandle *>(t);
-  if (prefix == nullptr || suffix == nullptr) throw std::invalid_argument("fused text: nil input");
+  const std::shared_ptr<Stack> &st = static_cast<StackHandle *>(b)->st;
+  if (prefix == nullptr || suffix == nullptr) throw std::invalid_argument("fused blocks: nil input");
   const at::Tensor &pre = *static_cast<at::Tensor *>(prefix);
   const at::Tensor &suf = *static_cast<at::Tensor *>(suffix);
-  const int64_t D = h->tw->width;
-  if (!is_cpu_f32(pre) || !is_cpu_f32(suf)) throw std::invalid_argument("fused text: inputs must be CPU float32 tensors");
-  if (pre.dim() != 3 || pre.size(0) != 1 || pre.size(2) != D || suf.dim() != 3 || suf.size(2) != D || suf.size(0) != k ||
-      pre.size(1) < 1 || suf.size(1) < 1)
-    throw std::invalid_argument("fused text: prefix " + c10::str(pre.sizes()) + " and suffix " + c10::str(suf.sizes()) +
-                                ", want [1 P " + std::to_string(D) + "] and [" + std::to_string(k) + " S " +
-                                std::to_string(D) + "]");
-  const int64_t P = pre.size(1), S = suf.size(1);
-  std::vector<int64_t> e(eot, eot + k);
-  for (int64_t x : e)
-    if (x < P || x >= P + S) throw std::invalid_argument("fused text: EOT " + std::to_string(x) + " outside the suffix");
-  const int64_t last = *std::max_element(e.begin(), e.end());
-  if (last + 1 > h->context) throw std::invalid_argument("fused text: positions exceed the context length");
+  const int64_t D = st->width;
+  if (!is_cpu_f32(pre) || !is_cpu_f32(suf)) throw std::invalid_argument("fused blocks: inputs must be CPU float32 tensors");
+  if (pre.dim() != 3 || pre.size(0) != 1 || pre.size(1) < 1 || pre.size(2) != D || suf.dim() != 3 || suf.size(0) < 1 ||
+      suf.size(1) < 1 || suf.size(2) != D)
+    throw std::invalid_argument("fused blocks: prefix " + c10::str(pre.sizes()) + " and suffix " + c10::str(suf.sizes()) +
+                                ", want [1 P " + std::to_string(D) + "] and [K L " + std::to_string(D) + "]");
   if (grad == CT_GRAD_ENABLED && (pre.requires_grad() || suf.requires_grad())) {
     at::AutoGradMode on(true);
-    *out = new at::Tensor(TextFn::apply(pre, suf, h->tw, e));
+    *out = new at::Tensor(PrefixFn::apply(pre, suf, std::shared_ptr<const Stack>(st)));
   } else {
     std::optional<c10::InferenceMode> inference;
     std::optional<at::NoGradGuard> no_grad;
@@ -893,8 +815,70 @@ ct_error ct_text_forward(ct_text t, int32_t grad, ct_tensor prefix, ct_tensor su
       no_grad.emplace();
     }
     SingleThreadedBlas single;
-    *out = new at::Tensor(text_forward(h->tw, pre, suf, e, nullptr));
+    *out = new at::Tensor(prefix_forward(st, pre.detach(), suf.detach(), nullptr));
   }
+  FUSED_CATCH
+}
+
+ct_error ct_fused_patch_embed(ct_tensor pixels, ct_tensor weight, ct_tensor *out) {
+  FUSED_TRY
+  ct_apply_num_threads();
+  if (pixels == nullptr || weight == nullptr) throw std::invalid_argument("fused patch embed: nil input");
+  const at::Tensor &px = *static_cast<at::Tensor *>(pixels), &W = *static_cast<at::Tensor *>(weight);
+  if (!is_cpu_f32(px) || !is_cpu_f32(W)) throw std::invalid_argument("fused patch embed: inputs must be CPU float32 tensors");
+  if (W.dim() != 4 || W.size(2) != W.size(3) || W.size(2) < 1 || px.dim() != 4 || px.size(0) < 1 ||
+      px.size(1) != W.size(1) || px.size(2) != px.size(3) || px.size(2) % W.size(2) != 0)
+    throw std::invalid_argument("fused patch embed: pixels " + c10::str(px.sizes()) + " and weight " +
+                                c10::str(W.sizes()) + ", want [N C R R] and [W C P P] with P dividing R");
+  at::NoGradGuard no_grad;
+  SingleThreadedBlas single;
+  const at::Tensor x = px.detach().contiguous(), w = W.detach().contiguous();
+  const int64_t n = x.size(0), ch = x.size(1), res = x.size(2), width = w.size(0), p = w.size(2), g = res / p;
+  const int64_t g2 = g * g, k = ch * p * p;
+  at::Tensor y = at::empty({n, g2, width}, x.options());
+  const float *img0 = x.data_ptr<float>(), *wp = w.data_ptr<float>();
+  float *yp = y.data_ptr<float>();
+  // One image per task, its patches gathered into the thread's scratch
+  // (kept across calls: a fresh one would cost a page fault per 4 KiB).
+  run_tasks(n, [&](int64_t i, int) {
+    thread_local std::vector<float> cols;
+    if (static_cast<int64_t>(cols.size()) < g2 * k) cols.resize(g2 * k);
+    const float *img = img0 + i * ch * res * res;
+    for (int64_t gy = 0; gy < g; gy++)
+      for (int64_t gx = 0; gx < g; gx++) {
+        float *row = cols.data() + (gy * g + gx) * k;
+        for (int64_t c = 0; c < ch; c++)
+          for (int64_t ky = 0; ky < p; ky++)
+            std::memcpy(row + (c * p + ky) * p, img + c * res * res + (gy * p + ky) * res + gx * p, p * sizeof(float));
+      }
+    gemm(false, true, g2, width, k, cols.data(), k, wp, k, 0.0f, yp + i * g2 * width, width);
+  });
+  *out = new at::Tensor(std::move(y));
+  FUSED_CATCH
+}
+
+ct_error ct_fused_layer_norm(ct_tensor x, ct_tensor w, ct_tensor b, double eps, ct_tensor *out) {
+  FUSED_TRY
+  ct_apply_num_threads();
+  if (x == nullptr || w == nullptr || b == nullptr) throw std::invalid_argument("fused layer norm: nil input");
+  const at::Tensor &in = *static_cast<at::Tensor *>(x), &g = *static_cast<at::Tensor *>(w),
+                   &beta = *static_cast<at::Tensor *>(b);
+  if (!is_cpu_f32(in) || !is_cpu_f32(g) || !is_cpu_f32(beta))
+    throw std::invalid_argument("fused layer norm: inputs must be CPU float32 tensors");
+  if (in.dim() < 1 || g.dim() != 1 || beta.sizes() != g.sizes() || in.size(-1) != g.size(0))
+    throw std::invalid_argument("fused layer norm: x " + c10::str(in.sizes()) + ", weight " + c10::str(g.sizes()) +
+                                ", bias " + c10::str(beta.sizes()) + ", want [... W], [W], [W]");
+  at::NoGradGuard no_grad;
+  const at::Tensor xc = in.detach().contiguous(), gc = g.detach().contiguous(), bc = beta.detach().contiguous();
+  at::Tensor y = at::empty_like(xc);
+  const int64_t width = g.size(0), rows = width > 0 ? xc.numel() / width : 0, chunk = 64;
+  const float *xp = xc.data_ptr<float>(), *gp = gc.data_ptr<float>(), *bp = bc.data_ptr<float>();
+  float *yp = y.data_ptr<float>();
+  run_tasks((rows + chunk - 1) / chunk, [&](int64_t i, int) {
+    const int64_t r0 = i * chunk, r1 = std::min(rows, r0 + chunk);
+    layer_norm_rows(xp + r0 * width, yp + r0 * width, r1 - r0, width, gp, bp, static_cast<float>(eps));
+  });
+  *out = new at::Tensor(std::move(y));
   FUSED_CATCH
 }
 

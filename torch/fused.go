@@ -7,103 +7,178 @@ import "C"
 import (
 	"fmt"
 	"runtime"
+	"sort"
 	"sync"
 	"unsafe"
 )
 
-// FusedViT is a whole CLIP Vision Transformer forward in one native call, for
-// CPU float32 inference (see cpp/fused.cc): activations in reused buffers,
-// every product split over libtorch's threads with BLAS single-threaded, no
-// autograd. It holds references to the weights it was built from.
-type FusedViT struct {
+// FusedBlocks is a stack of CLIP residual attention blocks (x + attn(ln_1(x)),
+// then x + mlp(ln_2(x))) run natively on the CPU in float32 (see
+// cpp/fused.cc): every product split over libtorch's threads with BLAS
+// single-threaded, activations of the inference forward in reused buffers.
+// It is an op of the Go model, not a model: the stem and head around the
+// blocks stay in Go. It holds references to the weights it was built from.
+type FusedBlocks struct {
 	mu sync.Mutex
 	h  unsafe.Pointer
 }
 
-// FusedViTWeightCount is how many tensors NewFusedViT takes for a ViT with the
-// given number of blocks.
-func FusedViTWeightCount(layers int) int { return int(C.ct_vit_weight_count(C.int64_t(layers))) }
-
-// NewFusedViT builds the fused encoder. weights are, in order: conv1.weight,
-// class_embedding, positional_embedding, ln_pre.weight, ln_pre.bias,
-// ln_post.weight, ln_post.bias, proj, then for each block in_proj_weight,
-// in_proj_bias, out_proj.weight, out_proj.bias, ln_1.weight, ln_1.bias,
-// c_fc.weight, c_fc.bias, c_proj.weight, c_proj.bias, ln_2.weight, ln_2.bias.
-// All must be CPU float32.
-func NewFusedViT(weights []*Tensor, layers, heads int) (*FusedViT, error) {
+// NewFusedBlocks builds the block stack from weights keyed by their PyTorch
+// names relative to a CLIP Transformer ("resblocks.0.attn.in_proj_weight",
+// …, "resblocks.11.ln_2.bias"): blocks 0..L-1 must each be complete, other
+// names are refused. All must be CPU float32; heads is the attention heads
+// per block.
+func NewFusedBlocks(weights map[string]*Tensor, heads int) (*FusedBlocks, error) {
 	if err := CheckRuntime(); err != nil {
 		return nil, err
 	}
-	if want := FusedViTWeightCount(layers); len(weights) != want {
-		return nil, fmt.Errorf("fused ViT: %d weights for %d layers, want %d", len(weights), layers, want)
+	if len(weights) == 0 {
+		return nil, fmt.Errorf("fused blocks: no weights")
 	}
-	hs := make([]C.ct_tensor, len(weights))
-	for i, w := range weights {
-		h, err := w.handle()
+	names := make([]string, 0, len(weights))
+	for name := range weights {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	cNames := make([]*C.char, len(names))
+	hs := make([]C.ct_tensor, len(names))
+	defer func() {
+		for _, p := range cNames {
+			C.free(unsafe.Pointer(p))
+		}
+	}()
+	for i, name := range names {
+		h, err := weights[name].handle()
 		if err != nil {
-			return nil, fmt.Errorf("fused ViT: weight %d: %w", i, err)
+			return nil, fmt.Errorf("fused blocks: weight %s: %w", name, err)
 		}
 		hs[i] = h
+		cNames[i] = C.CString(name)
 	}
-	var out C.ct_vit
-	if err := cErr(C.ct_vit_new(&hs[0], C.int64_t(len(hs)), C.int64_t(layers), C.int64_t(heads), &out)); err != nil {
+	// The C arrays hold C pointers only, so cgo's pointer rules allow passing
+	// the Go-allocated slices.
+	var out C.ct_blocks
+	err := cErr(C.ct_blocks_new(&cNames[0], &hs[0], C.int64_t(len(hs)), C.int64_t(heads), &out))
+	runtime.KeepAlive(weights)
+	if err != nil {
 		return nil, err
 	}
-	runtime.KeepAlive(weights)
-	f := &FusedViT{h: unsafe.Pointer(out)}
-	runtime.SetFinalizer(f, (*FusedViT).Close)
+	f := &FusedBlocks{h: unsafe.Pointer(out)}
+	runtime.SetFinalizer(f, (*FusedBlocks).Close)
 	return f, nil
 }
 
-// Forward maps pixels [N, 3, R, R] (CPU float32) to raw image features [N, E]
-// owned by s. The result carries no autograd history.
-func (f *FusedViT) Forward(s *Scope, pixels *Tensor) *Tensor {
-	if !s.required("fused_vit", pixels) {
-		return nil
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.h == nil {
-		s.Fail(fmt.Errorf("fused ViT used after Close"))
-		return nil
-	}
-	return s.run("fused_vit", []*Tensor{pixels}, func(in []C.ct_tensor, out *C.ct_tensor) C.ct_error {
-		return C.ct_vit_forward(C.ct_vit(f.h), in[0], out)
-	})
-}
-
-// BufferBytes is the size of the activation buffers kept between calls.
-func (f *FusedViT) BufferBytes() int64 {
+// Layers is the number of blocks (0 after Close).
+func (f *FusedBlocks) Layers() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.h == nil {
 		return 0
 	}
-	return int64(C.ct_vit_buffer_bytes(C.ct_vit(f.h)))
+	return int(C.ct_blocks_layers(C.ct_blocks(f.h)))
+}
+
+// Forward runs the blocks with unmasked attention (the ViT's) on x [N, L, W]
+// (CPU float32) and returns the output [N, L, W] owned by s, without autograd
+// history (inference only).
+func (f *FusedBlocks) Forward(s *Scope, x *Tensor) *Tensor {
+	if !s.required("fused_blocks", x) {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.h == nil {
+		s.Fail(fmt.Errorf("fused blocks used after Close"))
+		return nil
+	}
+	return s.run("fused_blocks", []*Tensor{x}, func(in []C.ct_tensor, out *C.ct_tensor) C.ct_error {
+		return C.ct_blocks_forward(C.ct_blocks(f.h), in[0], out)
+	})
+}
+
+// ForwardSharedPrefix runs the blocks causally over K prompts that share
+// their first P rows: prefix [1, P, W] and suffix [K, L, W] (positions
+// already added, CPU float32) give the suffix rows' outputs [K, L, W] owned
+// by s, as if each prompt's P+L rows went through the blocks alone under a
+// causal mask. The prefix runs once. In a grad-enabled scope the result is
+// differentiable with respect to the inputs that require grad (a
+// hand-written backward); autograd graphs keep what they need even after
+// Close.
+func (f *FusedBlocks) ForwardSharedPrefix(s *Scope, prefix, suffix *Tensor) *Tensor {
+	if !s.required("fused_blocks_shared_prefix", prefix, suffix) {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.h == nil {
+		s.Fail(fmt.Errorf("fused blocks used after Close"))
+		return nil
+	}
+	return s.run("fused_blocks_shared_prefix", []*Tensor{prefix, suffix}, func(in []C.ct_tensor, out *C.ct_tensor) C.ct_error {
+		return C.ct_blocks_forward_shared_prefix(C.ct_blocks(f.h), s.mode.grad, in[0], in[1], out)
+	})
+}
+
+// BufferBytes is the size of the activation buffers kept between Forward
+// calls.
+func (f *FusedBlocks) BufferBytes() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.h == nil {
+		return 0
+	}
+	return int64(C.ct_blocks_buffer_bytes(C.ct_blocks(f.h)))
 }
 
 // Trim frees the activation buffers; the next Forward rebuilds them.
-func (f *FusedViT) Trim() {
+func (f *FusedBlocks) Trim() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.h != nil {
-		C.ct_vit_trim(C.ct_vit(f.h))
+		C.ct_blocks_trim(C.ct_blocks(f.h))
 	}
 }
 
 // Close frees the handle (and its references to the weights); closing twice
 // is harmless.
-func (f *FusedViT) Close() {
+func (f *FusedBlocks) Close() {
 	if f == nil {
 		return
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.h != nil {
-		C.ct_vit_free(C.ct_vit(f.h))
+		C.ct_blocks_free(C.ct_blocks(f.h))
 		f.h = nil
 		runtime.SetFinalizer(f, nil)
 	}
+}
+
+// FusedPatchEmbed is conv2d(pixels, w, stride P, no padding, no bias) for
+// pixels [N, C, R, R] and w [W, C, P, P] (CPU float32), returned as tokens
+// [N, (R/P)², W]: one image per task on libtorch's threads, its patches
+// gathered into a per-thread scratch kept across calls (about (R/P)²·C·P²
+// floats per thread), one product each, so an image's tokens do not depend
+// on its batch. The result has no autograd history.
+func (s *Scope) FusedPatchEmbed(pixels, w *Tensor) *Tensor {
+	if !s.required("fused_patch_embed", pixels, w) {
+		return nil
+	}
+	return s.run("fused_patch_embed", []*Tensor{pixels, w}, func(in []C.ct_tensor, out *C.ct_tensor) C.ct_error {
+		return C.ct_fused_patch_embed(in[0], in[1], out)
+	})
+}
+
+// FusedLayerNorm normalises x over its last dimension (weight w and bias b
+// [W], CPU float32) with the fused blocks' row kernel, 64 rows per task.
+// The result has no autograd history.
+func (s *Scope) FusedLayerNorm(x, w, b *Tensor, eps float64) *Tensor {
+	if !s.required("fused_layer_norm", x, w, b) {
+		return nil
+	}
+	return s.run("fused_layer_norm", []*Tensor{x, w, b}, func(in []C.ct_tensor, out *C.ct_tensor) C.ct_error {
+		return C.ct_fused_layer_norm(in[0], in[1], in[2], C.double(eps), out)
+	})
 }
 
 // FusedDirectBLAS reports whether fused code calls the process's BLAS sgemm
@@ -117,85 +192,6 @@ func BLASThreads() int { return int(C.ct_blas_get_threads()) }
 // SetBLASThreads resizes an OpenBLAS pool (libtorch does not: its own thread
 // count leaves OpenBLAS's untouched); false when there is no OpenBLAS.
 func SetBLASThreads(n int) bool { return C.ct_blas_set_threads(C.int32_t(n)) != 0 }
-
-// FusedText is CLIP's text transformer for prompts that share their first
-// tokens (CLIP-AGIQA's SOT + context), forward and backward in one native
-// call each (see cpp/fused.cc): the prefix runs once, every prompt's suffix
-// attends to its keys and values, and gradients flow to both inputs through
-// a hand-written backward. CPU float32. It holds references to its weights.
-type FusedText struct {
-	mu sync.Mutex
-	h  unsafe.Pointer
-}
-
-// FusedTextWeightCount is how many tensors NewFusedText takes.
-func FusedTextWeightCount(layers int) int { return int(C.ct_text_weight_count(C.int64_t(layers))) }
-
-// NewFusedText builds the fused text path. weights are, in order:
-// positional_embedding, ln_final.weight, ln_final.bias, text_projection, then
-// per block the 12 tensors listed at NewFusedViT. All must be CPU float32.
-func NewFusedText(weights []*Tensor, layers, heads int) (*FusedText, error) {
-	if err := CheckRuntime(); err != nil {
-		return nil, err
-	}
-	if want := FusedTextWeightCount(layers); len(weights) != want {
-		return nil, fmt.Errorf("fused text: %d weights for %d layers, want %d", len(weights), layers, want)
-	}
-	hs := make([]C.ct_tensor, len(weights))
-	for i, w := range weights {
-		h, err := w.handle()
-		if err != nil {
-			return nil, fmt.Errorf("fused text: weight %d: %w", i, err)
-		}
-		hs[i] = h
-	}
-	var out C.ct_text
-	if err := cErr(C.ct_text_new(&hs[0], C.int64_t(len(hs)), C.int64_t(layers), C.int64_t(heads), &out)); err != nil {
-		return nil, err
-	}
-	runtime.KeepAlive(weights)
-	f := &FusedText{h: unsafe.Pointer(out)}
-	runtime.SetFinalizer(f, (*FusedText).Close)
-	return f, nil
-}
-
-// Forward maps prefix [1, P, D] and suffix [K, S, D] embeddings with each
-// prompt's absolute EOT position to raw text features [K, E] owned by s. In
-// a grad-enabled scope the result is differentiable with respect to the
-// inputs that require grad; autograd graphs keep what they need even after
-// Close.
-func (f *FusedText) Forward(s *Scope, prefix, suffix *Tensor, eot []int64) *Tensor {
-	if !s.required("fused_text", prefix, suffix) {
-		return nil
-	}
-	if len(eot) == 0 {
-		s.Fail(fmt.Errorf("fused_text: no EOT positions"))
-		return nil
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.h == nil {
-		s.Fail(fmt.Errorf("fused text used after Close"))
-		return nil
-	}
-	return s.run("fused_text", []*Tensor{prefix, suffix}, func(in []C.ct_tensor, out *C.ct_tensor) C.ct_error {
-		return C.ct_text_forward(C.ct_text(f.h), s.mode.grad, in[0], in[1], cInt64s(eot), C.int64_t(len(eot)), out)
-	})
-}
-
-// Close frees the handle; closing twice is harmless.
-func (f *FusedText) Close() {
-	if f == nil {
-		return
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.h != nil {
-		C.ct_text_free(C.ct_text(f.h))
-		f.h = nil
-		runtime.SetFinalizer(f, nil)
-	}
-}
 
 // FusedDNNL reports whether fused code uses oneDNN's sgemm for products
 // with few rows (the text path); it needs libtorch's oneDNN symbols visible.

@@ -6,13 +6,14 @@ import (
 	"github.com/clipagiqa/clipagiqa/torch"
 )
 
-// FusedEncoder runs a VisionTransformer through torch.FusedViT: the whole
-// encoder in one native call (CPU float32 inference). It computes the same
-// features as the plain path to float32 rounding. Inputs it cannot take
+// FusedEncoder runs a VisionTransformer with its residual blocks on the fused
+// native op (torch.FusedBlocks, CPU float32 inference); the patch embedding,
+// class token, positions and head are the ViT's own Go code. It computes the
+// same features as the plain path to float32 rounding. Inputs it cannot take
 // (another device or pixels that need gradients) go through the plain path.
 type FusedEncoder struct {
-	ViT   *VisionTransformer
-	fused *torch.FusedViT
+	ViT    *VisionTransformer
+	blocks *torch.FusedBlocks
 }
 
 // NewFusedEncoder builds the fused forward over v's weights (shared, not
@@ -24,29 +25,46 @@ func NewFusedEncoder(v *VisionTransformer) (*FusedEncoder, error) {
 	if v.dtype != torch.Float32 && v.dtype != 0 {
 		return nil, fmt.Errorf("fused encoder: needs float32 weights, model computes in %v", v.dtype)
 	}
-	ws := []*torch.Tensor{v.Conv1, v.ClassEmbedding, v.PositionalEmbedding, v.LNPre.Weight, v.LNPre.Bias,
-		v.LNPost.Weight, v.LNPost.Bias, v.Proj}
-	for _, b := range v.Transformer.Blocks {
-		if b == nil {
-			return nil, fmt.Errorf("fused encoder: missing block")
-		}
-		ws = append(ws, b.Attn.InProjWeight, b.Attn.InProjBias, b.Attn.OutProj.Weight, b.Attn.OutProj.Bias,
-			b.LN1.Weight, b.LN1.Bias, b.MLP.FC.Weight, b.MLP.FC.Bias, b.MLP.Proj.Weight, b.MLP.Proj.Bias,
-			b.LN2.Weight, b.LN2.Bias)
-	}
-	for i, w := range ws {
-		if !w.Valid() {
-			return nil, fmt.Errorf("fused encoder: weight %d is nil or closed", i)
-		}
-		if w.Device().Type != torch.CPUDevice {
-			return nil, fmt.Errorf("fused encoder: weights are on %v; the fused forward is CPU-only", w.Device())
-		}
-	}
-	f, err := torch.NewFusedViT(ws, len(v.Transformer.Blocks), v.Transformer.Heads)
+	blocks, err := newFusedBlocks(&v.Transformer)
 	if err != nil {
 		return nil, fmt.Errorf("fused encoder: %w", err)
 	}
-	return &FusedEncoder{ViT: v, fused: f}, nil
+	return &FusedEncoder{ViT: v, blocks: blocks}, nil
+}
+
+// newFusedBlocks hands t's block weights to the fused op by their names in
+// the checkpoint (relative to the transformer), as the struct tags say.
+func newFusedBlocks(t *Transformer) (*torch.FusedBlocks, error) {
+	for i, b := range t.Blocks {
+		if b == nil {
+			return nil, fmt.Errorf("missing block %d", i)
+		}
+	}
+	weights := map[string]*torch.Tensor{}
+	err := torch.WalkTagged(t, "", func(f torch.TaggedField) error {
+		w := *f.Ptr
+		if !w.Valid() {
+			return fmt.Errorf("weight %s is nil or closed", f.Name)
+		}
+		if w.Device().Type != torch.CPUDevice {
+			return fmt.Errorf("weight %s is on %v; the fused blocks are CPU-only", f.Name, w.Device())
+		}
+		weights[f.Name] = w
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	blocks, err := torch.NewFusedBlocks(weights, t.Heads)
+	if err != nil {
+		return nil, err
+	}
+	if blocks.Layers() != len(t.Blocks) {
+		n := blocks.Layers()
+		blocks.Close()
+		return nil, fmt.Errorf("fused blocks took %d of %d blocks", n, len(t.Blocks))
+	}
+	return blocks, nil
 }
 
 // Encode maps pixels [N, 3, R, R] to raw features [N, E].
@@ -54,40 +72,36 @@ func (e *FusedEncoder) Encode(s *torch.Scope, pixels *torch.Tensor) *torch.Tenso
 	if !pixels.Valid() || pixels.Device().Type != torch.CPUDevice || pixels.RequiresGrad() {
 		return e.ViT.Encode(s, pixels)
 	}
-	shape := pixels.Shape()
-	r := int64(e.ViT.cfg.ImageResolution)
-	if len(shape) != 4 || shape[1] != 3 || shape[2] != r || shape[3] != r {
-		s.Fail(fmt.Errorf("encode image: pixels have shape %v, want [N 3 %d %d]", shape, r, r))
-		return nil
-	}
-	return e.fused.Forward(s, s.Cast(pixels, torch.Float32))
+	return e.ViT.encode(s, pixels, e.blocks)
 }
 
 // Resolution is the input side length.
 func (e *FusedEncoder) Resolution() int { return e.ViT.Resolution() }
 
 // BufferBytes is the memory the fused forward keeps for activations.
-func (e *FusedEncoder) BufferBytes() int64 { return e.fused.BufferBytes() }
+func (e *FusedEncoder) BufferBytes() int64 { return e.blocks.BufferBytes() }
 
 // Trim frees the kept activation buffers.
-func (e *FusedEncoder) Trim() { e.fused.Trim() }
+func (e *FusedEncoder) Trim() { e.blocks.Trim() }
 
 // Close frees the fused handle and the weights.
 func (e *FusedEncoder) Close() {
-	e.fused.Close()
+	e.blocks.Close()
 	e.ViT.Close()
 }
 
-// EnableFused switches EncodeImage to the fused native forward, and
-// EncodeTextSharedPrefix to the fused text path (forward and a hand-written
-// backward, torch.FusedText), when the model is a ViT computing in float32 on
-// the CPU, and reports whether it did. Both give the plain paths' numbers to
-// float32 rounding. It is opt-in because the image forward is inference-only
-// (pixels that need gradients still take the plain path), it keeps activation
-// buffers between calls (about 140 MB at batch 32 for ViT-B/16; see
-// FusedEncoder.Trim), and the first differentiable text call makes transposed
-// copies of the text blocks' weights (about 150 MB for ViT-B/16) when
-// libtorch's oneDNN is reachable, for its faster few-row products.
+// EnableFused switches EncodeImage's residual blocks to the fused native op
+// and EncodeTextSharedPrefix's to the fused shared-prefix op (forward and a
+// hand-written backward, torch.FusedBlocks.ForwardSharedPrefix), when the
+// model is a ViT computing in float32 on the CPU, and reports whether it did.
+// Stems and heads stay the Go model's own. Both give the plain paths'
+// numbers to float32 rounding. It is opt-in because the image forward is
+// inference-only (pixels that need gradients still take the plain path), it
+// keeps activation buffers between calls (about 120 MB at batch 32 for
+// ViT-B/16; see FusedEncoder.Trim), and the first differentiable text call
+// makes transposed copies of the text blocks' weights (about 150 MB for
+// ViT-B/16) when libtorch's oneDNN is reachable, for its faster few-row
+// products.
 //
 // It also shrinks an OpenBLAS thread pool, if the process has one, to one
 // thread (torch.SetBLASThreads): the fused forward parallelises its products
@@ -106,31 +120,14 @@ func (m *Model) EnableFused() (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	text, err := m.newFusedText()
+	text, err := newFusedBlocks(&m.Transformer)
 	if err != nil {
-		f.fused.Close()
-		return false, err
+		f.blocks.Close()
+		return false, fmt.Errorf("fused text blocks: %w", err)
 	}
 	m.Visual, m.text = f, text
 	torch.SetBLASThreads(1)
 	return true, nil
-}
-
-func (m *Model) newFusedText() (*torch.FusedText, error) {
-	ws := []*torch.Tensor{m.PositionalEmbedding, m.LNFinal.Weight, m.LNFinal.Bias, m.TextProjection}
-	for _, b := range m.Transformer.Blocks {
-		if b == nil {
-			return nil, fmt.Errorf("fused text: missing block")
-		}
-		ws = append(ws, b.Attn.InProjWeight, b.Attn.InProjBias, b.Attn.OutProj.Weight, b.Attn.OutProj.Bias,
-			b.LN1.Weight, b.LN1.Bias, b.MLP.FC.Weight, b.MLP.FC.Bias, b.MLP.Proj.Weight, b.MLP.Proj.Bias,
-			b.LN2.Weight, b.LN2.Bias)
-	}
-	t, err := torch.NewFusedText(ws, len(m.Transformer.Blocks), m.Transformer.Heads)
-	if err != nil {
-		return nil, fmt.Errorf("fused text: %w", err)
-	}
-	return t, nil
 }
 
 // fusedTextInputs reports whether the fused text path takes these inputs.
@@ -147,7 +144,7 @@ func fusedTextInputs(prefix, suffix *torch.Tensor) bool {
 // op-by-op paths.
 func (m *Model) DisableFused() {
 	if f, ok := m.Visual.(*FusedEncoder); ok {
-		f.fused.Close()
+		f.blocks.Close()
 		m.Visual = f.ViT
 	}
 	m.text.Close()

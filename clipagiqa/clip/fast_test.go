@@ -124,8 +124,8 @@ func TestFusedRejectsBadInput(t *testing.T) {
 	require.NoError(t, g.Err())
 	assert.True(t, out.RequiresGrad())
 
-	_, err = torch.NewFusedViT(nil, 2, 3)
-	require.ErrorContains(t, err, "0 weights for 2 layers")
+	_, err = torch.NewFusedBlocks(nil, 2)
+	require.ErrorContains(t, err, "no weights")
 }
 
 func BenchmarkEncodeImageTiny(b *testing.B) {
@@ -304,12 +304,174 @@ func TestFusedTextRejectsBadInput(t *testing.T) {
 	s := torch.NewScope()
 	defer s.Close()
 	prefix, suffix := s.Zeros(torch.Float32, 1, 17, 64), s.Zeros(torch.Float32, 2, 10, 64)
-	m.text.Forward(s, prefix, suffix, []int64{18, 30})
-	require.ErrorContains(t, s.Err(), "outside the suffix")
+	m.EncodeTextSharedPrefix(s, prefix, suffix, []int64{18, 30})
+	require.ErrorContains(t, s.Err(), "not in the suffix")
 	s2 := torch.NewScope()
 	defer s2.Close()
-	m.text.Forward(s2, s2.Zeros(torch.Float32, 1, 17, 32), suffix, []int64{18, 19})
+	m.text.ForwardSharedPrefix(s2, s2.Zeros(torch.Float32, 1, 17, 32), suffix)
 	require.ErrorContains(t, s2.Err(), "want [1 P 64]")
-	_, err = torch.NewFusedText(nil, 1, 1)
-	require.ErrorContains(t, err, "0 weights for 1 layers")
+	s3 := torch.NewScope()
+	defer s3.Close()
+	m.text.Forward(s3, s3.Zeros(torch.Float32, 2, 5, 32))
+	require.ErrorContains(t, s3.Err(), "want [N L 64]")
+}
+
+// blockWeights is t's block weights by name, as newFusedBlocks passes them.
+func blockWeights(t *testing.T, tr *Transformer) map[string]*torch.Tensor {
+	t.Helper()
+	ws := map[string]*torch.Tensor{}
+	require.NoError(t, torch.WalkTagged(tr, "", func(f torch.TaggedField) error {
+		ws[f.Name] = *f.Ptr
+		return nil
+	}))
+	return ws
+}
+
+// The weights are found by name: a missing, unknown or misshapen one is
+// refused with its name.
+func TestFusedBlocksWeightNames(t *testing.T) {
+	m := loadTiny(t, "tiny_clip_vit.pt")
+	heads := m.Transformer.Heads
+	ws := blockWeights(t, &m.Transformer)
+	require.Len(t, ws, 12*len(m.Transformer.Blocks))
+	f, err := torch.NewFusedBlocks(ws, heads)
+	require.NoError(t, err)
+	assert.Equal(t, len(m.Transformer.Blocks), f.Layers())
+	f.Close()
+	assert.Zero(t, f.Layers())
+
+	last := len(m.Transformer.Blocks) - 1
+	edit := func(fn func(map[string]*torch.Tensor)) map[string]*torch.Tensor {
+		c := map[string]*torch.Tensor{}
+		for k, v := range ws {
+			c[k] = v
+		}
+		fn(c)
+		return c
+	}
+	for _, c := range []struct {
+		name  string
+		ws    map[string]*torch.Tensor
+		heads int
+		want  string
+	}{
+		{"missing", edit(func(c map[string]*torch.Tensor) { delete(c, fmt.Sprintf("resblocks.%d.ln_2.bias", last)) }), heads,
+			fmt.Sprintf("missing weight resblocks.%d.ln_2.bias", last)},
+		{"gap", edit(func(c map[string]*torch.Tensor) {
+			c[fmt.Sprintf("resblocks.%d.ln_2.bias", last+3)] = ws["resblocks.0.ln_2.bias"]
+		}), heads,
+			fmt.Sprintf("missing weight resblocks.%d.attn.in_proj_weight", last+1)},
+		{"unexpected", edit(func(c map[string]*torch.Tensor) { c["resblocks.0.attn.bias_k"] = ws["resblocks.0.ln_1.bias"] }), heads,
+			"unexpected weight resblocks.0.attn.bias_k"},
+		{"outside", edit(func(c map[string]*torch.Tensor) { c["ln_final.weight"] = m.LNFinal.Weight }), heads,
+			"unexpected weight ln_final.weight"},
+		{"shape", edit(func(c map[string]*torch.Tensor) {
+			c["resblocks.0.mlp.c_fc.bias"] = ws["resblocks.0.ln_1.bias"]
+		}), heads, "resblocks.0.mlp.c_fc.bias has shape"},
+		{"heads", ws, 5, "not divisible by 5 heads"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := torch.NewFusedBlocks(c.ws, c.heads)
+			require.ErrorContains(t, err, c.want)
+		})
+	}
+}
+
+// The block-stack op gives the plain blocks' output (Transformer.forward,
+// unmasked as in the ViT) on random activations, for the fixture's vision
+// and text towers and a multi-head random one; every row is the same
+// whichever batch it is in.
+func TestFusedBlocksForwardMatchesPlain(t *testing.T) {
+	tiny := loadTiny(t, "tiny_clip_vit.pt")
+	towers := map[string]*Transformer{
+		"vision":          &tiny.Visual.(*VisionTransformer).Transformer,
+		"text":            &tiny.Transformer,
+		"random-2-heads":  &randomCLIP(t, 128, 2).Transformer,
+		"random-3-layers": &randomCLIP(t, 64, 3).Transformer,
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	for name, tr := range towers {
+		t.Run(name, func(t *testing.T) {
+			f, err := torch.NewFusedBlocks(blockWeights(t, tr), tr.Heads)
+			require.NoError(t, err)
+			defer f.Close()
+			w := tr.Blocks[0].LN1.Weight.Shape()[0]
+			const n, l = 3, 50
+			x := randFloats(rng, n*l*int(w), 0.5)
+			start := torch.LiveTensors()
+			s := torch.NewScope().WithGrad(torch.InferenceMode)
+			in := s.FromFloat32(x, n, l, w)
+			plain, err := tr.forward(s, in, nil, torch.Float32).Float32s()
+			require.NoError(t, err)
+			fused, err := f.Forward(s, in).Float32s()
+			require.NoError(t, err)
+			one, err := f.Forward(s, s.FromFloat32(x[:l*int(w)], 1, l, w)).Float32s()
+			require.NoError(t, err)
+			require.NoError(t, s.Err())
+			s.Close()
+			e := reffix.RelErr(fused, toF64(plain))
+			t.Logf("fused blocks vs plain rel err %.3g", e)
+			assert.Less(t, e, fusedRelTol)
+			assert.Equal(t, fused[:len(one)], one, "a row depends on its batch")
+			assert.Equal(t, start, torch.LiveTensors(), "tensor handles leaked")
+		})
+	}
+}
+
+// The shared-prefix op gives the plain op-by-op shared-prefix blocks' output
+// and input gradients.
+func TestFusedBlocksSharedPrefixMatchesPlain(t *testing.T) {
+	models := map[string]*Model{
+		"fixture-1-head": loadTiny(t, "tiny_clip_vit.pt"),
+		"random-2-heads": randomCLIP(t, 128, 2),
+	}
+	rng := rand.New(rand.NewPCG(7, 8))
+	for name, m := range models {
+		t.Run(name, func(t *testing.T) {
+			f, err := torch.NewFusedBlocks(blockWeights(t, &m.Transformer), m.Transformer.Heads)
+			require.NoError(t, err)
+			defer f.Close()
+			d := int64(m.Config.TransformerWidth)
+			const p, k, l = 9, 3, 7
+			xp, xs := randFloats(rng, p*int(d), 0.5), randFloats(rng, k*l*int(d), 0.5)
+			v := randFloats(rng, k*l*int(d), 1)
+			start := torch.LiveTensors()
+			run := func(fused bool) (out, gp, gs []float32) {
+				s := torch.NewScope()
+				defer s.Close()
+				a, b := s.FromFloat32(xp, 1, p, d), s.FromFloat32(xs, k, l, d)
+				require.NoError(t, a.SetRequiresGrad(true))
+				require.NoError(t, b.SetRequiresGrad(true))
+				var y *torch.Tensor
+				if fused {
+					y = f.ForwardSharedPrefix(s, a, b)
+				} else {
+					y = m.sharedPrefixBlocks(s, a, b)
+				}
+				loss := s.Sum(s.Mul(y, s.FromFloat32(v, k, l, d)), false)
+				require.NoError(t, s.Err())
+				require.NoError(t, loss.Backward())
+				out, err := y.Float32s()
+				require.NoError(t, err)
+				var gs2 [2][]float32
+				for i, in := range []*torch.Tensor{a, b} {
+					g, err := in.Grad()
+					require.NoError(t, err)
+					require.NotNil(t, g)
+					gs2[i], err = g.Float32s()
+					g.Close()
+					require.NoError(t, err)
+				}
+				return out, gs2[0], gs2[1]
+			}
+			o1, p1, s1 := run(false)
+			o2, p2, s2 := run(true)
+			oe, pe, se := reffix.RelErr(o2, toF64(o1)), reffix.RelErr(p2, toF64(p1)), reffix.RelErr(s2, toF64(s1))
+			t.Logf("rel err: output %.3g, prefix grad %.3g, suffix grad %.3g", oe, pe, se)
+			assert.Less(t, oe, fusedRelTol)
+			assert.Less(t, pe, 1e-4)
+			assert.Less(t, se, 1e-4)
+			assert.Equal(t, start, torch.LiveTensors(), "tensor handles leaked")
+		})
+	}
 }

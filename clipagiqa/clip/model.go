@@ -31,8 +31,8 @@ type Model struct {
 	TextProjection      *torch.Tensor `torch:"text_projection"` // [D, E]
 	LogitScale          *torch.Tensor `torch:"logit_scale,optional"`
 
-	mask   *torch.Tensor    // [C, C] causal, -inf above the diagonal
-	text   *torch.FusedText // EnableFused's text path (fast.go), or nil
+	mask   *torch.Tensor      // [C, C] causal, -inf above the diagonal
+	text   *torch.FusedBlocks // EnableFused's text blocks (fast.go), or nil
 	device torch.Device
 	dtype  torch.DType
 	path   string

@@ -36,13 +36,36 @@ func (m *Model) EncodeTextSharedPrefix(s *torch.Scope, prefix, suffix *torch.Ten
 		s.Fail(fmt.Errorf("encode shared prefix: %d positions exceed the context length %d", p+l, m.Config.ContextLength))
 		return nil
 	}
-	if m.text != nil && fusedTextInputs(prefix, suffix) {
-		return m.text.Forward(s, prefix, suffix, eot)
-	}
 	xp := s.Add(prefix, s.Narrow(m.PositionalEmbedding, 0, 0, p))                    // [1, P, D]
 	xs := s.Add(s.Narrow(suffix, 1, 0, l), s.Narrow(m.PositionalEmbedding, 0, p, l)) // [K, L, D]
-	prefMask := s.Narrow(s.Narrow(m.mask, 0, 0, p), 1, 0, p)                         // [P, P] causal
-	sufMask := s.Narrow(s.Narrow(m.mask, 0, p, l), 1, 0, p+l)                        // [L, P+L]: all prefix, causal suffix
+	if m.text != nil && fusedTextInputs(prefix, suffix) {
+		xs = m.text.ForwardSharedPrefix(s, xp, xs)
+	} else {
+		xs = m.sharedPrefixBlocks(s, xp, xs)
+	}
+	rows := make([]int64, k)
+	for i, e := range eot {
+		rows[i] = int64(i)*l + (e - p)
+	}
+	x := s.IndexSelect(s.Reshape(xs, k*l, d), 0, s.FromInt64On(m.device, rows, k)) // [K, D]
+	// Row by row, so normalising only the EOT rows gives the same numbers.
+	x = layerNorm(s, x, m.LNFinal, m.dtype)
+	return s.MatMul(x, m.TextProjection)
+}
+
+// sharedPrefixBlocks runs the text blocks op by op on prefix rows xp [1, P, D]
+// and suffix rows xs [K, L, D] (positions added) and returns the suffix
+// rows' outputs [K, L, D]: the prefix as an ordinary causal sequence, each
+// prompt's rows over [prefix keys; own keys] (a key/value cache).
+func (m *Model) sharedPrefixBlocks(s *torch.Scope, xp, xs *torch.Tensor) *torch.Tensor {
+	ps, ss := xp.Shape(), xs.Shape()
+	if len(ps) != 3 || len(ss) != 3 {
+		s.Fail(errClosedInput)
+		return nil
+	}
+	p, k, l, d := ps[1], ss[0], ss[1], ss[2]
+	prefMask := s.Narrow(s.Narrow(m.mask, 0, 0, p), 1, 0, p)  // [P, P] causal
+	sufMask := s.Narrow(s.Narrow(m.mask, 0, p, l), 1, 0, p+l) // [L, P+L]: all prefix, causal suffix
 	heads := int64(m.Transformer.Heads)
 	hd := d / heads
 	for _, b := range m.Transformer.Blocks {
@@ -63,13 +86,7 @@ func (m *Model) EncodeTextSharedPrefix(s *torch.Scope, prefix, suffix *torch.Ten
 		xp = s.Add(xp, mlp(s, b, layerNorm(s, xp, b.LN2, m.dtype)))
 		xs = s.Add(xs, mlp(s, b, layerNorm(s, xs, b.LN2, m.dtype)))
 	}
-	xs = layerNorm(s, xs, m.LNFinal, m.dtype)
-	rows := make([]int64, k)
-	for i, e := range eot {
-		rows[i] = int64(i)*l + (e - p)
-	}
-	x := s.IndexSelect(s.Reshape(xs, k*l, d), 0, s.FromInt64On(m.device, rows, k)) // [K, D]
-	return s.MatMul(x, m.TextProjection)
+	return xs
 }
 
 func mlp(s *torch.Scope, b *ResidualBlock, x *torch.Tensor) *torch.Tensor {

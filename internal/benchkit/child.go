@@ -165,7 +165,7 @@ func targets(r *Report) []Target {
 
 func notes(r *Report, o *Options) []string {
 	n := []string{
-		"Go fused = `clip.Model.EnableFused` (cpp/fused.cc): the image encoder in one native call (buffers reused, products split over libtorch's threads with BLAS single-threaded) and the shared-prefix text path forward + hand-written backward in one call each. Go plain = the op-by-op path (`DisableFused`). Both compute the reference's numbers to float32 rounding. Training and scoring use the fused paths.",
+		"Go fused = `clip.Model.EnableFused` (cpp/fused.cc): the ViT's residual blocks in one native call (buffers reused, products split over libtorch's threads with BLAS single-threaded; stem and head are the Go model's ops) and the text tower's blocks over the shared prefix forward + hand-written backward in one call each. Go plain = the op-by-op path (`DisableFused`). Both compute the reference's numbers to float32 rounding. Training and scoring use the fused paths.",
 		fmt.Sprintf("Both sides run with %d libtorch threads and an OpenBLAS pool of %d (OPENBLAS_NUM_THREADS for Python); the reference is PyTorch %s eager, no TorchScript, torch.no_grad for inference.", o.Threads, o.Threads, r.Machine.PyTorch),
 		"Scoring: each side runs in a fresh process that loads the model, scores one warm-up batch, resets its peak RSS (/proc/self/clear_refs) and then scores every file; Go uses `clipagiqa.Predict` (decoding goroutines feeding the model), the reference decodes with PIL in its main loop.",
 	}
