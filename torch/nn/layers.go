@@ -123,7 +123,8 @@ var BatchNormDefaults = BatchNormConfig{Eps: 1e-5, Momentum: 0.1}
 // Parameters weight, bias [C]; buffers running_mean, running_var [C],
 // num_batches_tracked (int64 scalar). In training mode (Path.Training) it
 // normalises by batch statistics and updates the buffers; in eval mode it
-// uses the running statistics.
+// uses the running statistics. After ConvertSyncBatchNorm the training-mode
+// statistics are those of the global batch over a process group.
 type BatchNorm2d struct {
 	Weight, Bias            *torch.Tensor
 	RunningMean, RunningVar *torch.Tensor
@@ -167,6 +168,9 @@ func (m *BatchNorm2d) Forward(s *torch.Scope, x *torch.Tensor) *torch.Tensor {
 	factor := m.Config.Momentum
 	if m.Config.CumulativeAverage {
 		factor = 1 / float64(tracked)
+	}
+	if sync := m.path.store.batchNormSync; sync != nil {
+		return sync.BatchNormTrain(s, x, m.Weight, m.Bias, m.RunningMean, m.RunningVar, factor, m.Config.Eps)
 	}
 	return s.BatchNorm(x, m.Weight, m.Bias, m.RunningMean, m.RunningVar, true, factor, m.Config.Eps)
 }

@@ -50,6 +50,9 @@ type Store struct {
 	pinned   map[string]bool // sub-tree prefixes kept in eval mode
 	device   torch.Device
 	err      error
+	// batchNormSync, when set by ConvertSyncBatchNorm, computes BatchNorm2d's
+	// training-mode statistics over a process group.
+	batchNormSync BatchNormSync
 }
 
 // NewStore returns an empty store in training mode (as a fresh nn.Module)
