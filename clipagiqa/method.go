@@ -53,6 +53,9 @@ type Method struct {
 	Name string
 	// Description is a one-line summary for help texts.
 	Description string
+	// UsesPrompt says that its heads score each image with its prompt, so
+	// front ends can ask for prompts before loading anything.
+	UsesPrompt bool
 	// Open reads checkpoint (a path, "" when none was given; epoch 0 = the
 	// highest saved) before CLIP loads, since its errors are the likelier
 	// ones, and returns the loader of the head.
@@ -111,7 +114,7 @@ func init() {
 	for _, m := range []Method{
 		{Name: MethodAGIQA, Description: "CLIP-AGIQA: learned prompts and a regressor (needs a checkpoint)", Open: openAGIQA},
 		{Name: MethodCLIPIQA, Description: "zero-shot CLIP-IQA: softmax(100·cos) against good/bad photo prompts (no checkpoint)", Open: openCLIPIQA},
-		{Name: MethodIPIQA, Description: "IP-IQA: a ResNet CLIP fine-tuned with the image's prompt (official checkpoint_best.pth; quality and alignment)", Open: openIPIQA},
+		{Name: MethodIPIQA, Description: "IP-IQA: a ResNet CLIP fine-tuned with the image's prompt (official checkpoint_best.pth; quality and alignment)", UsesPrompt: true, Open: openIPIQA},
 	} {
 		if err := RegisterMethod(m); err != nil {
 			panic(err) // a duplicate built-in name is a programming error
