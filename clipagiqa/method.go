@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa/clip"
+	"github.com/clipagiqa/clipagiqa/clipagiqa/imageprep"
 	"github.com/clipagiqa/clipagiqa/torch"
 )
 
@@ -25,6 +26,24 @@ type ScoringHead interface {
 	Close()
 }
 
+// ImageInputHead is implemented by a head whose images are not CLIP's own
+// preprocessing (resize the short side, center crop at CLIP's resolution):
+// ImageInput returns the transform's options (Size is the input side) and
+// whether the whole image is squashed to Size×Size without crop
+// (torchvision's Resize((S,S)), as IP-IQA evaluates).
+type ImageInputHead interface {
+	ScoringHead
+	ImageInput() (opts imageprep.Options, squash bool)
+}
+
+// MultiOutputHead is implemented by a head whose Score returns [N, K]
+// scores (K > 1) rather than [N]: Outputs names the K columns, the first
+// being the one Scorer.Score returns (e.g. "quality", "alignment").
+type MultiOutputHead interface {
+	ScoringHead
+	Outputs() []string
+}
+
 // HeadLoader builds a method's ScoringHead on a loaded CLIP.
 type HeadLoader func(c *clip.Model, tok Tokenizer) (ScoringHead, error)
 
@@ -34,6 +53,9 @@ type Method struct {
 	Name string
 	// Description is a one-line summary for help texts.
 	Description string
+	// UsesPrompt says that its heads score each image with its prompt, so
+	// front ends can ask for prompts before loading anything.
+	UsesPrompt bool
 	// Open reads checkpoint (a path, "" when none was given; epoch 0 = the
 	// highest saved) before CLIP loads, since its errors are the likelier
 	// ones, and returns the loader of the head.
@@ -92,6 +114,7 @@ func init() {
 	for _, m := range []Method{
 		{Name: MethodAGIQA, Description: "CLIP-AGIQA: learned prompts and a regressor (needs a checkpoint)", Open: openAGIQA},
 		{Name: MethodCLIPIQA, Description: "zero-shot CLIP-IQA: softmax(100·cos) against good/bad photo prompts (no checkpoint)", Open: openCLIPIQA},
+		{Name: MethodIPIQA, Description: "IP-IQA: a ResNet CLIP fine-tuned with the image's prompt (official checkpoint_best.pth; quality and alignment)", UsesPrompt: true, Open: openIPIQA},
 	} {
 		if err := RegisterMethod(m); err != nil {
 			panic(err) // a duplicate built-in name is a programming error

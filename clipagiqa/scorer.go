@@ -24,6 +24,10 @@ const (
 	// MethodCLIPIQA is zero-shot CLIP-IQA: softmax(100·cos) against
 	// "Good photo." / "Bad photo.", probability of the first (no checkpoint).
 	MethodCLIPIQA = "clipiqa"
+	// MethodIPIQA is IP-IQA (ICME 2024) from an official checkpoint on a
+	// ResNet CLIP: each image is scored with its prompt; quality (and
+	// alignment for a 2-output checkpoint).
+	MethodIPIQA = "ipiqa"
 )
 
 // Scorer errors; returned errors wrap them (test with errors.Is).
@@ -35,6 +39,9 @@ var (
 	// ErrInvalidImage: the input could not be decoded or preprocessed. The error
 	// also wraps imageprep's cause (imageprep.ErrTooManyPixels, ErrTruncated, ...).
 	ErrInvalidImage = errors.New("clipagiqa: invalid image")
+	// ErrNoPrompt: the method scores an image with its prompt (UsesPrompt)
+	// and none, or an empty one, was given.
+	ErrNoPrompt = errors.New("clipagiqa: the method needs the image's prompt")
 )
 
 // Batching defaults.
@@ -132,7 +139,7 @@ const (
 )
 
 type result struct {
-	scores []float64
+	scores []float64 // n × outputs, row-major
 	err    error
 }
 
@@ -145,6 +152,8 @@ type Scorer struct {
 	head   ScoringHead   // the method's model, from its registered Method
 	text   *torch.Tensor // what the head prepared once (text features)
 	prep   imageprep.Options
+	squash bool          // resize to prep.Size² without crop (the head's input)
+	outs   []string      // names of the per-image outputs
 	per    int           // floats per image
 	decode chan struct{} // preprocessing slots
 
@@ -231,6 +240,13 @@ func LoadScorer(clipPath, checkpointDir string, opts ...ScorerOption) (*Scorer, 
 		return nil, fmt.Errorf("load scorer: text features: %w", err)
 	}
 	sc.prep = imageprep.DefaultOptions(c.Config.ImageResolution)
+	if in, ok := sc.head.(ImageInputHead); ok {
+		sc.prep, sc.squash = in.ImageInput()
+	}
+	sc.outs = []string{"score"}
+	if mo, ok := sc.head.(MultiOutputHead); ok && len(mo.Outputs()) > 0 {
+		sc.outs = mo.Outputs()
+	}
 	sc.prep.MaxPixels = cfg.maxPixels
 	sc.per = sc.prep.TensorLen()
 	sc.decode = make(chan struct{}, cfg.preprocess)
@@ -256,8 +272,14 @@ func (sc *Scorer) initText() error {
 // Method is the scoring method in use.
 func (sc *Scorer) Method() string { return sc.cfg.method }
 
-// Resolution is the model's input size n_px.
-func (sc *Scorer) Resolution() int { return sc.clip.Config.ImageResolution }
+// Resolution is the model's input size (CLIP's n_px, or the method's own,
+// e.g. IP-IQA's 512).
+func (sc *Scorer) Resolution() int { return sc.prep.Size }
+
+// Outputs names what the model predicts per image, in the order of
+// ScoreBytesOutputs: ["score"] for CLIP-AGIQA and CLIP-IQA, ["quality",
+// "alignment"] for a 2-output IP-IQA. The first is what Score returns.
+func (sc *Scorer) Outputs() []string { return append([]string(nil), sc.outs...) }
 
 // MaxBatch is the configured device batch cap.
 func (sc *Scorer) MaxBatch() int { return sc.cfg.maxBatch }
@@ -267,6 +289,9 @@ func (sc *Scorer) CLIPConfig() clip.Config { return sc.clip.Config }
 
 // Score scores a Go image (converted the way Pillow would open the same pixels).
 func (sc *Scorer) Score(ctx context.Context, img image.Image) (float64, error) {
+	if sc.head.UsesPrompt() {
+		return 0, fmt.Errorf("%w (method %s): use ScorePrompt", ErrNoPrompt, sc.cfg.method)
+	}
 	px, err := sc.preprocess(ctx, func() (*imageprep.Image, error) {
 		if img == nil {
 			return nil, fmt.Errorf("nil image")
@@ -287,34 +312,86 @@ func (sc *Scorer) Score(ctx context.Context, img image.Image) (float64, error) {
 	return out[0], nil
 }
 
-// ScoreBytes decodes an encoded image (JPEG, PNG, GIF, BMP, WebP) and scores
-// it; the pixel limit is checked from the header before decoding.
-func (sc *Scorer) ScoreBytes(ctx context.Context, data []byte) (float64, error) {
-	return sc.scoreBytes(ctx, data, nil)
-}
-
-// UsesPrompt reports whether the model reads the per-image prompts of
-// ScoreBytesPrompt: false for CLIP-AGIQA and CLIP-IQA, which score the image
-// alone; a prompt-aware model (IP-IQA) reports true.
-func (sc *Scorer) UsesPrompt() bool { return sc.head.UsesPrompt() }
-
-// ScoreBytesPrompt is ScoreBytes with the text prompt the image was generated
-// from, for prompt-aware models; a model that does not use prompts
-// (UsesPrompt false) ignores it.
-func (sc *Scorer) ScoreBytesPrompt(ctx context.Context, data []byte, prompt string) (float64, error) {
-	return sc.scoreBytes(ctx, data, []string{prompt})
-}
-
-func (sc *Scorer) scoreBytes(ctx context.Context, data []byte, prompts []string) (float64, error) {
-	px, err := sc.preprocess(ctx, func() (*imageprep.Image, error) { return imageprep.Decode(data, sc.cfg.maxPixels) })
+// ScorePrompt is Score with the image's prompt (see ScoreBytesPrompt).
+func (sc *Scorer) ScorePrompt(ctx context.Context, img image.Image, prompt string) (float64, error) {
+	if err := sc.checkPrompt(prompt); err != nil {
+		return 0, err
+	}
+	px, err := sc.preprocess(ctx, func() (*imageprep.Image, error) {
+		if img == nil {
+			return nil, fmt.Errorf("nil image")
+		}
+		b := img.Bounds()
+		if int64(b.Dx())*int64(b.Dy()) > sc.cfg.maxPixels {
+			return nil, fmt.Errorf("%w: %dx%d, limit %d", imageprep.ErrTooManyPixels, b.Dx(), b.Dy(), sc.cfg.maxPixels)
+		}
+		return imageprep.FromImage(img)
+	})
 	if err != nil {
 		return 0, err
 	}
-	out, err := sc.enqueue(ctx, &request{pixels: px, prompts: prompts, n: 1, decoded: true})
+	out, err := sc.enqueue(ctx, &request{pixels: px, prompts: []string{prompt}, n: 1, decoded: true})
 	if err != nil {
 		return 0, err
 	}
 	return out[0], nil
+}
+
+// ScoreBytes decodes an encoded image (JPEG, PNG, GIF, BMP, WebP) and scores
+// it; the pixel limit is checked from the header before decoding. A method
+// that needs prompts (UsesPrompt) answers ErrNoPrompt: use ScoreBytesPrompt.
+func (sc *Scorer) ScoreBytes(ctx context.Context, data []byte) (float64, error) {
+	out, err := sc.scoreBytes(ctx, data, nil)
+	if err != nil {
+		return 0, err
+	}
+	return out[0], nil
+}
+
+// UsesPrompt reports whether the model reads the per-image prompts of
+// ScoreBytesPrompt: false for CLIP-AGIQA and CLIP-IQA, which score the image
+// alone; IP-IQA reports true and needs one for every image.
+func (sc *Scorer) UsesPrompt() bool { return sc.head.UsesPrompt() }
+
+// ScoreBytesPrompt is ScoreBytes with the text prompt the image was generated
+// from, for prompt-aware models; a model that does not use prompts
+// (UsesPrompt false) ignores it. It returns the first output (quality).
+func (sc *Scorer) ScoreBytesPrompt(ctx context.Context, data []byte, prompt string) (float64, error) {
+	out, err := sc.ScoreBytesOutputs(ctx, data, prompt)
+	if err != nil {
+		return 0, err
+	}
+	return out[0], nil
+}
+
+// ScoreBytesOutputs is ScoreBytesPrompt returning every output of the model,
+// named by Outputs (IP-IQA: quality, alignment). prompt is ignored by models
+// that do not use prompts.
+func (sc *Scorer) ScoreBytesOutputs(ctx context.Context, data []byte, prompt string) ([]float64, error) {
+	if err := sc.checkPrompt(prompt); err != nil {
+		return nil, err
+	}
+	return sc.scoreBytes(ctx, data, []string{prompt})
+}
+
+// checkPrompt refuses a missing prompt before any work, for a method that
+// needs one.
+func (sc *Scorer) checkPrompt(prompt string) error {
+	if sc.head.UsesPrompt() && prompt == "" {
+		return fmt.Errorf("%w (method %s)", ErrNoPrompt, sc.cfg.method)
+	}
+	return nil
+}
+
+func (sc *Scorer) scoreBytes(ctx context.Context, data []byte, prompts []string) ([]float64, error) {
+	if prompts == nil && sc.head.UsesPrompt() {
+		return nil, fmt.Errorf("%w (method %s): use ScoreBytesPrompt", ErrNoPrompt, sc.cfg.method)
+	}
+	px, err := sc.preprocess(ctx, func() (*imageprep.Image, error) { return imageprep.Decode(data, sc.cfg.maxPixels) })
+	if err != nil {
+		return nil, err
+	}
+	return sc.enqueue(ctx, &request{pixels: px, prompts: prompts, n: 1, decoded: true})
 }
 
 // ScoreBatch scores encoded images, decoding them in parallel; errs[i] is
@@ -332,6 +409,35 @@ func (sc *Scorer) ScoreBatch(ctx context.Context, images [][]byte) (scores []flo
 	}
 	wg.Wait()
 	return scores, errs
+}
+
+// ScoreBatchOutputs scores encoded images with their prompts (prompts[i]
+// goes with images[i]; nil for a model that does not use prompts), decoding
+// them in parallel: outputs[i] are image i's outputs (named by Outputs), or
+// errs[i] says why it has none (ErrNoPrompt for a missing prompt).
+func (sc *Scorer) ScoreBatchOutputs(ctx context.Context, images [][]byte, prompts []string) (outputs [][]float64, errs []error) {
+	outputs = make([][]float64, len(images))
+	errs = make([]error, len(images))
+	if prompts != nil && len(prompts) != len(images) {
+		for i := range errs {
+			errs[i] = fmt.Errorf("score batch: %d prompts for %d images", len(prompts), len(images))
+		}
+		return outputs, errs
+	}
+	var wg sync.WaitGroup
+	for i, data := range images {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			prompt := ""
+			if prompts != nil {
+				prompt = prompts[i]
+			}
+			outputs[i], errs[i] = sc.ScoreBytesOutputs(ctx, data, prompt)
+		}()
+	}
+	wg.Wait()
+	return outputs, errs
 }
 
 // preprocess decodes and transforms one image in the caller's goroutine,
@@ -358,7 +464,12 @@ func (sc *Scorer) preprocess(ctx context.Context, decode func() (*imageprep.Imag
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidImage, err)
 	}
-	px, err = imageprep.CenterTransform(img, sc.prep)
+	if sc.squash {
+		px = make([]float32, sc.per)
+		err = imageprep.ResizedCropInto(px, img, 0, 0, img.W, img.H, false, sc.prep)
+	} else {
+		px, err = imageprep.CenterTransform(img, sc.prep)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: preprocess: %w", ErrInvalidImage, err)
 	}
@@ -371,9 +482,17 @@ func (sc *Scorer) isClosed() bool {
 	return sc.closed
 }
 
-// submit queues n preprocessed images and waits for their scores.
+// submit queues n preprocessed images and waits for their scores. A method
+// that needs prompts gets a placeholder one per image.
 func (sc *Scorer) submit(ctx context.Context, px []float32, n int) ([]float64, error) {
-	return sc.enqueue(ctx, &request{pixels: px, n: n})
+	var prompts []string
+	if sc.head.UsesPrompt() {
+		prompts = make([]string, n)
+		for i := range prompts {
+			prompts[i] = "warm-up"
+		}
+	}
+	return sc.enqueue(ctx, &request{pixels: px, prompts: prompts, n: n})
 }
 
 // enqueue queues req (its pixels, prompts, n and decoded set) and waits for
@@ -553,14 +672,14 @@ func (sc *Scorer) run(batch []*request, n int, buf []float32) {
 	} else {
 		sc.batchEWMA.Store((3*prev + int64(elapsed)) / 4)
 	}
-	i := 0
+	i, k := 0, len(sc.outs)
 	for _, r := range batch {
 		if err != nil {
 			r.res <- result{err: err}
 			continue
 		}
-		r.res <- result{scores: scores[i : i+r.n : i+r.n]}
-		i += r.n
+		r.res <- result{scores: scores[i : i+r.n*k : i+r.n*k]}
+		i += r.n * k
 	}
 }
 
@@ -574,7 +693,7 @@ func (sc *Scorer) forward(px []float32, n int, prompts []string) (out []float64,
 			out, err = nil, fmt.Errorf("score batch: panic: %v", r)
 		}
 	}()
-	res := int64(sc.clip.Config.ImageResolution)
+	res := int64(sc.prep.Size)
 	s := torch.NewScope().WithGrad(torch.InferenceMode).WithDevice(sc.cfg.device)
 	defer s.Close()
 	pixels := s.FromFloat32On(sc.cfg.device, px, int64(n), 3, res, res)
@@ -586,7 +705,10 @@ func (sc *Scorer) forward(px []float32, n int, prompts []string) (out []float64,
 	if err != nil {
 		return nil, fmt.Errorf("score batch of %d: %w", n, err)
 	}
-	out = make([]float64, n)
+	if len(vals) != n*len(sc.outs) {
+		return nil, fmt.Errorf("score batch of %d: the model gave %d values, want %d (%d per image)", n, len(vals), n*len(sc.outs), len(sc.outs))
+	}
+	out = make([]float64, len(vals))
 	for i, v := range vals {
 		out[i] = float64(v)
 		if math.IsNaN(out[i]) || math.IsInf(out[i], 0) {

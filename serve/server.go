@@ -47,6 +47,15 @@ type PromptBackend interface {
 	UsesPrompt() bool
 }
 
+// OutputsBackend is a PromptBackend with more than one output per image
+// (IP-IQA: quality, alignment); *clipagiqa.Scorer is one. The first output
+// is the score; an output named "alignment" is reported as such.
+type OutputsBackend interface {
+	PromptBackend
+	ScoreBytesOutputs(ctx context.Context, data []byte, prompt string) ([]float64, error)
+	Outputs() []string
+}
+
 // describer is what /v1/info reads from a backend that has it.
 type describer interface {
 	Method() string
@@ -363,6 +372,9 @@ func (s *Server) info() api.Info {
 	if p, ok := b.(PromptBackend); ok {
 		in.UsesPrompt = p.UsesPrompt()
 	}
+	if o, ok := b.(OutputsBackend); ok {
+		in.Outputs = o.Outputs()
+	}
 	return in
 }
 
@@ -408,6 +420,8 @@ func classify(err error) (int, api.ErrorCode) {
 		return http.StatusUnprocessableEntity, api.CodeTooManyPixels
 	case errors.Is(err, clipagiqa.ErrInvalidImage):
 		return http.StatusBadRequest, api.CodeInvalidImage
+	case errors.Is(err, clipagiqa.ErrNoPrompt):
+		return http.StatusBadRequest, api.CodeMissingPrompt
 	case errors.Is(err, clipagiqa.ErrOverloaded), errors.Is(err, clipagiqa.ErrClosed):
 		return http.StatusServiceUnavailable, api.CodeOverloaded
 	case errors.Is(err, context.DeadlineExceeded):
@@ -490,21 +504,52 @@ type imagePrompt struct {
 	hasPrompt bool
 }
 
+// scored is one image's outcome: its score, its alignment when the method
+// predicts one, and whether its prompt was used (nil when none was sent).
+type scored struct {
+	score     float64
+	alignment *float64
+	used      *bool
+}
+
 // score scores one image, with its prompt when it has one.
-func score(ctx context.Context, b Backend, im imagePrompt) (float64, *bool, error) {
+func score(ctx context.Context, b Backend, im imagePrompt) (scored, error) {
+	var out scored
+	if ob, ok := b.(OutputsBackend); ok {
+		if names := ob.Outputs(); len(names) > 1 {
+			if im.hasPrompt {
+				used := ob.UsesPrompt()
+				out.used = &used
+			}
+			vs, err := ob.ScoreBytesOutputs(ctx, im.data, im.prompt)
+			if err != nil {
+				return out, err
+			}
+			out.score = vs[0]
+			for i, n := range names {
+				if n == "alignment" && i < len(vs) {
+					out.alignment = &vs[i]
+				}
+			}
+			return out, nil
+		}
+	}
+	var err error
 	if !im.hasPrompt {
-		v, err := b.ScoreBytes(ctx, im.data)
-		return v, nil, err
+		out.score, err = b.ScoreBytes(ctx, im.data)
+		return out, err
 	}
 	pb, ok := b.(PromptBackend)
 	if !ok {
 		used := false
-		v, err := b.ScoreBytes(ctx, im.data)
-		return v, &used, err
+		out.used = &used
+		out.score, err = b.ScoreBytes(ctx, im.data)
+		return out, err
 	}
 	used := pb.UsesPrompt()
-	v, err := pb.ScoreBytesPrompt(ctx, im.data, im.prompt)
-	return v, &used, err
+	out.used = &used
+	out.score, err = pb.ScoreBytesPrompt(ctx, im.data, im.prompt)
+	return out, err
 }
 
 func (s *Server) handleScore(w http.ResponseWriter, r *http.Request) {
@@ -564,14 +609,14 @@ func (s *Server) handleScore(w http.ResponseWriter, r *http.Request) {
 		name = "image"
 	}
 	im := imagePrompt{name: name, data: data, prompt: defaultPrompt, hasPrompt: hasDefault}
-	v, used, err := score(ctx, b, im)
+	v, err := score(ctx, b, im)
 	if err != nil {
 		s.metrics.ObserveImages(0, 1)
 		s.fail(w, r, nil, err)
 		return
 	}
 	s.metrics.ObserveImages(1, 0)
-	res := Result{Image: name, Score: &v, PromptUsed: used}
+	res := Result{Image: name, Score: &v.score, Alignment: v.alignment, PromptUsed: v.used}
 	if hasDefault {
 		res.Prompt = defaultPrompt
 	}
@@ -674,11 +719,11 @@ func (s *Server) scoreMultipart(ctx context.Context, w http.ResponseWriter, r *h
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			v, used, err := score(ctx, b, im)
+			v, err := score(ctx, b, im)
 			if err == nil {
-				results[i].Score = &v
+				results[i].Score, results[i].Alignment = &v.score, v.alignment
 			}
-			results[i].PromptUsed = used
+			results[i].PromptUsed = v.used
 			errs[i] = err
 		}()
 	}

@@ -153,6 +153,7 @@ var imageExts = map[string]bool{".jpg": true, ".jpeg": true, ".png": true, ".gif
 type imageInput struct {
 	Path string
 	Err  string
+	Rel  string // relative to the directory argument it was found in ("" for a file argument)
 }
 
 // expandImages turns arguments into image inputs, in argument order: files
@@ -165,7 +166,7 @@ func expandImages(args []string) []imageInput {
 	for _, a := range args {
 		st, err := os.Stat(a)
 		if err != nil {
-			out = append(out, imageInput{a, err.Error()})
+			out = append(out, imageInput{Path: a, Err: err.Error()})
 			continue
 		}
 		if !st.IsDir() {
@@ -180,9 +181,12 @@ func expandImages(args []string) []imageInput {
 		_ = filepath.WalkDir(a, func(p string, d os.DirEntry, err error) error {
 			switch {
 			case err != nil:
-				found = append(found, imageInput{p, err.Error()})
+				found = append(found, imageInput{Path: p, Err: err.Error()})
 			case !d.IsDir() && imageExts[strings.ToLower(filepath.Ext(p))]:
 				in := imageInput{Path: p}
+				if rel, err := filepath.Rel(a, p); err == nil {
+					in.Rel = rel
+				}
 				if err := regularfile.Check(p); err != nil { // follows symlinks
 					in.Err = "skipped: " + err.Error()
 				}

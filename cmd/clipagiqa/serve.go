@@ -21,9 +21,9 @@ import (
 func serveScorerFlags(clipDefault, ckptDefault, ckptNote string) []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "clip", Value: clipDefault, Usage: "CLIP weights `FILE` (OpenAI TorchScript .pt or a torch.save state dict)"},
-		&cli.StringFlag{Name: "checkpoint", Value: ckptDefault, Usage: "CLIP-AGIQA checkpoint directory (ours or the official prompt_learner/ + regression/ layout)" + ckptNote},
+		&cli.StringFlag{Name: "checkpoint", Value: ckptDefault, Usage: "CLIP-AGIQA checkpoint directory (ours or the official prompt_learner/ + regression/ layout), or for ipiqa an official checkpoint_best.pth" + ckptNote},
 		&cli.IntFlag{Name: "epoch", Usage: "epoch of an official checkpoint directory (0: the last)"},
-		&cli.StringFlag{Name: "method", Value: clipagiqa.MethodAGIQA, Usage: "agiqa (trained checkpoint) or clipiqa (zero-shot, no checkpoint)"},
+		methodFlag(),
 		&cli.StringFlag{Name: "device", Value: "cpu", Usage: "cpu, cuda or cuda:N"},
 		&cli.StringFlag{Name: "precision", Value: "fp32", Usage: "CLIP compute precision: fp32, fp16 or bf16 (half precisions need CUDA)"},
 		&cli.IntFlag{Name: "max-batch", Value: 32, Usage: "most images per device batch"},
@@ -76,6 +76,8 @@ func serveCommand() *cli.Command {
 			"?name= labels it, ?prompt= gives its prompt) or multipart/form-data with one or more files\n" +
 			"(and optional text parts named prompt, paired with the files in order), and answers\n" +
 			`{"results":[{"image":name,"score":x}]}` + ". Concurrent requests share device batches.\n" +
+			"--method ipiqa needs every image's prompt (else 400 missing_prompt) and adds \"alignment\" for a\n" +
+			"2-output checkpoint; /v1/info says the method, uses_prompt and the outputs.\n" +
 			"Bad input gets a 4xx JSON error {\"error\":message,\"code\":stable-code}; a full queue 503 with\n" +
 			"Retry-After. GET / is a page to drop images on; GET /openapi.json documents the API (Go client:\n" +
 			"package serve/client). SIGTERM/SIGINT stop accepting connections and finish the requests in flight.",

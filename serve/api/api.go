@@ -12,6 +12,7 @@ type ErrorCode string
 const (
 	CodeBadRequest           ErrorCode = "bad_request"            // 400: malformed request (empty body, bad multipart)
 	CodeInvalidImage         ErrorCode = "invalid_image"          // 400: the bytes are not a decodable image
+	CodeMissingPrompt        ErrorCode = "missing_prompt"         // 400: the method scores with the image's prompt and none was sent
 	CodeUploadTimeout        ErrorCode = "upload_timeout"         // 408: the body did not arrive in time
 	CodeMethodNotAllowed     ErrorCode = "method_not_allowed"     // 405
 	CodeNotFound             ErrorCode = "not_found"              // 404: no such endpoint
@@ -28,7 +29,7 @@ const (
 
 // Codes lists every ErrorCode.
 var Codes = []ErrorCode{
-	CodeBadRequest, CodeInvalidImage, CodeUploadTimeout, CodeMethodNotAllowed, CodeNotFound, CodeTooLarge,
+	CodeBadRequest, CodeInvalidImage, CodeMissingPrompt, CodeUploadTimeout, CodeMethodNotAllowed, CodeNotFound, CodeTooLarge,
 	CodeTooManyFiles, CodeUnsupportedMediaType, CodeTooManyPixels, CodeInternal, CodeNotReady, CodeOverloaded,
 	CodeScoreTimeout, CodeCanceled,
 }
@@ -39,6 +40,9 @@ type Result struct {
 	Image string `json:"image"`
 	// Score is the predicted quality (absent when the image failed).
 	Score *float64 `json:"score,omitempty"`
+	// Alignment is the predicted image–prompt alignment, from a method that
+	// predicts it (IP-IQA trained on AGIQA-3K); absent otherwise.
+	Alignment *float64 `json:"alignment,omitempty"`
 	// Error and Code say why the image has no score.
 	Error string    `json:"error,omitempty"`
 	Code  ErrorCode `json:"code,omitempty"`
@@ -68,10 +72,15 @@ type ErrorBody struct {
 type Info struct {
 	// Model is the CLIP weights' name (file name without extension).
 	Model string `json:"model"`
-	// Method is "agiqa" (CLIP-AGIQA) or "clipiqa" (zero-shot CLIP-IQA).
+	// Method is "agiqa" (CLIP-AGIQA), "clipiqa" (zero-shot CLIP-IQA) or
+	// "ipiqa" (IP-IQA), or another registered method.
 	Method string `json:"method"`
-	// UsesPrompt says whether per-image prompts change the score.
+	// UsesPrompt says whether per-image prompts change the score; a method
+	// that uses them (IP-IQA) needs one for every image (else missing_prompt).
 	UsesPrompt bool `json:"uses_prompt"`
+	// Outputs names what each result carries: ["score"], or ["quality",
+	// "alignment"] (score and alignment) for a 2-output IP-IQA.
+	Outputs []string `json:"outputs,omitempty"`
 	// Backbone ("ViT" or "RN") and Resolution (input pixels) of CLIP.
 	Backbone   string `json:"backbone"`
 	Resolution int    `json:"resolution"`

@@ -44,6 +44,9 @@ type Result struct {
 	Image string
 	// Score is valid when Err is nil.
 	Score float64
+	// Alignment is the image–prompt alignment from a method that predicts it
+	// (IP-IQA on AGIQA-3K); nil otherwise.
+	Alignment *float64
 	// Err says why the image has no score (its Code is stable).
 	Err *Error
 	// Prompt echoes the prompt sent; PromptUsed (nil when none was sent)
@@ -212,7 +215,7 @@ func (c *Client) scoreChunk(ctx context.Context, offset int, images []Image) ([]
 func convert(in []api.Result, images []Image, sentPrompts bool) []Result {
 	out := make([]Result, len(in))
 	for i, r := range in {
-		out[i] = Result{Image: r.Image, Prompt: r.Prompt, PromptUsed: r.PromptUsed}
+		out[i] = Result{Image: r.Image, Alignment: r.Alignment, Prompt: r.Prompt, PromptUsed: r.PromptUsed}
 		if sentPrompts && i < len(images) && images[i].Prompt == "" {
 			out[i].PromptUsed = nil
 		}
