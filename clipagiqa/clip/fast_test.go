@@ -475,3 +475,46 @@ func TestFusedBlocksSharedPrefixMatchesPlain(t *testing.T) {
 		})
 	}
 }
+
+// The stem's fused ops give the plain ops' values: the patch embedding
+// conv2d (stride = kernel) and layer norm, with every image's tokens the
+// same whichever batch it is in.
+func TestFusedStemOpsMatchPlain(t *testing.T) {
+	m := loadTiny(t, "tiny_clip_vit.pt")
+	v := m.Visual.(*VisionTransformer)
+	px, err := reffix.Pixels()
+	require.NoError(t, err)
+	start := torch.LiveTensors()
+	s := torch.NewScope().WithGrad(torch.InferenceMode)
+	const n = 3
+	pixels := s.FromFloat32(px.F32[:n*3*224*224], n, 3, 224, 224)
+	plainEmbed, err := v.patchEmbed(s, pixels, n, false).Float32s()
+	require.NoError(t, err)
+	fusedT := v.patchEmbed(s, pixels, n, true)
+	fusedEmbed, err := fusedT.Float32s()
+	require.NoError(t, err)
+	one, err := s.FusedPatchEmbed(s.FromFloat32(px.F32[2*3*224*224:n*3*224*224], 1, 3, 224, 224), v.Conv1).Float32s()
+	require.NoError(t, err)
+	plainLN, err := layerNorm(s, fusedT, v.LNPre, torch.Float32).Float32s()
+	require.NoError(t, err)
+	fusedLN, err := s.FusedLayerNorm(fusedT, v.LNPre.Weight, v.LNPre.Bias, 1e-5).Float32s()
+	require.NoError(t, err)
+	require.NoError(t, s.Err())
+	assert.Equal(t, fusedT.Shape(), []int64{n, 49, int64(v.cfg.VisionWidth)})
+	s.Close()
+	ee, le := reffix.RelErr(fusedEmbed, toF64(plainEmbed)), reffix.RelErr(fusedLN, toF64(plainLN))
+	t.Logf("rel err: patch embed %.3g, layer norm %.3g", ee, le)
+	assert.Less(t, ee, fusedRelTol)
+	assert.Less(t, le, fusedRelTol)
+	assert.Equal(t, fusedEmbed[len(fusedEmbed)-len(one):], one, "an image's tokens depend on its batch")
+	assert.Equal(t, start, torch.LiveTensors(), "tensor handles leaked")
+
+	bad := torch.NewScope()
+	defer bad.Close()
+	bad.FusedPatchEmbed(bad.Zeros(torch.Float32, 1, 3, 50, 50), v.Conv1)
+	require.ErrorContains(t, bad.Err(), "with P dividing R")
+	bad2 := torch.NewScope()
+	defer bad2.Close()
+	bad2.FusedLayerNorm(bad2.Zeros(torch.Float32, 2, 5), v.LNPre.Weight, v.LNPre.Bias, 1e-5)
+	require.ErrorContains(t, bad2.Err(), "want [... W]")
+}
