@@ -514,3 +514,57 @@ func (r *rng) normal() float64 {
 	u2 := r.float()
 	return math.Sqrt(-2*math.Log(u1)) * math.Cos(2*math.Pi*u2)
 }
+
+// Caption describes an image's quality in words for Image2Prompt
+// pre-training: a quality word from its MOS (the six CLIP-AGIQA words,
+// worst to best) and what degraded it and how strongly, e.g. "a poor photo,
+// very blurry". The words follow the MOS formula, so a tower that learns to
+// place images near their captions learns their quality.
+func Caption(d Distortion, severity, levels int) string {
+	mos := MOS(d, severity, levels)
+	words := []string{"terrible", "bad", "poor", "average", "good", "perfect"}
+	q := words[min(len(words)-1, max(0, int(math.Floor((mos-1)/4*float64(len(words)-1)+0.5))))]
+	if severity <= 0 || d == None {
+		return "a " + q + " photo, sharp and clean"
+	}
+	f := float64(severity) / float64(levels-1)
+	strength := "slightly"
+	switch {
+	case f > 0.8:
+		strength = "extremely"
+	case f > 0.55:
+		strength = "very"
+	case f > 0.3:
+		strength = "moderately"
+	}
+	what := map[Distortion]string{Blur: "blurry", Noise: "noisy", JPEG: "blocky from jpeg compression", Colour: "colour shifted to red"}[d]
+	return fmt.Sprintf("a %s photo, %s %s", q, strength, what)
+}
+
+// GeneratePairs writes an Image2Prompt pre-training set under dir: every
+// image of Generate(dir, opts) (train and test sides alike) and pairs.csv
+// with columns image,prompt (Caption of each image). Use a seed other than
+// the demo's so that no base image or noise pattern is shared with the
+// demo's test set. It returns the table's path.
+func GeneratePairs(dir string, opts Options) (string, error) {
+	if err := opts.normalise(); err != nil {
+		return "", err
+	}
+	if _, _, err := Generate(dir, opts); err != nil {
+		return "", err
+	}
+	items, err := Plan(opts)
+	if err != nil {
+		return "", err
+	}
+	var sb strings.Builder
+	sb.WriteString("image,prompt\n")
+	for _, it := range items {
+		fmt.Fprintf(&sb, "%s,\"%s\"\n", it.Name, Caption(it.Distortion, it.Severity, opts.Levels))
+	}
+	path := filepath.Join(dir, "pairs.csv")
+	if err := os.WriteFile(path, []byte(sb.String()), 0o644); err != nil {
+		return "", fmt.Errorf("demo: %w", err)
+	}
+	return path, nil
+}

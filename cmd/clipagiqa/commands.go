@@ -11,6 +11,7 @@ func commands() []*cli.Command {
 		predictCommand(),
 		exportCommand(),
 		demoCommand(),
+		pretrainCommand(),
 		serveCommand(),
 		benchCommand(),
 		benchServeCommand(),
