@@ -92,7 +92,8 @@ demo-clip: deps build
 	bin/clipagiqa demo --pairs-out $(DEMO_PRE)/data --seed 7001 --bases 48
 	bin/clipagiqa pretrain --clip testdata/ipiqa-ref/tiny_clip_rn_fp16.pt --pairs $(DEMO_PRE)/data/pairs.csv --out $(DEMO_PRE)/stage1 --epochs 2 --lr 1e-3 --seed 1 --half
 	bin/clipagiqa pretrain --clip $(DEMO_PRE)/stage1/clip.pt --pairs $(DEMO_PRE)/data/pairs.csv --out $(DEMO_PRE)/stage2 --epochs 3 --lr 5e-4 --seed 2 --half
-	mkdir -p testdata/demo && cp $(DEMO_PRE)/stage2/clip.pt testdata/demo/tiny_clip_rn_i2p.pt
+	bin/clipagiqa pretrain --clip $(DEMO_PRE)/stage2/clip.pt --pairs $(DEMO_PRE)/data/pairs.csv --out $(DEMO_PRE)/stage3 --epochs 3 --lr 5e-4 --seed 3 --half
+	mkdir -p testdata/demo && cp $(DEMO_PRE)/stage3/clip.pt testdata/demo/tiny_clip_rn_i2p.pt
 
 bench: deps build bench-refs
 	bin/clipagiqa bench --out bench/results

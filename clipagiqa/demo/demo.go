@@ -15,10 +15,10 @@
 // noise σ = 70f grey levels, JPEG quality round(24(1−f))+1 (an image/jpeg
 // round trip), colour cast R += 40f, G −= 8f, B −= 40f.
 //
-// The base images deliberately vary little in colour and texture statistics:
-// the tiny random CLIP the demo trains on maps images to nearly identical
-// features, and only a content variation smaller than the distortions'
-// effect leaves a learnable quality signal.
+// The base images deliberately vary little in colour and texture statistics,
+// so that content varies less than the distortions' effect: the demo's tiny
+// CLIP has only seen such synthetic images (Caption and GeneratePairs make
+// its Image2Prompt pre-training set, from another seed).
 //
 // The same seed and options give byte-identical files on every platform: the
 // generator uses its own random number generator and Go's deterministic

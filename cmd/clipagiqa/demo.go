@@ -28,8 +28,8 @@ const (
 	demoBases       = 48
 	demoValFrac     = 0.15
 	demoIPIQAEpochs = 3
-	demoIPIQALR     = 1e-4
-	demoIPIQARes    = 224
+	demoIPIQALR     = 3e-4
+	demoIPIQARes    = 160
 	// demoCLIPRel is the tiny ResNet CLIP whose image tower was pre-trained
 	// by `make demo-clip` (Image2Prompt on synthetic images with quality
 	// captions, seed demoPairsSeed; see the Makefile).
