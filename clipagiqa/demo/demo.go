@@ -15,10 +15,10 @@
 // noise σ = 70f grey levels, JPEG quality round(24(1−f))+1 (an image/jpeg
 // round trip), colour cast R += 40f, G −= 8f, B −= 40f.
 //
-// The base images deliberately vary little in colour and texture statistics:
-// the tiny random CLIP the demo trains on maps images to nearly identical
-// features, and only a content variation smaller than the distortions'
-// effect leaves a learnable quality signal.
+// The base images deliberately vary little in colour and texture statistics,
+// so that content varies less than the distortions' effect: the demo's tiny
+// CLIP has only seen such synthetic images (Caption and GeneratePairs make
+// its Image2Prompt pre-training set, from another seed).
 //
 // The same seed and options give byte-identical files on every platform: the
 // generator uses its own random number generator and Go's deterministic
@@ -513,4 +513,58 @@ func (r *rng) normal() float64 {
 	u1 := 1 - r.float() // (0, 1]
 	u2 := r.float()
 	return math.Sqrt(-2*math.Log(u1)) * math.Cos(2*math.Pi*u2)
+}
+
+// Caption describes an image's quality in words for Image2Prompt
+// pre-training: a quality word from its MOS (the six CLIP-AGIQA words,
+// worst to best) and what degraded it and how strongly, e.g. "a poor photo,
+// very blurry". The words follow the MOS formula, so a tower that learns to
+// place images near their captions learns their quality.
+func Caption(d Distortion, severity, levels int) string {
+	mos := MOS(d, severity, levels)
+	words := []string{"terrible", "bad", "poor", "average", "good", "perfect"}
+	q := words[min(len(words)-1, max(0, int(math.Floor((mos-1)/4*float64(len(words)-1)+0.5))))]
+	if severity <= 0 || d == None {
+		return "a " + q + " photo, sharp and clean"
+	}
+	f := float64(severity) / float64(levels-1)
+	strength := "slightly"
+	switch {
+	case f > 0.8:
+		strength = "extremely"
+	case f > 0.55:
+		strength = "very"
+	case f > 0.3:
+		strength = "moderately"
+	}
+	what := map[Distortion]string{Blur: "blurry", Noise: "noisy", JPEG: "blocky from jpeg compression", Colour: "colour shifted to red"}[d]
+	return fmt.Sprintf("a %s photo, %s %s", q, strength, what)
+}
+
+// GeneratePairs writes an Image2Prompt pre-training set under dir: every
+// image of Generate(dir, opts) (train and test sides alike) and pairs.csv
+// with columns image,prompt (Caption of each image). Use a seed other than
+// the demo's so that no base image or noise pattern is shared with the
+// demo's test set. It returns the table's path.
+func GeneratePairs(dir string, opts Options) (string, error) {
+	if err := opts.normalise(); err != nil {
+		return "", err
+	}
+	if _, _, err := Generate(dir, opts); err != nil {
+		return "", err
+	}
+	items, err := Plan(opts)
+	if err != nil {
+		return "", err
+	}
+	var sb strings.Builder
+	sb.WriteString("image,prompt\n")
+	for _, it := range items {
+		fmt.Fprintf(&sb, "%s,\"%s\"\n", it.Name, Caption(it.Distortion, it.Severity, opts.Levels))
+	}
+	path := filepath.Join(dir, "pairs.csv")
+	if err := os.WriteFile(path, []byte(sb.String()), 0o644); err != nil {
+		return "", fmt.Errorf("demo: %w", err)
+	}
+	return path, nil
 }

@@ -244,3 +244,24 @@ func gradientEnergy(img *image.RGBA) float64 {
 	}
 	return e / float64(b.Dx()*b.Dy())
 }
+
+// Captions name a quality word that follows the MOS and the distortion's
+// strength.
+func TestCaption(t *testing.T) {
+	for _, c := range []struct {
+		d    Distortion
+		s    int
+		want string
+	}{
+		{None, 0, "a perfect photo, sharp and clean"},
+		{Blur, 1, "a good photo, slightly blurry"},
+		{Noise, 2, "a poor photo, moderately noisy"},
+		{JPEG, 3, "a poor photo, very blocky from jpeg compression"}, // MOS 2.32
+		{Blur, 3, "a bad photo, very blurry"},
+		{Colour, 4, "a terrible photo, extremely colour shifted to red"},
+	} {
+		if got := Caption(c.d, c.s, 5); got != c.want {
+			t.Errorf("Caption(%s, %d) = %q, want %q (MOS %.2f)", c.d, c.s, got, c.want, MOS(c.d, c.s, 5))
+		}
+	}
+}

@@ -12,6 +12,7 @@ func commands() []*cli.Command {
 		explainCommand(),
 		exportCommand(),
 		demoCommand(),
+		pretrainCommand(),
 		serveCommand(),
 		benchCommand(),
 		benchServeCommand(),

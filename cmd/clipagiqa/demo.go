@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/csv"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -12,37 +15,52 @@ import (
 	"github.com/clipagiqa/clipagiqa/clipagiqa/demo"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/metrics"
 	"github.com/clipagiqa/clipagiqa/data"
+	"github.com/clipagiqa/clipagiqa/internal/plot"
 	"github.com/urfave/cli/v2"
 )
 
-// Demo defaults: a learning rate and dropout that let the regressor learn
-// from the tiny random CLIP's nearly identical features in a few epochs
-// (the paper's 0.002 and 0.5 are tuned for a real CLIP).
+// Demo defaults: learning rates and dropout that let the tiny models learn
+// in a few epochs (the papers' settings are tuned for real CLIPs and data).
 const (
-	demoEpochs  = 20
-	demoLR      = 0.01
-	demoDropout = 0.0
-	demoBases   = 96
-	demoValFrac = 0.15
+	demoEpochs      = 20
+	demoLR          = 0.01
+	demoDropout     = 0.0
+	demoBases       = 48
+	demoValFrac     = 0.15
+	demoIPIQAEpochs = 3
+	demoIPIQALR     = 3e-4
+	demoIPIQARes    = 160
+	// demoCLIPRel is the tiny ResNet CLIP whose image tower was pre-trained
+	// by `make demo-clip` (Image2Prompt on synthetic images with quality
+	// captions, seed demoPairsSeed; see the Makefile).
+	demoCLIPRel   = "testdata/demo/tiny_clip_rn_i2p.pt"
+	demoPairsSeed = 7001
 )
 
 func demoCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "demo",
-		Usage: "generate a synthetic quality set, train CLIP-AGIQA on the tiny CLIP, evaluate, score, plot",
-		Description: "Runs the whole pipeline with nothing to download, in a minute or two on two\n" +
+		Usage: "generate a synthetic quality set, train CLIP-AGIQA and IP-IQA on the tiny CLIP, evaluate, score, plot",
+		Description: "Runs the whole pipeline with nothing to download, in a few minutes on two\n" +
 			"cores:\n" +
 			"  1. generates OUT/data: procedural base images, each blurred, noised, JPEG-\n" +
 			"     compressed and colour-shifted at severities 1-4, with MOS a known function\n" +
 			"     of severity (see package clipagiqa/demo); train.csv and test.csv hold\n" +
 			"     disjoint base images;\n" +
-			"  2. loads the tiny CLIP shipped in testdata (random weights: its features barely\n" +
-			"     depend on image quality, so expect modest correlations; --clip takes real\n" +
-			"     OpenAI weights);\n" +
-			"  3. evaluates the untrained model, trains prompt context and regressor with the\n" +
-			"     centre feature cache (validation part of the training bases picks the\n" +
-			"     epoch), and evaluates again on the test bases;\n" +
-			"  4. scores a few test images and writes OUT/run/{loss,srcc,scatter}.png.",
+			"  2. loads the tiny ResNet CLIP shipped in " + demoCLIPRel + ": random\n" +
+			"     weights whose image tower was pre-trained by Image2Prompt (`make demo-clip`)\n" +
+			"     on other synthetic images with captions naming their quality and\n" +
+			"     distortion; it has never seen a real photo (--clip takes real weights);\n" +
+			"  3. CLIP-AGIQA (OUT/agiqa): evaluates the untrained model, trains prompt context\n" +
+			"     and regressor with the centre feature cache (a validation part of the\n" +
+			"     training bases picks the epoch), evaluates on the test bases;\n" +
+			"  4. IP-IQA (OUT/ipiqa, ResNet CLIPs only): `train --method ipiqa` on the same\n" +
+			"     parts (the image's base id stands in for its prompt), whole image tower\n" +
+			"     fine-tuned, epoch chosen on the validation part;\n" +
+			"  5. prints both methods' test metrics; each OUT/METHOD holds\n" +
+			"     test_predictions.csv (image, mos, score), scatter.png and the curves.\n" +
+			"--pairs-out DIR only writes an Image2Prompt pre-training set (images and\n" +
+			"pairs.csv with captions) for `clipagiqa pretrain` and exits.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "out", Value: "demo-out", Usage: "output `DIR` (data/ and run/ inside)"},
 			&cli.IntFlag{Name: "epochs", Value: demoEpochs, Usage: "training epochs"},
@@ -51,7 +69,12 @@ func demoCommand() *cli.Command {
 			&cli.Float64Flag{Name: "lr", Value: demoLR, Usage: "base learning rate"},
 			&cli.Float64Flag{Name: "dropout", Value: demoDropout, Usage: "regressor dropout"},
 			&cli.IntFlag{Name: "batch-size", Value: 32, Usage: "images per SGD step"},
-			&cli.StringFlag{Name: "clip", Usage: "CLIP weights `FILE` (default: " + tinyCLIPRel + ", found next to the executable or above the working directory)"},
+			&cli.StringFlag{Name: "clip", Usage: "CLIP weights `FILE` (default: " + demoCLIPRel + ", found next to the executable or above the working directory)"},
+			&cli.StringFlag{Name: "methods", Value: "agiqa,ipiqa", Usage: "comma-separated methods to train: agiqa, ipiqa (ipiqa needs a ResNet CLIP)"},
+			&cli.IntFlag{Name: "ipiqa-epochs", Value: demoIPIQAEpochs, Usage: "IP-IQA training epochs"},
+			&cli.Float64Flag{Name: "ipiqa-lr", Value: demoIPIQALR, Usage: "IP-IQA AdamW learning rate (head groups ×10)"},
+			&cli.IntFlag{Name: "ipiqa-resolution", Value: demoIPIQARes, Usage: "IP-IQA input side (multiple of 32)"},
+			&cli.StringFlag{Name: "pairs-out", Usage: "only write an Image2Prompt pre-training set (seed --seed) to `DIR` and exit"},
 			deviceFlag(), threadsFlag,
 		},
 		Action: runDemo,
@@ -63,8 +86,26 @@ func runDemo(c *cli.Context) error {
 	w := c.App.Writer
 	out := c.String("out")
 	seed := c.Uint64("seed")
+	if dir := c.String("pairs-out"); dir != "" {
+		opts := demo.DefaultOptions()
+		opts.Seed, opts.Bases = seed, c.Int("bases")
+		table, err := demo.GeneratePairs(dir, opts)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "wrote %s (%d images, seed %d)\n", table, opts.Bases*(1+len(demo.Distortions)*(opts.Levels-1)), seed)
+		return nil
+	}
+	methods := map[string]bool{}
+	for _, m := range strings.Split(c.String("methods"), ",") {
+		m = strings.TrimSpace(m)
+		if m != trainMethodAGIQA && m != trainMethodIPIQA {
+			return fmt.Errorf("--methods: unknown method %q (want agiqa, ipiqa)", m)
+		}
+		methods[m] = true
+	}
 	if c.String("clip") == "" {
-		p, err := findShipped(tinyCLIPRel)
+		p, err := findShipped(demoCLIPRel)
 		if err != nil {
 			return fmt.Errorf("demo: %w", err)
 		}
@@ -95,26 +136,78 @@ func runDemo(c *cli.Context) error {
 		opts.Bases, per, len(demo.Distortions), opts.Levels-1, seed, dataDir, time.Since(start).Seconds())
 	fmt.Fprintf(w, "      MOS = 1 + 4·(1 − s/%d)^γ (γ: blur 1, noise 1.25, jpeg 0.8, colour 0.6); %s\n", opts.Levels-1, partSizes(parts))
 
-	// 2. Model.
+	ctx, stop := interruptible(c)
+	defer stop()
+	type methodResult struct {
+		name, dir, chosen string
+		rep               metrics.Report
+		err               error
+	}
+	var results []methodResult
+
+	// 2. CLIP-AGIQA.
+	if methods[trainMethodAGIQA] {
+		runDir := filepath.Join(out, trainMethodAGIQA)
+		after, epoch, err := demoAGIQA(ctx, c, parts, test, dataDir, runDir, seed, per)
+		if err != nil {
+			return err
+		}
+		results = append(results, methodResult{name: "CLIP-AGIQA", dir: runDir, chosen: fmt.Sprintf("epoch %d, best validation", epoch), rep: after.rep, err: after.err})
+	}
+
+	// 3. IP-IQA through the train command, on the same parts.
+	if methods[trainMethodIPIQA] {
+		runDir := filepath.Join(out, trainMethodIPIQA)
+		if err := demoIPIQA(c, dataDir, runDir, demoValFrac); err != nil {
+			return err
+		}
+		rep, err := reportOfCSV(filepath.Join(runDir, predictionsFile))
+		if err == nil {
+			title := fmt.Sprintf("IP-IQA on the demo test set: SRCC %.3f PLCC %.3f", rep.SRCC, rep.PLCC)
+			err = plot.Scatter(filepath.Join(runDir, scatterPlot), rep.mos, rep.score, title, "MOS", "predicted score")
+		}
+		if err != nil {
+			return fmt.Errorf("demo: ipiqa: %w", err)
+		}
+		results = append(results, methodResult{name: "IP-IQA", dir: runDir, chosen: "best validation epoch", rep: rep.Report})
+	}
+
+	// 4. Report.
+	fmt.Fprintf(w, "\ntest set: %d images of %d base images never seen in training or pre-training\n", test.Len(), test.Len()/per)
+	fmt.Fprintf(w, "%-44s %8s %8s %8s %8s\n", "method (selected epoch)", "SRCC", "PLCC", "KRCC", "RMSE")
+	for _, r := range results {
+		printRow(w, fmt.Sprintf("%s (%s)", r.name, r.chosen), r.rep, r.err)
+	}
+	for _, r := range results {
+		fmt.Fprintf(w, "%s: %s, %s, %s\n", r.name, filepath.Join(r.dir, predictionsFile), filepath.Join(r.dir, scatterPlot), filepath.Join(r.dir, lossPlot))
+	}
+	fmt.Fprintf(w, "wall time %.1fs\n", time.Since(start).Seconds())
+	return nil
+}
+
+type demoReport struct {
+	rep metrics.Report
+	err error
+}
+
+// demoAGIQA trains CLIP-AGIQA on parts and reports it on test.
+func demoAGIQA(ctx context.Context, c *cli.Context, parts clipagiqa.Datasets, test *data.Dataset, dataDir, runDir string, seed uint64, per int) (demoReport, int, error) {
+	w := c.App.Writer
 	cm, tok, err := loadCLIPAndTokenizer(c)
 	if err != nil {
-		return err
+		return demoReport{}, 0, err
 	}
 	defer cm.Close()
 	cfg := clipagiqa.DefaultConfig()
 	cfg.Dropout = c.Float64("dropout")
 	tc := clipagiqa.DefaultTrainConfig()
 	tc.Epochs, tc.LR, tc.BatchSize, tc.Seed = c.Int("epochs"), c.Float64("lr"), c.Int("batch-size"), seed
-	runDir := filepath.Join(out, "run")
-	tc.OutDir, tc.CacheDir = runDir, filepath.Join(out, "feature-cache")
-	fmt.Fprintf(w, "model: CLIP %s (%s, embed %d), CLIP-AGIQA with %d context vectors and words %s\n",
+	tc.OutDir, tc.CacheDir = runDir, filepath.Join(filepath.Dir(runDir), "feature-cache")
+	fmt.Fprintf(w, "\nCLIP-AGIQA: CLIP %s (%s, embed %d), %d context vectors and words %s\n",
 		c.String("clip"), cm.Config.Backbone, cm.Config.EmbedDim, cfg.NCtx, strings.Join(cfg.Categories, ", "))
 	fmt.Fprintf(w, "training: %d epochs, batch %d, lr %g (cosine, 1 warm-up epoch at %g), dropout %g, feature cache %s\n",
 		tc.Epochs, tc.BatchSize, tc.LR, tc.WarmupLR, cfg.Dropout, tc.FeatureCache)
-
-	// 3. Untrained → trained.
-	var before, after metrics.Report
-	var beforeErr, afterErr error
+	var before, after demoReport
 	var examples []clipagiqa.Prediction
 	run := trainRun{clip: cm, tok: tok, model: cfg, train: tc, protocol: "demo", w: w, errw: c.App.ErrWriter}
 	run.before = func(ctx context.Context, m *clipagiqa.Model) error {
@@ -123,7 +216,7 @@ func runDemo(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		before, beforeErr = reportOfPredictions(preds) // constant scores are a result, not a failure
+		before.rep, before.err = reportOfPredictions(preds) // constant scores are a result, not a failure
 		return nil
 	}
 	run.after = func(ctx context.Context, m *clipagiqa.Model, o *splitOutcome) error {
@@ -131,39 +224,85 @@ func runDemo(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		after, afterErr = reportOfPredictions(preds)
+		after.rep, after.err = reportOfPredictions(preds)
 		examples, err = clipagiqa.Predict(ctx, m, exampleImages(dataDir, test), clipagiqa.EvalOptions{})
 		return err
 	}
-	ctx, stop := interruptible(c)
-	defer stop()
 	o, err := run.split(ctx, splitPlan{Name: "demo", Parts: parts}, runDir)
 	if err != nil {
-		return err
+		return after, 0, err
 	}
-
-	// 4. Report.
-	fmt.Fprintf(w, "\ntest set: %d images of %d base images never seen in training\n", test.Len(), test.Len()/per)
-	fmt.Fprintf(w, "%-34s %8s %8s %8s %8s\n", "model", "SRCC", "PLCC", "KRCC", "RMSE")
-	printRow(w, "untrained (random init)", before, beforeErr)
-	printRow(w, fmt.Sprintf("trained (epoch %d, best validation)", o.Selected.Epoch), after, afterErr)
-	fmt.Fprintf(w, "\nscores of a few test images (selected epoch):\n%-40s %6s %8s\n", "image", "MOS", "score")
+	fmt.Fprintf(w, "%-44s %8s %8s %8s %8s\n", "CLIP-AGIQA on the test set", "SRCC", "PLCC", "KRCC", "RMSE")
+	printRow(w, "untrained (random init)", before.rep, before.err)
+	printRow(w, fmt.Sprintf("trained (epoch %d, best validation)", o.Selected.Epoch), after.rep, after.err)
+	fmt.Fprintf(w, "scores of a few test images (selected epoch):\n%-40s %6s %8s\n", "image", "MOS", "score")
 	mos := map[string]float64{}
 	for _, s := range test.Samples {
 		mos[s.Path] = s.MOS
 	}
 	for _, p := range examples {
 		if p.Err != "" {
-			fmt.Fprintf(w, "%-40s error: %s\n", p.Name, p.Err)
+			fmt.Fprintf(w, "%-40s error: %s\n", filepath.Base(p.Name), p.Err)
 			continue
 		}
-		fmt.Fprintf(w, "%-40s %6.2f %8.3f\n", p.Name, mos[p.Path], p.Score)
+		fmt.Fprintf(w, "%-40s %6.2f %8.3f\n", filepath.Base(p.Name), mos[p.Path], p.Score)
 	}
-	fmt.Fprintf(w, "\nplots: %s, %s, %s\n", filepath.Join(runDir, lossPlot), filepath.Join(runDir, srccPlot), filepath.Join(runDir, scatterPlot))
-	fmt.Fprintf(w, "checkpoints: %s, %s (score more images with `clipagiqa predict --clip %s --checkpoint %s IMAGE...`)\n",
-		filepath.Join(runDir, clipagiqa.BestDir), filepath.Join(runDir, clipagiqa.LastDir), c.String("clip"), filepath.Join(runDir, clipagiqa.BestDir))
-	fmt.Fprintf(w, "wall time %.1fs\n", time.Since(start).Seconds())
+	fmt.Fprintf(w, "checkpoint: %s (score more images with `clipagiqa predict --clip %s --checkpoint %s IMAGE...`)\n",
+		filepath.Join(runDir, clipagiqa.BestDir), c.String("clip"), filepath.Join(runDir, clipagiqa.BestDir))
+	return after, o.Selected.Epoch, nil
+}
+
+// demoIPIQA runs `train --method ipiqa` on the demo's tables (validation:
+// valFrac of the training bases, by group, as CLIP-AGIQA's).
+func demoIPIQA(c *cli.Context, dataDir, runDir string, valFrac float64) error {
+	args := []string{"clipagiqa", "train", "--method", trainMethodIPIQA, "--clip", c.String("clip"),
+		"--dataset", "csv", "--root", dataDir, "--train-csv", filepath.Join(dataDir, "train.csv"), "--test-csv", filepath.Join(dataDir, "test.csv"),
+		"--protocol", protocolPromptDisjoint, "--val-fraction", strconv.FormatFloat(valFrac, 'g', -1, 64),
+		"--epochs", strconv.Itoa(c.Int("ipiqa-epochs")), "--lr", strconv.FormatFloat(c.Float64("ipiqa-lr"), 'g', -1, 64),
+		"--dropout", "0", "--batch-size", "16", "--outputs", "1", "--input-resolution", strconv.Itoa(c.Int("ipiqa-resolution")),
+		"--seed", strconv.FormatUint(c.Uint64("seed"), 10), "--device", c.String("device"), "--out", runDir}
+	if c.IsSet("threads") {
+		args = append(args, "--threads", strconv.Itoa(c.Int("threads")))
+	}
+	fmt.Fprintf(c.App.Writer, "\nIP-IQA: %s\n", strings.Join(args[1:], " "))
+	app := newApp()
+	app.Writer, app.ErrWriter = c.App.Writer, c.App.ErrWriter
+	if err := app.RunContext(c.Context, args); err != nil {
+		return fmt.Errorf("demo: ipiqa: %w", err)
+	}
 	return nil
+}
+
+type csvReport struct {
+	metrics.Report
+	mos, score []float64
+}
+
+// reportOfCSV reads a test_predictions.csv (image, mos, score[, ...]).
+func reportOfCSV(path string) (csvReport, error) {
+	var r csvReport
+	f, err := os.Open(path)
+	if err != nil {
+		return r, err
+	}
+	defer f.Close()
+	recs, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		return r, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(recs) < 2 || len(recs[0]) < 3 || recs[0][1] != "mos" || recs[0][2] != "score" {
+		return r, fmt.Errorf("%s: want a header image,mos,score and rows", path)
+	}
+	for _, rec := range recs[1:] {
+		m, err1 := strconv.ParseFloat(rec[1], 64)
+		s, err2 := strconv.ParseFloat(rec[2], 64)
+		if err1 != nil || err2 != nil {
+			return r, fmt.Errorf("%s: bad row %v", path, rec)
+		}
+		r.mos, r.score = append(r.mos, m), append(r.score, s)
+	}
+	r.Report, err = metrics.Compute(r.score, r.mos)
+	return r, err
 }
 
 // exampleImages picks one test base's reference and its strongest version of

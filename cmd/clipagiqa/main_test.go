@@ -412,14 +412,34 @@ func TestMeanStd(t *testing.T) {
 
 func TestDemoCommand(t *testing.T) {
 	out := t.TempDir()
-	stdout, _, err := run(t, "demo", "--out", out, "--bases", "6", "--epochs", "2")
+	stdout, _, err := run(t, "demo", "--out", out, "--bases", "6", "--epochs", "2", "--ipiqa-epochs", "1", "--ipiqa-resolution", "64")
 	require.NoError(t, err)
-	for _, s := range []string{"untrained (random init)", "trained (epoch", "scores of a few test images", "_ref.png", "wall time"} {
+	for _, s := range []string{"untrained (random init)", "trained (epoch", "scores of a few test images", "_ref.png",
+		"CLIP-AGIQA (epoch", "IP-IQA (best validation epoch)", "wall time"} {
 		assert.Contains(t, stdout, s)
 	}
-	for _, f := range []string{"data/train.csv", "data/test.csv", "run/loss.png", "run/srcc.png", "run/scatter.png", "run/best/model.pt"} {
+	for _, f := range []string{"data/train.csv", "data/test.csv", "agiqa/loss.png", "agiqa/srcc.png", "agiqa/scatter.png", "agiqa/best/model.pt",
+		"agiqa/test_predictions.csv", "ipiqa/test_predictions.csv", "ipiqa/scatter.png", "ipiqa/loss.png"} {
 		assert.FileExists(t, filepath.Join(out, f))
 	}
+	r, err := reportOfCSV(filepath.Join(out, "ipiqa", predictionsFile))
+	require.NoError(t, err)
+	assert.Len(t, r.mos, 2*17, "two test bases of 17 images")
+
+	_, _, err = run(t, "demo", "--out", out, "--methods", "agiqa,nope")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "nope")
+}
+
+func TestDemoPairsOut(t *testing.T) {
+	dir := t.TempDir()
+	stdout, _, err := run(t, "demo", "--pairs-out", dir, "--bases", "2", "--seed", "7")
+	require.NoError(t, err)
+	assert.Contains(t, stdout, "pairs.csv (34 images, seed 7)")
+	b, err := os.ReadFile(filepath.Join(dir, "pairs.csv"))
+	require.NoError(t, err)
+	assert.Contains(t, string(b), "images/b000_ref.png,\"a perfect photo, sharp and clean\"")
+	assert.Contains(t, string(b), "images/b001_blur_s4.png,\"a terrible photo, extremely blurry\"")
 }
 
 func TestFindShipped(t *testing.T) {
