@@ -24,12 +24,19 @@ void f() {
 }
 ]] CT_AUTOCAST_PER_DEVICE)
 
+# TCPStoreOptions::useLibUV (libtorch 2.2+; 2.4+ defaults it to true, and a
+# libtorch built without libuv, Debian's, then refuses every store).
+check_cxx_source_compiles([[
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+void f() { c10d::TCPStoreOptions o; o.useLibUV = false; }
+]] CT_TCPSTORE_HAS_USE_LIBUV)
+
 set(CMAKE_TRY_COMPILE_TARGET_TYPE "${_ct_saved_try_type}")
 unset(CMAKE_REQUIRED_INCLUDES)
 unset(CMAKE_REQUIRED_FLAGS)
 unset(CMAKE_REQUIRED_QUIET)
 
-foreach(_ct_feature CT_HAS_SDPA CT_AUTOCAST_PER_DEVICE)
+foreach(_ct_feature CT_HAS_SDPA CT_AUTOCAST_PER_DEVICE CT_TCPSTORE_HAS_USE_LIBUV)
   if(${_ct_feature})
     set(${_ct_feature}_VALUE 1)
   else()
@@ -39,4 +46,5 @@ foreach(_ct_feature CT_HAS_SDPA CT_AUTOCAST_PER_DEVICE)
 endforeach()
 set(CT_TORCH_FEATURE_DEFS
   CT_HAS_SDPA=${CT_HAS_SDPA_VALUE}
-  CT_AUTOCAST_PER_DEVICE=${CT_AUTOCAST_PER_DEVICE_VALUE})
+  CT_AUTOCAST_PER_DEVICE=${CT_AUTOCAST_PER_DEVICE_VALUE}
+  CT_TCPSTORE_HAS_USE_LIBUV=${CT_TCPSTORE_HAS_USE_LIBUV_VALUE})

@@ -49,6 +49,20 @@ char *dup_msg(const std::string &s) {
 
 at::Tensor &T(ct_tensor h) { return *static_cast<at::Tensor *>(h); }
 
+// libtorch 2.4+ defaults stores to the libuv backend, and one built without
+// libuv (Debian's) then refuses every store; the classic backend serves our
+// few ranks. Whether the option exists is CMake's feature test.
+#if !defined(CT_TCPSTORE_HAS_USE_LIBUV)
+#error "CT_TCPSTORE_HAS_USE_LIBUV is set by cmake/torch_features.cmake; build through CMake"
+#endif
+c10d::TCPStoreOptions store_options() {
+  c10d::TCPStoreOptions o;
+#if CT_TCPSTORE_HAS_USE_LIBUV
+  o.useLibUV = false;
+#endif
+  return o;
+}
+
 
 struct Group {
   int rank = 0;
@@ -71,7 +85,7 @@ struct Group {
   bool stop = false;
 
   void start_heartbeat() {
-    c10d::TCPStoreOptions o;
+    c10d::TCPStoreOptions o = store_options();
     o.port = static_cast<uint16_t>(port);
     o.isServer = false;
     o.waitWorkers = false;
@@ -253,7 +267,7 @@ ct_error ct_dist_init(const char *master_addr, int32_t master_port, int32_t rank
   const std::string prefix = store_prefix ? store_prefix : "";
   g->hb_prefix = prefix + "/clipagiqa/heartbeat/";
 
-  c10d::TCPStoreOptions so;
+  c10d::TCPStoreOptions so = store_options();
   so.port = static_cast<uint16_t>(master_port);
   so.isServer = rank == 0 && !agent_store;
   so.numWorkers = world_size;
