@@ -125,7 +125,20 @@ type (
 	Method = method.Method
 	// Tokenizer is the part of CLIP's BPE tokenizer the heads need.
 	Tokenizer = method.Tokenizer
+	// Description is what a loaded head reports about itself.
+	Description = method.Description
+	// Describer is a head that says what it loaded.
+	Describer = method.Describer
+	// PromptPairsHead is a zero-shot head with replaceable prompt pairs.
+	PromptPairsHead = method.PromptPairsHead
+	// Evaluator is a head that evaluates a dataset its own way.
+	Evaluator = method.Evaluator
 )
+
+// EvaluateHead is method.EvaluateHead: h's own Evaluate, or the shared loop on c.
+func EvaluateHead(ctx context.Context, c *clip.Model, h ScoringHead, ds *data.Dataset, opts EvalOptions) (metrics.Report, []Prediction, error) {
+	return method.EvaluateHead(ctx, c, h, ds, opts)
+}
 
 // RegisterMethod is method.Register.
 func RegisterMethod(m Method) error { return method.Register(m) }

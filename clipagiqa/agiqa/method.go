@@ -16,9 +16,10 @@ const MethodName = "agiqa"
 
 func init() {
 	err := method.Register(method.Method{
-		Name:        MethodName,
-		Description: "CLIP-AGIQA: learned prompts and a regressor (needs a checkpoint)",
-		Open:        openAGIQA,
+		Name:            MethodName,
+		Description:     "CLIP-AGIQA: learned prompts and a regressor (needs a checkpoint)",
+		NeedsCheckpoint: true,
+		Open:            openAGIQA,
 	})
 	if err != nil {
 		panic(err) // a duplicate built-in name is a programming error
@@ -30,6 +31,7 @@ func init() {
 type agiqaHead struct {
 	m     *Model
 	owned bool
+	desc  method.Description
 }
 
 func openAGIQA(checkpoint string, epoch int) (method.HeadLoader, error) {
@@ -45,7 +47,7 @@ func openAGIQA(checkpoint string, epoch int) (method.HeadLoader, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &agiqaHead{m: m, owned: true}, nil
+		return &agiqaHead{m: m, owned: true, desc: method.Description{Checkpoint: checkpoint, Epoch: ck.Epoch}}, nil
 	}, nil
 }
 
@@ -54,6 +56,9 @@ func (h *agiqaHead) Score(s *torch.Scope, pixels, text *torch.Tensor, _ []string
 	return h.m.Head(s, h.m.ImageFeatures(s, pixels), text, false)
 }
 func (h *agiqaHead) UsesPrompt() bool { return false }
+
+// Describe names the checkpoint and the epoch it resolved to.
+func (h *agiqaHead) Describe() method.Description { return h.desc }
 func (h *agiqaHead) Close() {
 	if h.owned {
 		h.m.Close()

@@ -6,6 +6,7 @@ package clipiqa
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa/clip"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/method"
@@ -55,7 +56,19 @@ func (h *head) Score(s *torch.Scope, pixels, text *torch.Tensor, _ []string) *to
 	return fromText(s, h.c, pixels, text)
 }
 func (h *head) UsesPrompt() bool { return false }
-func (h *head) Close()           {}
+
+// SetPromptPairs replaces the antonym pairs (nil: DefaultPairs); call it
+// before the head's Prepare.
+func (h *head) SetPromptPairs(pairs [][2]string) error {
+	for i, p := range pairs {
+		if strings.TrimSpace(p[0]) == "" || strings.TrimSpace(p[1]) == "" {
+			return fmt.Errorf("clip-iqa: pair %d has an empty prompt", i)
+		}
+	}
+	h.pairs = pairs
+	return nil
+}
+func (h *head) Close() {}
 
 // Evaluate is agiqa.Evaluate with zero-shot CLIP-IQA scores (pairs nil:
 // DefaultPairs): PLCC/SRCC/KRCC/RMSE of ds against its MOS, predictions in

@@ -15,10 +15,11 @@ const MethodName = "ipiqa"
 
 func init() {
 	err := method.Register(method.Method{
-		Name:        MethodName,
-		Description: "IP-IQA: a ResNet CLIP fine-tuned with the image's prompt (official checkpoint_best.pth; quality and alignment)",
-		UsesPrompt:  true,
-		Open:        openIPIQA,
+		Name:            MethodName,
+		Description:     "IP-IQA: a ResNet CLIP fine-tuned with the image's prompt (official checkpoint_best.pth; quality and alignment)",
+		UsesPrompt:      true,
+		NeedsCheckpoint: true,
+		Open:            openIPIQA,
 	})
 	if err != nil {
 		panic(err) // a duplicate built-in name is a programming error
@@ -29,7 +30,8 @@ func init() {
 // (squash to its input resolution), one prompt per image, and its outputs
 // (quality[, alignment]). The CLIP stays the Scorer's.
 type ipiqaHead struct {
-	m *Model
+	m          *Model
+	checkpoint string
 }
 
 // openIPIQA reads the settings of an official IP-IQA checkpoint (input
@@ -54,7 +56,7 @@ func openIPIQA(checkpoint string, _ int) (method.HeadLoader, error) {
 			m.Store().Close() // the CLIP stays the caller's
 			return nil, fmt.Errorf("IP-IQA checkpoint does not fit CLIP %s (trained on another CLIP?): %w", c.Path(), err)
 		}
-		return &ipiqaHead{m: m}, nil
+		return &ipiqaHead{m: m, checkpoint: checkpoint}, nil
 	}, nil
 }
 
@@ -75,6 +77,11 @@ func (h *ipiqaHead) Score(s *torch.Scope, pixels, _ *torch.Tensor, prompts []str
 }
 
 func (h *ipiqaHead) UsesPrompt() bool { return true }
+
+// Describe names the checkpoint file (IP-IQA's has no epoch).
+func (h *ipiqaHead) Describe() method.Description {
+	return method.Description{Checkpoint: h.checkpoint}
+}
 
 // Close frees the IP-IQA tensors; the CLIP is closed by the Scorer.
 func (h *ipiqaHead) Close() { h.m.Store().Close() }

@@ -48,6 +48,26 @@ func Evaluate(ctx context.Context, c *clip.Model, h ScoringHead, ds *data.Datase
 	return rep, preds, nil
 }
 
+// Evaluator is implemented by a head that evaluates a dataset its own way
+// (its own preprocessing, the samples' prompts, several outputs); the
+// others go through Evaluate's loop. EvaluateHead picks.
+type Evaluator interface {
+	ScoringHead
+	Evaluate(ctx context.Context, ds *data.Dataset, opts EvalOptions) (metrics.Report, []Prediction, error)
+}
+
+// EvaluateHead is h's own Evaluate when it is an Evaluator, else Evaluate
+// on c, which takes heads on CLIP's preprocessing that read no prompts.
+func EvaluateHead(ctx context.Context, c *clip.Model, h ScoringHead, ds *data.Dataset, opts EvalOptions) (metrics.Report, []Prediction, error) {
+	if e, ok := h.(Evaluator); ok {
+		return e.Evaluate(ctx, ds, opts)
+	}
+	if _, ok := h.(ImageInputHead); ok || h.UsesPrompt() {
+		return metrics.Report{}, nil, fmt.Errorf("evaluate %s: this method's head has its own input (prompts or preprocessing) and no Evaluate of its own", ds.Name)
+	}
+	return Evaluate(ctx, c, h, ds, opts)
+}
+
 // Predict scores image files with h on c; a file that cannot be read gets
 // Err and does not stop the others. Name is the path as given.
 func Predict(ctx context.Context, c *clip.Model, h ScoringHead, paths []string, opts EvalOptions) ([]Prediction, error) {

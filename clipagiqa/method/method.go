@@ -49,6 +49,27 @@ type MultiOutputHead interface {
 	Outputs() []string
 }
 
+// Description is what a loaded head reports about itself for the front
+// ends' outputs (predict's and eval's "checkpoint" and "epoch").
+type Description struct {
+	Checkpoint string // the checkpoint read ("" for none)
+	Epoch      int    // its epoch, when it has one (0 otherwise)
+}
+
+// Describer is implemented by a head that can say what it loaded.
+type Describer interface {
+	ScoringHead
+	Describe() Description
+}
+
+// PromptPairsHead is implemented by a zero-shot head scored against
+// antonym prompt pairs (positive, negative) that the user may replace
+// (eval --pair); nil keeps its default pairs.
+type PromptPairsHead interface {
+	ScoringHead
+	SetPromptPairs(pairs [][2]string) error
+}
+
 // HeadLoader builds a method's ScoringHead on a loaded CLIP.
 type HeadLoader func(c *clip.Model, tok Tokenizer) (ScoringHead, error)
 
@@ -61,6 +82,9 @@ type Method struct {
 	// UsesPrompt says that its heads score each image with its prompt, so
 	// front ends can ask for prompts before loading anything.
 	UsesPrompt bool
+	// NeedsCheckpoint says that Open refuses an empty checkpoint, so front
+	// ends can ask for one (in their own words) before loading anything.
+	NeedsCheckpoint bool
 	// Open reads checkpoint (a path, "" when none was given; epoch 0 = the
 	// highest saved) before CLIP loads, since its errors are the likelier
 	// ones, and returns the loader of the head.

@@ -344,6 +344,15 @@ func (sc *Scorer) ScoreBytes(ctx context.Context, data []byte) (float64, error) 
 	return out[0], nil
 }
 
+// Describe is what the method's head reports it loaded (checkpoint,
+// epoch); zero when the head does not say.
+func (sc *Scorer) Describe() method.Description {
+	if d, ok := sc.head.(method.Describer); ok {
+		return d.Describe()
+	}
+	return method.Description{}
+}
+
 // UsesPrompt reports whether the model reads the per-image prompts of
 // ScoreBytesPrompt: false for CLIP-AGIQA and CLIP-IQA, which score the image
 // alone; IP-IQA reports true and needs one for every image.
