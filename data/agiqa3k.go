@@ -24,7 +24,8 @@ const AGIQA3KTable = "data.csv"
 // style, mos_quality, std_quality, mos_align, std_align) with images under
 // root. csvPath "" means root/data.csv. target is TargetQuality
 // (mos_quality) or TargetAlignment (mos_align, also accepted as "align").
-// Group is the prompt text.
+// Group and Prompt are the prompt text; Ratings holds both MOS columns
+// (those the table has), so a two-output model is judged on each.
 func LoadAGIQA3K(root, csvPath, target string) (*Dataset, error) {
 	var col string
 	switch strings.ToLower(target) {
@@ -46,6 +47,12 @@ func LoadAGIQA3K(root, csvPath, target string) (*Dataset, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agiqa3k: %w", err)
 	}
+	ratingCols := map[string]int{}
+	for tgt, name := range map[string]string{TargetQuality: "mos_quality", TargetAlignment: "mos_align"} {
+		if k, ok := t.col(name); ok {
+			ratingCols[tgt] = k
+		}
+	}
 	ds := &Dataset{Name: "agiqa3k-" + target, Root: root}
 	seen := dupChecker{}
 	for i := range t.rows {
@@ -61,7 +68,15 @@ func LoadAGIQA3K(root, csvPath, target string) (*Dataset, error) {
 			return nil, fmt.Errorf("agiqa3k: %w", err)
 		}
 		prompt := strings.TrimSpace(t.rows[i][cols[1]])
-		ds.Samples = append(ds.Samples, newSample(root, name, mos, prompt))
+		smp := newSample(root, name, mos, prompt)
+		smp.Prompt = prompt
+		smp.Ratings = make(map[string]float64, len(ratingCols))
+		for tgt, k := range ratingCols {
+			if smp.Ratings[tgt], err = t.float(i, k); err != nil {
+				return nil, fmt.Errorf("agiqa3k: %w", err)
+			}
+		}
+		ds.Samples = append(ds.Samples, smp)
 	}
 	return ds, nil
 }

@@ -28,6 +28,14 @@ type Sample struct {
 	// the prompt for the AGIQA sets and AIGCIQA2023. Empty means the
 	// sample forms a group of its own.
 	Group string
+	// Prompt is the text the image was generated from, when the table
+	// gives it (AGIQA-3K's data.csv, AGIQA-1K, a csv "prompt" column);
+	// prompt-aware methods (IP-IQA) score the image with it.
+	Prompt string
+	// Ratings holds every opinion score the table gives the image, by
+	// target name (AGIQA-3K: quality and alignment; MOS is the chosen
+	// target's); nil when the table rates one thing.
+	Ratings map[string]float64
 }
 
 // Dataset is a named list of samples whose images live under Root.
@@ -35,6 +43,9 @@ type Dataset struct {
 	Name    string
 	Root    string
 	Samples []Sample
+	// Notes says what loading left out of the table and why (e.g. the
+	// repeated row of AGIQA-1K's AIGC_MOS_Zscore table), for the user.
+	Notes []string
 }
 
 // Len returns the number of samples.
@@ -59,9 +70,9 @@ func (d *Dataset) Names() []string {
 }
 
 // Subset returns a dataset holding the samples at idx (in that order), named
-// Name+"/"+part. The samples are copied.
+// Name+"/"+part. The samples are copied; the notes are shared.
 func (d *Dataset) Subset(part string, idx []int) *Dataset {
-	out := &Dataset{Name: d.Name + "/" + part, Root: d.Root, Samples: make([]Sample, len(idx))}
+	out := &Dataset{Name: d.Name + "/" + part, Root: d.Root, Samples: make([]Sample, len(idx)), Notes: d.Notes}
 	for i, k := range idx {
 		out.Samples[i] = d.Samples[k]
 	}

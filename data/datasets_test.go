@@ -46,8 +46,10 @@ func TestLoadAGIQA3K(t *testing.T) {
 
 	first := q.Samples[0]
 	assert.Equal(t, Sample{Name: "AttnGAN_normal_000.jpg", Path: "/imgs/agiqa3k/AttnGAN_normal_000.jpg",
-		MOS: 0.965602553, Group: "statue of a man"}, first)
+		MOS: 0.965602553, Group: "statue of a man", Prompt: "statue of a man",
+		Ratings: map[string]float64{TargetQuality: 0.965602553, TargetAlignment: 0.40889324}}, first)
 	assert.Equal(t, 0.40889324, a.Samples[0].MOS)
+	assert.Equal(t, first.Ratings, a.Samples[0].Ratings, "both targets' datasets carry both ratings")
 	// A prompt with a comma inside quotes.
 	s := sampleByName(t, q, "AttnGAN_normal_060.jpg")
 	assert.Equal(t, "artwork with only triangles, anime style", s.Group)
@@ -132,15 +134,22 @@ func TestLoadAGIQA1K(t *testing.T) {
 	ds, err := LoadAGIQA1K("/imgs/1k", "testdata/agiqa1k/AIGC_all.csv")
 	require.NoError(t, err)
 	assert.Equal(t, 1080, ds.Len())
+	// dreamStudio numbers main 6 as 7 (man) and second 2 as 7 (playing
+	// football): AIGC_MOS_Zscore.csv line 971 gives this image the prompt
+	// "man, playing football, city, realistic style".
 	assert.Equal(t, Sample{Name: "dreamStudio_6_2_0_1.jpg", Path: "/imgs/1k/dreamStudio_6_2_0_1.jpg",
-		MOS: 1.818181818, Group: "kid driving car"}, ds.Samples[0])
+		MOS: 1.818181818, Group: "man playing football", Prompt: "man, playing football, city, realistic style"}, ds.Samples[0])
 	// main 9 = alien, second 6 = playing baseball (database README).
 	assert.Equal(t, "alien playing baseball", ds.Samples[1].Group)
+	assert.Equal(t, "alien, playing baseball, city, realistic style", ds.Samples[1].Prompt)
 	assert.Equal(t, 2.818181818, ds.Samples[1].MOS)
-	// The released name with an empty style field still gets its subject.
+	// The released name with an empty style field still gets its subject,
+	// but no prompt (its style is unknown).
 	odd := sampleByName(t, ds, "dreamStudio_8_9_1_.jpg")
-	assert.Equal(t, "woman using CD", odd.Group)
+	assert.Equal(t, "alien wearing shirt", odd.Group)
+	assert.Equal(t, "", odd.Prompt)
 	assert.Equal(t, 2.045454545, odd.MOS)
+	assert.Empty(t, ds.Notes)
 	// The last row ends with CRLF.
 	assert.Equal(t, 3.045454545, ds.Samples[ds.Len()-1].MOS)
 
@@ -151,7 +160,8 @@ func TestLoadAGIQA1K(t *testing.T) {
 	}
 	assert.Equal(t, map[int]int{4: 90, 8: 90}, sizes)
 
-	for _, bad := range []string{"deepai_12_0_0_0.jpg", "deepai_0_15_0_0.jpg", "deepai_x_0_0_0.jpg", "deepai_0_0.jpg"} {
+	for _, bad := range []string{"deepai_12_0_0_0.jpg", "deepai_0_15_0_0.jpg", "deepai_x_0_0_0.jpg", "deepai_0_0.jpg",
+		"dreamStudio_11_0_0_0.jpg", "dreamStudio_0_10_0_0.jpg"} {
 		_, err := AGIQA1KSubject(bad)
 		assert.Error(t, err, bad)
 	}
@@ -160,6 +170,52 @@ func TestLoadAGIQA1K(t *testing.T) {
 	require.NoError(t, os.WriteFile(p, []byte("Image,Score\ndeepai_0_0_0_0.jpg,1\nfoo.jpg,2\n"), 0o644))
 	_, err = LoadAGIQA1K(dir, "")
 	assert.ErrorContains(t, err, AGIQA1KTable+":3: image name \"foo.jpg\"")
+}
+
+// The official IP-IQA table: prompts from its Prompt column, z-score MOS,
+// and its repeated row kept once (values read off the file with grep).
+func TestLoadAGIQA1KPromptTable(t *testing.T) {
+	ds, err := LoadAGIQA1K("/imgs/1k", "testdata/agiqa1k/"+AGIQA1KPromptTable)
+	require.NoError(t, err)
+	assert.Equal(t, 1079, ds.Len()) // 1080 rows, dreamStudio_8_9_1_1.jpg twice
+	assert.Equal(t, Sample{Name: "deepai_0_0_0_0.jpg", Path: "/imgs/1k/deepai_0_0_0_0.jpg", MOS: 2.7934105045636524,
+		Group: "bird driving aircraft", Prompt: "bird, driving aircraft, city, anime style"}, ds.Samples[0])
+	dup := sampleByName(t, ds, "dreamStudio_8_9_1_1.jpg")
+	assert.Equal(t, 0.4414155439958131, dup.MOS, "the first of the repeated rows (line 1080) is kept")
+	assert.Equal(t, "alien, wearing shirt, wild, realistic style", dup.Prompt)
+	require.Len(t, ds.Notes, 1)
+	assert.Contains(t, ds.Notes[0], "AIGC_MOS_Zscore.csv:1081: dreamStudio_8_9_1_1.jpg repeats line 1080")
+	assert.Contains(t, ds.Notes[0], "MOS 0.4414155439958131 there, 2.084115711537598 here")
+
+	// Every prompt decoded from a name is the table's.
+	for _, s := range ds.Samples {
+		p, err := AGIQA1KPrompt(s.Name)
+		require.NoError(t, err, s.Name)
+		require.Equal(t, s.Prompt, p, s.Name)
+		sub, err := AGIQA1KSubject(s.Name)
+		require.NoError(t, err)
+		words := strings.Split(s.Prompt, ", ")
+		require.Equal(t, words[0]+" "+words[1], sub, s.Name)
+	}
+	// 180 subjects, as with AIGC_all.csv; the one missing image
+	// (dreamStudio_8_5_0_0.jpg) leaves one subject with 7.
+	sizes := map[int]int{}
+	for _, n := range groupCounts(ds) {
+		sizes[n]++
+	}
+	assert.Equal(t, map[int]int{4: 90, 8: 89, 7: 1}, sizes)
+
+	dir := t.TempDir()
+	write := func(body string) string {
+		p := filepath.Join(dir, AGIQA1KPromptTable)
+		require.NoError(t, os.WriteFile(p, []byte(body), 0o644))
+		return p
+	}
+	// A repeat with another prompt, or in a table without prompts, is an error.
+	_, err = LoadAGIQA1K(dir, write("Image,Prompt,MOS\ndeepai_0_0_0_0.jpg,a,1\ndeepai_0_0_0_0.jpg,b,2\n"))
+	assert.ErrorContains(t, err, `:3: duplicate image name "deepai_0_0_0_0.jpg" (first on line 2)`)
+	_, err = LoadAGIQA1K(dir, write("Image,Score\ndeepai_0_0_0_0.jpg,1\ndeepai_0_0_0_0.jpg,1\n"))
+	assert.ErrorContains(t, err, `:3: duplicate image name "deepai_0_0_0_0.jpg" (first on line 2)`)
 }
 
 func TestLoadAIGCIQA2023(t *testing.T) {

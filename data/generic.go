@@ -8,7 +8,8 @@ import (
 
 // LoadCSV reads a generic score table: a header with an "image" or "name"
 // column and a "mos" column (case-insensitive), plus optionally a "group"
-// or "prompt" column used as Group; other columns are ignored. Images live
+// or "prompt" column used as Group, and a "prompt" column as Prompt; other
+// columns are ignored. Images live
 // under imageRoot. The dataset is named after the file.
 func LoadCSV(imageRoot, csvPath string) (*Dataset, error) {
 	t, err := readTableFile(csvPath)
@@ -20,6 +21,7 @@ func LoadCSV(imageRoot, csvPath string) (*Dataset, error) {
 		return nil, fmt.Errorf("csv dataset: %w", err)
 	}
 	groupCol, hasGroup := t.col("group", "prompt")
+	promptCol, hasPrompt := t.col("prompt")
 	stem := strings.TrimSuffix(filepath.Base(csvPath), filepath.Ext(csvPath))
 	ds := &Dataset{Name: stem, Root: imageRoot}
 	seen := dupChecker{}
@@ -39,7 +41,11 @@ func LoadCSV(imageRoot, csvPath string) (*Dataset, error) {
 		if hasGroup {
 			group = strings.TrimSpace(t.rows[i][groupCol])
 		}
-		ds.Samples = append(ds.Samples, newSample(imageRoot, name, mos, group))
+		smp := newSample(imageRoot, name, mos, group)
+		if hasPrompt {
+			smp.Prompt = strings.TrimSpace(t.rows[i][promptCol])
+		}
+		ds.Samples = append(ds.Samples, smp)
 	}
 	return ds, nil
 }

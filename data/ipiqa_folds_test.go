@@ -179,6 +179,17 @@ func TestIPIQAOfficialSplitsAGIQA1KOfficialTable(t *testing.T) {
 	checkOfficialFolds(t, loadZscoreTable(t), "agiqa1k")
 }
 
+// LoadAGIQA1K on the official table keeps one row of the repeated
+// dreamStudio_8_9_1_1.jpg; that image trains in every official fold, so the
+// test parts are exactly the official ones.
+func TestIPIQAOfficialSplitsAGIQA1KLoader(t *testing.T) {
+	ds, err := LoadAGIQA1K("root", "testdata/agiqa1k/"+AGIQA1KPromptTable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkOfficialFolds(t, ds, "agiqa1k")
+}
+
 // The shipped AIGC_all.csv lists the rows in another order (and differs by
 // two names); the folds follow the prompt codes, so its test parts hold the
 // same names as the official ones, up to those two.

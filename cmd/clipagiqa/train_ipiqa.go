@@ -238,15 +238,19 @@ func (r *ipiqaRun) loadTargets(all, fixedTest *data.Dataset) error {
 }
 
 // samples converts a part for the adapter. The prompt is the sample's
-// Group: AGIQA-3K's and the csv table's prompt column; for AGIQA-1K its
-// prompt subject (the table has no full prompt).
+// Prompt (AGIQA-3K's and the csv table's prompt column, AGIQA-1K's full
+// prompt), else its Group.
 func (r *ipiqaRun) samples(d *data.Dataset) []ipiqatrain.Sample {
 	if d == nil {
 		return nil
 	}
 	out := make([]ipiqatrain.Sample, len(d.Samples))
 	for i, s := range d.Samples {
-		out[i] = ipiqatrain.Sample{Name: s.Name, Path: s.Path, Prompt: s.Group, Targets: r.targets[s.Name]}
+		prompt := s.Prompt
+		if prompt == "" {
+			prompt = s.Group
+		}
+		out[i] = ipiqatrain.Sample{Name: s.Name, Path: s.Path, Prompt: prompt, Targets: r.targets[s.Name]}
 	}
 	return out
 }
