@@ -148,3 +148,33 @@ func TestCLIPIQAOnResNetMatchesReference(t *testing.T) {
 		assert.InDelta(t, w, preds[k].Score, 1e-5, "image %d", k)
 	}
 }
+
+// The registered method's head takes --pair's pairs: swapping the default
+// pair gives 1 - p (atol 1e-5), and an empty prompt is refused.
+func TestRegisteredHeadPromptPairs(t *testing.T) {
+	exp, err := reffix.Load()
+	require.NoError(t, err)
+	c, tok := vitCLIP(t)
+	m, err := method.Lookup(MethodName)
+	require.NoError(t, err)
+	assert.False(t, m.NeedsCheckpoint)
+	load, err := m.Open("", 0)
+	require.NoError(t, err)
+	h, err := load(c, tok)
+	require.NoError(t, err)
+	defer h.Close()
+	pp, ok := h.(method.PromptPairsHead)
+	require.True(t, ok)
+	require.ErrorContains(t, pp.SetPromptPairs([][2]string{{"Good photo.", " "}}), "empty prompt")
+	require.NoError(t, pp.SetPromptPairs([][2]string{{"Bad photo.", "Good photo."}}))
+	var paths []string
+	for i := range 8 {
+		paths = append(paths, reffix.Path(fmt.Sprintf("img_%d.png", i)))
+	}
+	preds, err := method.Predict(context.Background(), c, h, paths, method.EvalOptions{})
+	require.NoError(t, err)
+	for i, w := range exp.CLIPIQA.Scores {
+		require.Empty(t, preds[i].Err)
+		assert.InDelta(t, 1-w, preds[i].Score, 1e-5, "image %d", i)
+	}
+}
