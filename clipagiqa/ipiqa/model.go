@@ -337,7 +337,7 @@ func (m *Model) ForwardIDs(s *torch.Scope, images *torch.Tensor, ids [][]int64, 
 	}
 	m.store.Train(train)
 	m.rn.SetTraining(m.store.Sub("resnet50").Training())
-	defer m.rn.SetTraining(false) // CLIP's own encode_image stays in eval mode
+	defer m.rn.SetTraining(false)                      // CLIP's own encode_image stays in eval mode
 	m.rn.SetBatchNormSync(nn.BatchNormSyncOf(m.store)) // nn.ConvertSyncBatchNorm(m.Store(), …)
 	if images.Device() != m.clip.Device() {
 		images = s.To(images, torch.Float32, m.clip.Device())
