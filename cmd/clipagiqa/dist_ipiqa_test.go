@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -112,6 +113,10 @@ func TestIPIQADataParallelSyncBatchNormMatchesOneProcess(t *testing.T) {
 	require.Contains(t, stderr, "data-parallel: 2 ranks")
 	require.Contains(t, stderr, "SyncBatchNorm")
 	require.Equal(t, 1, strings.Count(stdout, "fold0 epoch 3/3"), "only rank 0 prints:\n%s", stdout)
+	var sum ipiqaSummary
+	require.NoError(t, json.Unmarshal([]byte(mustRead(t, filepath.Join(two, summaryFile))), &sum))
+	require.Equal(t, 2, sum.WorldSize)
+	require.True(t, sum.SyncBatchNorm)
 
 	ck := train.CheckpointName(2)
 	a, b := ipiqaState(t, filepath.Join(one, ck)), ipiqaState(t, filepath.Join(two, ck))

@@ -83,7 +83,11 @@ type ipiqaSummary struct {
 	Epochs   int                 `json:"epochs"`
 	Batch    int                 `json:"batch_size"`
 	Seed     uint64              `json:"seed"`
-	Splits   []ipiqaSplitSummary `json:"splits"`
+	// WorldSize is the number of data-parallel ranks; SyncBatchNorm
+	// whether their BatchNorm statistics were those of the global batch.
+	WorldSize     int                 `json:"world_size"`
+	SyncBatchNorm bool                `json:"sync_batchnorm,omitempty"`
+	Splits        []ipiqaSplitSummary `json:"splits"`
 }
 
 func runTrainIPIQA(c *cli.Context) error {
@@ -152,7 +156,8 @@ func runTrainIPIQA(c *cli.Context) error {
 	}
 	opts := ipiqa.Options{InputResolution: c.Int("input-resolution"), Outputs: len(r.outputs), Dropout: dropout, Freezing: freezing}
 	sum := ipiqaSummary{Method: trainMethodIPIQA, Protocol: r.protocol, Dataset: all.Name, CLIPFile: c.String("clip"), Outputs: r.outputs,
-		Options: opts, Schedule: sc, Epochs: c.Int("epochs"), Batch: c.Int("batch-size"), Seed: c.Uint64("seed")}
+		Options: opts, Schedule: sc, Epochs: c.Int("epochs"), Batch: c.Int("batch-size"), Seed: c.Uint64("seed"),
+		WorldSize: group.WorldSize(), SyncBatchNorm: c.Bool("sync-batchnorm") && group.WorldSize() > 1}
 	ctx, stop := interruptible(c)
 	defer stop()
 	out := c.String("out")
