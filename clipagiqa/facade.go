@@ -155,7 +155,15 @@ type (
 	Prediction = method.Prediction
 	// EvalOptions configure Evaluate and Predict.
 	EvalOptions = method.EvalOptions
+	// OutputReport is the metrics of one model output.
+	OutputReport = method.OutputReport
 )
+
+// EvaluateScorer is scorer.EvaluateScorer: any method, through its Scorer,
+// one report per output.
+func EvaluateScorer(ctx context.Context, sc *Scorer, ds *data.Dataset, opts EvalOptions) ([]OutputReport, []Prediction, error) {
+	return scorer.EvaluateScorer(ctx, sc, ds, opts)
+}
 
 // Loader types (package loader).
 type (

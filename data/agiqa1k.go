@@ -91,12 +91,12 @@ func LoadAGIQA1K(root, csvPath string) (*Dataset, error) {
 		}
 		var prompt string
 		if hasPrompt {
-			prompt = strings.TrimSpace(t.rows[i][promptCol])
+			prompt = t.rows[i][promptCol] // verbatim, as AGIQA-3K's
 		} else if prompt, err = AGIQA1KPrompt(name); err != nil {
 			prompt = "" // only the style-less name: its prompt is unknown
 		}
 		if k, ok := first[name]; ok {
-			if !hasPrompt || strings.TrimSpace(t.rows[k][promptCol]) != prompt {
+			if !hasPrompt || t.rows[k][promptCol] != prompt {
 				return nil, fmt.Errorf("agiqa1k: %s:%d: duplicate image name %q (first on line %d)", t.src, t.lines[i], name, t.lines[k])
 			}
 			ds.Notes = append(ds.Notes, fmt.Sprintf("%s:%d: %s repeats line %d with the same prompt (MOS %s there, %s here): kept line %d's row, left this one out",

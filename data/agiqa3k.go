@@ -69,7 +69,7 @@ func LoadAGIQA3K(root, csvPath, target string) (*Dataset, error) {
 		}
 		prompt := strings.TrimSpace(t.rows[i][cols[1]])
 		smp := newSample(root, name, mos, prompt)
-		smp.Prompt = prompt
+		smp.Prompt = t.rows[i][cols[1]] // verbatim: the tokenizer cleans whitespace as the official code's does
 		smp.Ratings = make(map[string]float64, len(ratingCols))
 		for tgt, k := range ratingCols {
 			if smp.Ratings[tgt], err = t.float(i, k); err != nil {

@@ -43,7 +43,7 @@ func LoadCSV(imageRoot, csvPath string) (*Dataset, error) {
 		}
 		smp := newSample(imageRoot, name, mos, group)
 		if hasPrompt {
-			smp.Prompt = strings.TrimSpace(t.rows[i][promptCol])
+			smp.Prompt = t.rows[i][promptCol] // verbatim, as AGIQA-3K's
 		}
 		ds.Samples = append(ds.Samples, smp)
 	}

@@ -21,6 +21,21 @@ type Prediction struct {
 	MOS   float64 `json:"mos,omitempty"` // Evaluate only
 	Score float64 `json:"score"`
 	Err   string  `json:"error,omitempty"`
+	// Outputs are all of a multi-output model's scores by output name
+	// (IP-IQA: quality, alignment; Score is the first); nil for one output.
+	Outputs map[string]float64 `json:"outputs,omitempty"`
+	// Ratings are the dataset's scores compared with Outputs, by the same
+	// names (EvaluateScorer only; absent names have no rating).
+	Ratings map[string]float64 `json:"ratings,omitempty"`
+}
+
+// OutputReport is the metrics of one model output against the dataset's
+// rating of the same name.
+type OutputReport struct {
+	// Output names the model output (Scorer.Outputs: "quality",
+	// "alignment"; "score" for a one-output method).
+	Output string `json:"output"`
+	metrics.Report
 }
 
 // EvalOptions configure Evaluate and Predict.
@@ -28,6 +43,9 @@ type EvalOptions struct {
 	BatchSize int   // images per forward pass (0: 32)
 	Workers   int   // decoding goroutines (0: runtime.NumCPU())
 	MaxPixels int64 // largest image accepted (0: imageprep.DefaultMaxPixels)
+	// Prompt gives EvaluateScorer each sample's prompt, or why it has none
+	// (that image then gets Err); nil: Sample.Prompt.
+	Prompt func(s data.Sample) (string, error)
 }
 
 // Evaluate scores ds with h on c (CLIP's centre transform, batched,

@@ -14,6 +14,7 @@ import (
 	"github.com/clipagiqa/clipagiqa/clipagiqa/metrics"
 	"github.com/clipagiqa/clipagiqa/data"
 	"github.com/clipagiqa/clipagiqa/internal/plot"
+	"github.com/clipagiqa/clipagiqa/internal/regularfile"
 	"github.com/urfave/cli/v2"
 )
 
@@ -24,7 +25,12 @@ type evalOutput struct {
 	Dataset    string         `json:"dataset"`
 	Images     int            `json:"images"`
 	Metrics    metrics.Report `json:"metrics"`
-	Errors     []inputError   `json:"errors"`
+	// Outputs are a multi-output model's metrics, output by output (IP-IQA
+	// on AGIQA-3K: quality and alignment); Metrics is the first's.
+	Outputs []clipagiqa.OutputReport `json:"outputs,omitempty"`
+	// Notes say what loading the dataset left out (Dataset.Notes).
+	Notes  []string     `json:"notes,omitempty"`
+	Errors []inputError `json:"errors"`
 }
 
 func evalCommand() *cli.Command {
@@ -35,6 +41,7 @@ func evalCommand() *cli.Command {
 			Usage: "what to evaluate: all (the whole table), test (the test part of split --split-index under --protocol, as train made it), auto (--test-csv if given, else all)"},
 		&cli.IntFlag{Name: "split-index", Usage: "which split's test part --part test takes (0-based)"},
 		methodFlag(),
+		&cli.StringFlag{Name: "prompts", Usage: "methods that score with the prompt (ipiqa): `TABLE` of prompts (CSV with columns image|name and prompt) by the dataset's image names, instead of the dataset table's own prompt column; an image it lacks is an error"},
 		&cli.GenericFlag{Name: "pair", Value: &repeatable{}, Usage: "clipiqa antonym prompts as \"POSITIVE|NEGATIVE\" (repeat for more; default \"Good photo.|Bad photo.\")"},
 		formatFlag(formatTable, formatJSON, formatCSV), jsonAliasFlag(),
 		&cli.StringFlag{Name: "plot", Usage: "write a scatter plot (score against MOS) to this PNG `FILE`"},
@@ -46,11 +53,17 @@ func evalCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "eval",
 		Usage: "evaluate a checkpoint (or zero-shot CLIP-IQA) on a dataset: PLCC, SRCC, KRCC, RMSE",
-		Description: "Scores every image of the chosen part with CLIP's test preprocessing and\n" +
+		Description: "Scores every image of the chosen part with the method's test preprocessing and\n" +
 			"compares with the MOS: PLCC, SRCC (average ranks for ties), KRCC (tau-b), RMSE,\n" +
 			"and PLCC after the standard 4-parameter logistic mapping (reported separately).\n" +
-			"Prints a table, or JSON or CSV (metric,value) with --format. Unreadable images are listed, left out of the\n" +
-			"metrics, and make the exit status 1.",
+			"IP-IQA (--method ipiqa, --checkpoint FILE) scores each image with its prompt from the\n" +
+			"dataset table (AGIQA-3K's data.csv, AGIQA-1K's AIGC_MOS_Zscore.csv or names, a csv\n" +
+			"prompt column) or --prompts; a two-output checkpoint on AGIQA-3K is judged on quality\n" +
+			"(mos_quality) and alignment (mos_align) separately, whatever --target says.\n" +
+			"Prints a table, or JSON (\"metrics\": the first output; \"outputs\": each) or CSV\n" +
+			"(metric,value; metric,quality,alignment for two outputs) with --format. Unreadable\n" +
+			"images and images without a prompt are listed, left out of the metrics, and make the\n" +
+			"exit status 1.",
 		Flags:  flags,
 		Action: runEval,
 	}
@@ -94,6 +107,12 @@ func runEval(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if meth.UsesPrompt { // prompts per image and possibly several outputs: the Scorer's path
+		return runEvalScorer(c, meth, format)
+	}
+	if c.String("prompts") != "" {
+		return fmt.Errorf("--prompts: method %s does not score with prompts", meth.Name)
+	}
 	method := meth.Name
 	ckDir := c.String("checkpoint")
 	if err := requireCheckpoint(meth, ckDir); err != nil {
@@ -133,7 +152,7 @@ func runEval(c *cli.Context) error {
 	ctx, stop := interruptible(c)
 	defer stop()
 	opts := clipagiqa.EvalOptions{BatchSize: c.Int("batch-size"), Workers: c.Int("workers"), MaxPixels: c.Int64("max-pixels")}
-	out := evalOutput{Method: method, Dataset: ds.Name, Images: ds.Len(), Errors: []inputError{}}
+	out := evalOutput{Method: method, Dataset: ds.Name, Images: ds.Len(), Notes: ds.Notes, Errors: []inputError{}}
 	if d, ok := head.(clipagiqa.Describer); ok {
 		out.Checkpoint, out.Epoch = d.Describe().Checkpoint, d.Describe().Epoch
 	}
@@ -185,6 +204,7 @@ func runEval(c *cli.Context) error {
 			return err
 		}
 	}
+	printEvalNotes(c.App.ErrWriter, out.Notes)
 	printEvalErrors(c.App.ErrWriter, out.Errors)
 	if len(out.Errors) > 0 {
 		return fmt.Errorf("eval: %d image(s) could not be read (left out of the metrics)", len(out.Errors))
@@ -212,10 +232,16 @@ func printEvalErrors(w io.Writer, errs []inputError) {
 
 func printReport(w io.Writer, o evalOutput) {
 	what := o.Method
-	if o.Checkpoint != "" {
+	if o.Checkpoint != "" && o.Epoch > 0 {
 		what = fmt.Sprintf("%s, checkpoint %s (epoch %d)", o.Method, o.Checkpoint, o.Epoch)
+	} else if o.Checkpoint != "" {
+		what = fmt.Sprintf("%s, checkpoint %s", o.Method, o.Checkpoint)
 	}
 	fmt.Fprintf(w, "%s on %s: %d of %d images\n", what, o.Dataset, o.Metrics.N, o.Images)
+	if len(o.Outputs) > 1 {
+		printOutputsTable(w, o.Outputs)
+		return
+	}
 	r := o.Metrics
 	fmt.Fprintf(w, "%-14s %s\n", "metric", "value")
 	fmt.Fprintf(w, "%-14s %.4f\n", "PLCC", r.PLCC)
@@ -229,12 +255,66 @@ func printReport(w io.Writer, o evalOutput) {
 	fmt.Fprintf(w, "%-14s %.4f%s\n", "logistic PLCC", r.LogisticPLCC, note)
 }
 
+// printOutputsTable prints one column per output (quality, alignment).
+func printOutputsTable(w io.Writer, reps []clipagiqa.OutputReport) {
+	fmt.Fprintf(w, "%-14s", "metric")
+	for _, r := range reps {
+		fmt.Fprintf(w, " %10s", r.Output)
+	}
+	fmt.Fprintln(w)
+	for _, row := range []struct {
+		name string
+		v    func(r metrics.Report) string
+	}{
+		{"n", func(r metrics.Report) string { return strconv.Itoa(r.N) }},
+		{"PLCC", func(r metrics.Report) string { return fmt.Sprintf("%.4f", r.PLCC) }},
+		{"SRCC", func(r metrics.Report) string { return fmt.Sprintf("%.4f", r.SRCC) }},
+		{"KRCC", func(r metrics.Report) string { return fmt.Sprintf("%.4f", r.KRCC) }},
+		{"RMSE", func(r metrics.Report) string { return fmt.Sprintf("%.4f", r.RMSE) }},
+		{"logistic PLCC", func(r metrics.Report) string {
+			if !r.LogisticFitted {
+				return fmt.Sprintf("%.4f*", r.LogisticPLCC)
+			}
+			return fmt.Sprintf("%.4f", r.LogisticPLCC)
+		}},
+	} {
+		fmt.Fprintf(w, "%-14s", row.name)
+		for _, r := range reps {
+			fmt.Fprintf(w, " %10s", row.v(r.Report))
+		}
+		fmt.Fprintln(w)
+	}
+	for _, r := range reps {
+		if !r.LogisticFitted {
+			fmt.Fprintln(w, "* logistic fit failed: equals PLCC")
+			break
+		}
+	}
+}
+
 // writeReportCSV writes metric,value rows (n, plcc, srcc, krcc, rmse,
-// logistic_plcc).
+// logistic_plcc); for several outputs, metric,<output>,... rows.
 func writeReportCSV(w io.Writer, o evalOutput) error {
 	cw := csv.NewWriter(w)
 	r := o.Metrics
 	f := func(x float64) string { return strconv.FormatFloat(x, 'g', -1, 64) }
+	if len(o.Outputs) > 1 {
+		head := []string{"metric"}
+		rows := [][]string{{"n"}, {"images"}, {"plcc"}, {"srcc"}, {"krcc"}, {"rmse"}, {"logistic_plcc"}}
+		for _, rep := range o.Outputs {
+			head = append(head, rep.Output)
+			for i, v := range []string{strconv.Itoa(rep.N), strconv.Itoa(o.Images), f(rep.PLCC), f(rep.SRCC), f(rep.KRCC), f(rep.RMSE), f(rep.LogisticPLCC)} {
+				rows[i] = append(rows[i], v)
+			}
+		}
+		if err := cw.Write(head); err != nil {
+			return err
+		}
+		if err := cw.WriteAll(rows); err != nil {
+			return err
+		}
+		return cw.Error()
+	}
 	for _, rec := range [][]string{{"metric", "value"}, {"n", strconv.Itoa(r.N)}, {"images", strconv.Itoa(o.Images)},
 		{"plcc", f(r.PLCC)}, {"srcc", f(r.SRCC)}, {"krcc", f(r.KRCC)}, {"rmse", f(r.RMSE)}, {"logistic_plcc", f(r.LogisticPLCC)}} {
 		if err := cw.Write(rec); err != nil {
@@ -301,4 +381,173 @@ func nanSlice(n int) []float64 {
 		out[i] = math.NaN()
 	}
 	return out
+}
+
+// runEvalScorer evaluates any registered method through its Scorer (IP-IQA:
+// its own preprocessing, a prompt per image, one report per output).
+func runEvalScorer(c *cli.Context, m clipagiqa.Method, format string) error {
+	ckPath := c.String("checkpoint")
+	if len(repeatableValues(c, "pair")) > 0 {
+		return fmt.Errorf("--pair is for --method %s", clipagiqa.MethodCLIPIQA)
+	}
+	if c.String("prompts") != "" && !m.UsesPrompt {
+		return fmt.Errorf("--prompts: method %s does not score with prompts", m.Name)
+	}
+	if c.String("curves") != "" {
+		return fmt.Errorf("--curves is for --method %s runs (metrics.jsonl); an %s run directory has summary.json and metrics files of its own", clipagiqa.MethodAGIQA, m.Name)
+	}
+	batch := c.Int("batch-size")
+	if batch <= 0 {
+		return fmt.Errorf("--batch-size must be positive (got %d)", batch)
+	}
+	var prompts *data.PromptTable
+	if p := c.String("prompts"); p != "" {
+		t, err := data.ReadPromptTable(p)
+		if err != nil {
+			return fmt.Errorf("--prompts: %w", err)
+		}
+		prompts = t
+	}
+	ds, err := evalPart(c)
+	if err != nil {
+		return err
+	}
+	if c.String("clip") != "" {
+		if err := regularfile.Check(c.String("clip")); err != nil {
+			return fmt.Errorf("--clip: %w", err)
+		}
+	}
+	dev, prec, err := deviceOptions(c)
+	if err != nil {
+		return err
+	}
+	opts := []clipagiqa.ScorerOption{clipagiqa.WithMethod(m.Name), clipagiqa.WithEpoch(c.Int("epoch")),
+		clipagiqa.WithDevice(dev), clipagiqa.WithPrecision(prec), clipagiqa.WithMaxBatch(batch),
+		clipagiqa.WithMaxPixels(c.Int64("max-pixels")), clipagiqa.WithThreads(c.Int("threads")), clipagiqa.WithFused(!c.Bool("no-fused"))}
+	if w := c.Int("workers"); w > 0 {
+		opts = append(opts, clipagiqa.WithPreprocessWorkers(w))
+	}
+	sc, err := clipagiqa.LoadScorer(c.String("clip"), ckPath, opts...)
+	if err != nil {
+		return err
+	}
+	defer sc.Close()
+	var eo clipagiqa.EvalOptions
+	if prompts != nil {
+		eo.Prompt = func(s data.Sample) (string, error) {
+			p, ok := prompts.Lookup(s.Name)
+			if !ok {
+				return "", fmt.Errorf("no prompt for this image in %s", prompts.Source)
+			}
+			if p == "" {
+				return "", fmt.Errorf("empty prompt for this image in %s", prompts.Source)
+			}
+			return p, nil
+		}
+	}
+	ctx, stop := interruptible(c)
+	defer stop()
+	reps, preds, err := clipagiqa.EvaluateScorer(ctx, sc, ds, eo)
+	if err != nil && preds == nil {
+		return err
+	}
+	out := evalOutput{Method: m.Name, Checkpoint: ckPath, Dataset: ds.Name, Images: ds.Len(), Notes: ds.Notes, Errors: []inputError{}}
+	for _, p := range preds {
+		if p.Err != "" {
+			out.Errors = append(out.Errors, inputError{p.Name, p.Err})
+		}
+	}
+	if err != nil {
+		printEvalErrors(c.App.ErrWriter, out.Errors)
+		return err
+	}
+	out.Metrics = reps[0].Report
+	if len(sc.Outputs()) > 1 {
+		out.Outputs = reps
+	}
+	if err := writeEvalOutput(c, format, out); err != nil {
+		return err
+	}
+	if f := c.String("predictions"); f != "" {
+		if err := os.WriteFile(f, outputPredictionsCSV(sc.Outputs(), preds), 0o644); err != nil {
+			return err
+		}
+	}
+	if f := c.String("plot"); f != "" {
+		var mos, score []float64
+		for _, p := range preds {
+			if p.Err == "" {
+				truth := p.MOS
+				if r, ok := p.Ratings[sc.Outputs()[0]]; ok {
+					truth = r
+				}
+				mos, score = append(mos, truth), append(score, p.Score)
+			}
+		}
+		title := fmt.Sprintf("%s %s on %s: SRCC %.3f PLCC %.3f", m.Name, reps[0].Output, ds.Name, reps[0].SRCC, reps[0].PLCC)
+		if err := plot.Scatter(f, mos, score, title, "MOS", "predicted "+reps[0].Output); err != nil {
+			return err
+		}
+	}
+	printEvalNotes(c.App.ErrWriter, out.Notes)
+	printEvalErrors(c.App.ErrWriter, out.Errors)
+	if len(out.Errors) > 0 {
+		return fmt.Errorf("eval: %d image(s) could not be scored (unreadable or without a prompt; left out of the metrics)", len(out.Errors))
+	}
+	return nil
+}
+
+// writeEvalOutput prints the report in the chosen format.
+func writeEvalOutput(c *cli.Context, format string, out evalOutput) error {
+	switch format {
+	case formatJSON:
+		return writeJSON(c.App.Writer, out)
+	case formatCSV:
+		return writeReportCSV(c.App.Writer, out)
+	default:
+		printReport(c.App.Writer, out)
+		return nil
+	}
+}
+
+func printEvalNotes(w io.Writer, notes []string) {
+	for _, n := range notes {
+		fmt.Fprintf(w, "clipagiqa eval: note: %s\n", n)
+	}
+}
+
+// outputPredictionsCSV writes image,mos,score,error rows for one output;
+// for several, the first output's rating and score, then <output>_mos and
+// <output> for each further one (empty where the dataset has no rating).
+func outputPredictionsCSV(outs []string, preds []clipagiqa.Prediction) []byte {
+	if len(outs) < 2 {
+		b, _ := predictionsCSV(preds)
+		return b
+	}
+	var sb strings.Builder
+	w := csv.NewWriter(&sb)
+	head := []string{"image", "mos", "score"}
+	for _, o := range outs[1:] {
+		head = append(head, o+"_mos", o)
+	}
+	_ = w.Write(append(head, "error"))
+	f := func(x float64) string { return strconv.FormatFloat(x, 'g', -1, 64) }
+	for _, p := range preds {
+		rec := []string{p.Name}
+		for j, o := range outs {
+			r, s := "", ""
+			if v, ok := p.Ratings[o]; ok {
+				r = f(v)
+			} else if j == 0 {
+				r = f(p.MOS)
+			}
+			if p.Err == "" {
+				s = f(p.Outputs[o])
+			}
+			rec = append(rec, r, s)
+		}
+		_ = w.Write(append(rec, p.Err))
+	}
+	w.Flush()
+	return []byte(sb.String())
 }

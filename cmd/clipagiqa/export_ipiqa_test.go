@@ -211,3 +211,42 @@ func TestExportIPIQAWithoutOptimizerState(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "agiqa_doublescore", task)
 }
+
+// A run of our IP-IQA training exports from its directory: the export
+// evaluates as the run's checkpoint_best.pth does, and python3-torch finds
+// the same tensors in the same layout.
+func TestExportIPIQAOfOurTrainingRun(t *testing.T) {
+	root := miniAGIQA3K(t)
+	runDir := filepath.Join(t.TempDir(), "run")
+	_, stderr, err := run(t, "train", "--method", "ipiqa", "--clip", tinyRNCLIPPath, "--dataset", "agiqa3k", "--root", root,
+		"--protocol", "ipiqa-official", "--splits", "1", "--epochs", "1", "--batch-size", "4", "--input-resolution", "128", "--out", runDir)
+	require.NoError(t, err, stderr)
+	exported := filepath.Join(t.TempDir(), "exported.pth")
+	stdout, stderr, err := run(t, "export", "--method", "ipiqa", "--clip", tinyRNCLIPPath, "--checkpoint", runDir, "--out", exported)
+	require.NoError(t, err, stderr)
+	assert.Contains(t, stdout, "from "+filepath.Join(runDir, "checkpoint_best.pth"))
+	assert.Contains(t, stdout, "128×128 input; AdamW state from the input")
+
+	eval := func(ck string) evalOutput {
+		out, stderr, err := run(t, "eval", "--method", "ipiqa", "--clip", tinyRNCLIPPath, "--checkpoint", ck,
+			"--dataset", "agiqa3k", "--root", root, "--batch-size", "1", "--format", "json")
+		require.NoError(t, err, stderr)
+		var e evalOutput
+		require.NoError(t, json.Unmarshal([]byte(out), &e))
+		return e
+	}
+	orig, back := eval(filepath.Join(runDir, "checkpoint_best.pth")), eval(exported)
+	require.Len(t, back.Outputs, 2)
+	assert.Equal(t, 16, back.Outputs[0].N)
+	assert.Equal(t, orig.Outputs, back.Outputs, "the export evaluates exactly as the run's checkpoint")
+
+	if exec.Command(pythonTorch, "-c", "import torch").Run() != nil {
+		t.Skip("python3-torch not installed: checked our loader's round trip only")
+	}
+	out, err := exec.Command(pythonTorch, "-c", checkExportWithTorch, filepath.Join(runDir, "checkpoint_best.pth"), exported).Output()
+	if ee, ok := err.(*exec.ExitError); ok {
+		t.Fatalf("python3-torch rejects the export: %v\n%s", err, ee.Stderr)
+	}
+	require.NoError(t, err)
+	t.Logf("python3-torch: %s", out)
+}
