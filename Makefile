@@ -5,6 +5,7 @@
 #   make test      go vet + all tests
 #   make build     bin/clipagiqa
 #   make bench     side-by-side benchmark against a PyTorch reference
+#   make bench-ipiqa  its IP-IQA part alone (RN50 at 512, ~15 minutes on 2 cores)
 #
 # LIBTORCH=/path/to/libtorch (a dir with share/cmake/Torch, e.g. the one inside a
 # PyTorch install: python -c 'import torch;print(torch.utils.cmake_prefix_path)'/../..)
@@ -42,7 +43,7 @@ NATIVE_LIBS = $(BUILD)/lib/libclipagiqa_shim.so $(BUILD)/lib/libcgotorch.so
 VERSION    := $(shell cat VERSION)
 GO_LDFLAGS  = -X main.version=$(VERSION)
 
-.PHONY: all deps native build test vet demo demo-clip bench bench-quick bench-dist bench-serve fixtures clean print-env install deb test-package
+.PHONY: all deps native build test vet demo demo-clip bench bench-quick bench-ipiqa bench-dist bench-serve fixtures clean print-env install deb test-package
 
 all: build
 
@@ -100,6 +101,10 @@ bench: deps build bench-refs
 
 bench-quick: deps build
 	bin/clipagiqa bench --quick --out bench/results
+
+# IP-IQA alone: full-size RN50 at 512 vs bench/ipiqa_reference.py (bench/results/ipiqa.md).
+bench-ipiqa: deps build
+	bin/clipagiqa bench --only ipiqa --out bench/results
 
 # Data-parallel benchmark: 2 ranks x 1 thread vs 1 rank x 2 threads (bench/results/dist.md).
 bench-dist: deps build

@@ -93,6 +93,20 @@ func LoadModule(path string) (*Module, error) {
 	return &Module{h: unsafe.Pointer(h), path: path}, nil
 }
 
+// handle is the module's libtorch handle, read atomically (Close swaps it
+// out), or an error once closed. Close must still not run while a method
+// does: it frees what the method uses.
+func (m *Module) handle() (C.ct_module, error) {
+	if m == nil {
+		return nil, fmt.Errorf("module is nil")
+	}
+	h := atomic.LoadPointer(&m.h)
+	if h == nil {
+		return nil, fmt.Errorf("module is closed")
+	}
+	return C.ct_module(h), nil
+}
+
 // Close frees the module; closing twice is harmless.
 func (m *Module) Close() {
 	if m == nil {
@@ -105,13 +119,14 @@ func (m *Module) Close() {
 
 // NamedTensors returns the module's parameters and buffers by dotted name.
 func (m *Module) NamedTensors() (*StateDict, error) {
-	if m == nil || m.h == nil {
-		return nil, fmt.Errorf("module is closed")
+	h, err := m.handle()
+	if err != nil {
+		return nil, err
 	}
 	var names **C.char
 	var ts *C.ct_tensor
 	var n C.int64_t
-	if err := cErr(C.ct_module_named_tensors(C.ct_module(m.h), &names, &ts, &n)); err != nil {
+	if err := cErr(C.ct_module_named_tensors(h, &names, &ts, &n)); err != nil {
 		return nil, fmt.Errorf("tensors of %s: %w", m.path, err)
 	}
 	defer C.free(unsafe.Pointer(names))
@@ -130,8 +145,9 @@ func (m *Module) NamedTensors() (*StateDict, error) {
 // RunMethod runs one of the module's methods (e.g. "encode_image") on tensor
 // inputs without grad and returns its tensor result, owned by the caller.
 func (m *Module) RunMethod(method string, inputs ...*Tensor) (*Tensor, error) {
-	if m == nil || m.h == nil {
-		return nil, fmt.Errorf("module is closed")
+	mh, err := m.handle()
+	if err != nil {
+		return nil, err
 	}
 	hs := make([]C.ct_tensor, len(inputs))
 	for i, t := range inputs {
@@ -148,7 +164,7 @@ func (m *Module) RunMethod(method string, inputs ...*Tensor) (*Tensor, error) {
 		p = &hs[0]
 	}
 	var out C.ct_tensor
-	if err := cErr(C.ct_module_run_method(C.ct_module(m.h), cm, p, C.int64_t(len(hs)), &out)); err != nil {
+	if err := cErr(C.ct_module_run_method(mh, cm, p, C.int64_t(len(hs)), &out)); err != nil {
 		return nil, fmt.Errorf("%s.%s(%s): %w", m.path, method, describe(inputs), err)
 	}
 	return wrap(out), nil

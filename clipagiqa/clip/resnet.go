@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/clipagiqa/clipagiqa/torch"
+	"github.com/clipagiqa/clipagiqa/torch/nn"
 )
 
 // bnEps is PyTorch's BatchNorm2d default, which OpenAI's ModifiedResNet keeps.
@@ -26,6 +27,7 @@ const bnMomentum = 0.1
 type rnMode struct {
 	dt    torch.DType // compute precision
 	train bool        // BatchNorm on batch statistics, updating the running ones
+	sync  nn.BatchNormSync
 }
 
 // forward normalises x [N, C, H, W]: in eval mode with the running
@@ -40,11 +42,16 @@ func (b *BatchNorm2d) forward(s *torch.Scope, x *torch.Tensor, m rnMode) *torch.
 			return nil
 		}
 	}
-	if m.dt == torch.Float32 {
+	norm := func(x *torch.Tensor) *torch.Tensor {
+		if m.train && m.sync != nil { // statistics over a process group (SyncBatchNorm)
+			return m.sync.BatchNormTrain(s, x, b.Weight, b.Bias, b.RunningMean, b.RunningVar, bnMomentum, bnEps)
+		}
 		return s.BatchNorm(x, b.Weight, b.Bias, b.RunningMean, b.RunningVar, m.train, bnMomentum, bnEps)
 	}
-	y := s.BatchNorm(s.Cast(x, torch.Float32), b.Weight, b.Bias, b.RunningMean, b.RunningVar, m.train, bnMomentum, bnEps)
-	return s.Cast(y, m.dt)
+	if m.dt == torch.Float32 {
+		return norm(x)
+	}
+	return s.Cast(norm(s.Cast(x, torch.Float32)), m.dt)
 }
 
 // increment adds 1 to a counter tensor in place.
@@ -167,6 +174,7 @@ type ModifiedResNet struct {
 	cfg      Config
 	dtype    torch.DType
 	training bool
+	bnSync   nn.BatchNormSync
 }
 
 // SetTraining puts the BatchNorm layers in training mode (true: batch
@@ -177,6 +185,11 @@ func (r *ModifiedResNet) SetTraining(train bool) { r.training = train }
 
 // Training reports whether the BatchNorm layers use batch statistics.
 func (r *ModifiedResNet) Training() bool { return r.training }
+
+// SetBatchNormSync makes training-mode BatchNorm take its statistics over
+// sync's process group (SyncBatchNorm; nil: this process's batch), as
+// nn.ConvertSyncBatchNorm does for nn.BatchNorm2d layers.
+func (r *ModifiedResNet) SetBatchNormSync(sync nn.BatchNormSync) { r.bnSync = sync }
 
 // newModifiedResNet lays out the blocks cfg describes (weights unbound).
 func newModifiedResNet(cfg Config, dt torch.DType) *ModifiedResNet {
@@ -253,7 +266,7 @@ func (r *ModifiedResNet) forward(s *torch.Scope, pixels *torch.Tensor, stage fun
 		}
 		x = s.Adopt(y)
 	}
-	mode := rnMode{dt: r.dtype, train: r.training}
+	mode := rnMode{dt: r.dtype, train: r.training, sync: r.bnSync}
 	step(func(s *torch.Scope, in *torch.Tensor) *torch.Tensor {
 		h := s.Relu(r.BN1.forward(s, s.Conv2D(s.Cast(in, mode.dt), r.Conv1, nil, 2, 1), mode))
 		h = s.Relu(r.BN2.forward(s, s.Conv2D(h, r.Conv2, nil, 1, 1), mode))

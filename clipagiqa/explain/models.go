@@ -3,7 +3,7 @@ package explain
 import (
 	"fmt"
 
-	"github.com/clipagiqa/clipagiqa/clipagiqa"
+	"github.com/clipagiqa/clipagiqa/clipagiqa/agiqa"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/clip"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/imageprep"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/ipiqa"
@@ -23,6 +23,44 @@ type Model interface {
 	Explain(pixels []float32, prompt string) (*Explanation, error)
 	// Close frees the model.
 	Close()
+}
+
+// Method is an explainable scoring method, under its registry name.
+type Method struct {
+	Name string
+	// NeedsPrompt: every image is scored against its prompt.
+	NeedsPrompt bool
+	// CheckpointFile: the checkpoint is one file (not a directory).
+	CheckpointFile bool
+	// Open loads the model from CLIP weights and a checkpoint.
+	Open func(clipPath, checkpoint string, o Options) (Model, error)
+}
+
+// methods are the explainable methods; a new one adds its row here.
+var methods = []Method{
+	{Name: ipiqa.MethodName, NeedsPrompt: true, CheckpointFile: true,
+		Open: func(clipPath, ck string, o Options) (Model, error) { return OpenIPIQA(clipPath, ck, o) }},
+	{Name: agiqa.MethodName,
+		Open: func(clipPath, ck string, o Options) (Model, error) { return OpenAGIQA(clipPath, ck, o) }},
+}
+
+// LookupMethod returns the explainable method called name.
+func LookupMethod(name string) (Method, error) {
+	for _, m := range methods {
+		if m.Name == name {
+			return m, nil
+		}
+	}
+	return Method{}, fmt.Errorf("method %q cannot be explained: want one of %v", name, MethodNames())
+}
+
+// MethodNames lists the explainable methods.
+func MethodNames() []string {
+	names := make([]string, len(methods))
+	for i, m := range methods {
+		names[i] = m.Name
+	}
+	return names
 }
 
 // Options are where the models compute and what they read.
@@ -136,7 +174,7 @@ func headsOf(s *torch.Scope, w *torch.Tensor) ([][]float32, error) {
 // regressor reads).
 type AGIQA struct {
 	c    *clip.Model
-	m    *clipagiqa.Model
+	m    *agiqa.Model
 	text *torch.Tensor // normalised learned-prompt features [K, E]
 	prep imageprep.Options
 }
@@ -147,7 +185,7 @@ func OpenAGIQA(clipPath, checkpoint string, o Options) (*AGIQA, error) {
 	if checkpoint == "" {
 		return nil, fmt.Errorf("explain: CLIP-AGIQA needs a checkpoint")
 	}
-	ck, err := clipagiqa.ReadCheckpoint(checkpoint, o.Epoch)
+	ck, err := agiqa.ReadCheckpoint(checkpoint, o.Epoch)
 	if err != nil {
 		return nil, fmt.Errorf("explain: %w", err)
 	}
@@ -164,7 +202,7 @@ func OpenAGIQA(clipPath, checkpoint string, o Options) (*AGIQA, error) {
 		c.Close()
 		return nil, fmt.Errorf("explain: %w", err)
 	}
-	m, err := clipagiqa.FromCheckpoint(c, tok, ck)
+	m, err := agiqa.FromCheckpoint(c, tok, ck)
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("explain: %w", err)

@@ -142,6 +142,8 @@ func (m *Model) Grid() int { return m.opts.InputResolution / 32 }
 func (m *Model) Options() Options { return m.opts }
 
 // Store holds every parameter and buffer under its official name.
+// nn.ConvertSyncBatchNorm(m.Store(), sync) makes the ResNet's BatchNorm
+// layers take training-mode statistics over sync's process group.
 func (m *Model) Store() *nn.Store { return m.store }
 
 // CLIP is the underlying CLIP model (its tensors are the model's).
@@ -335,7 +337,8 @@ func (m *Model) ForwardIDs(s *torch.Scope, images *torch.Tensor, ids [][]int64, 
 	}
 	m.store.Train(train)
 	m.rn.SetTraining(m.store.Sub("resnet50").Training())
-	defer m.rn.SetTraining(false) // CLIP's own encode_image stays in eval mode
+	defer m.rn.SetTraining(false)                      // CLIP's own encode_image stays in eval mode
+	m.rn.SetBatchNormSync(nn.BatchNormSyncOf(m.store)) // nn.ConvertSyncBatchNorm(m.Store(), …)
 	if images.Device() != m.clip.Device() {
 		images = s.To(images, torch.Float32, m.clip.Device())
 	}

@@ -59,8 +59,10 @@ type Model interface {
 
 // BufferedModel is a Model with buffers that training changes (BatchNorm
 // running statistics): in data-parallel training rank 0's buffers are
-// broadcast after every step, as PyTorch DDP does by default
-// (broadcast_buffers=True), so every rank evaluates and saves the same model.
+// broadcast before every training forward, as PyTorch DDP does by default
+// (broadcast_buffers=True), and once more before each evaluation (DDP's
+// first forward after training), so every rank evaluates the same model;
+// rank 0 saves its own, which are the ones that persist.
 type BufferedModel interface {
 	Model
 	Buffers() []nn.NamedParam

@@ -171,6 +171,11 @@ func Run(ctx context.Context, m Model, cfg Config, cb Callbacks) (*Result, error
 			}
 		}
 		rep.TrainLoss = lossSum / float64(max(rep.Steps, 1))
+		// DDP's first forward after training (the evaluation's) broadcasts
+		// rank 0's buffers too: every rank then scores with the same model.
+		if err := broadcastBuffers(cfg.Parallel, buffers); err != nil {
+			return res, fmt.Errorf("train: epoch %d: %w", epoch+1, err)
+		}
 		if err := evaluate(ctx, m, cfg, &rep); err != nil {
 			return res, fmt.Errorf("train: epoch %d: %w", epoch+1, err)
 		}
@@ -214,12 +219,16 @@ func (r *Result) finish() {
 	}
 }
 
-// step is one optimisation step on this rank's shard: forward, loss,
-// backward, gradient averaging across ranks, clipping, update; in
-// data-parallel training rank 0's buffers are then broadcast. It returns
-// the global batch's mean loss, the gradient norm before clipping and the
-// number of samples the model used (0: the step was skipped).
+// step is one optimisation step on this rank's shard: in data-parallel
+// training rank 0's buffers are broadcast first (PyTorch DDP's
+// broadcast_buffers=True, before every training forward), then forward,
+// loss, backward, gradient averaging across ranks, clipping, update. It
+// returns the global batch's mean loss, the gradient norm before clipping
+// and the number of samples the model used (0: the step was skipped).
 func step(m Model, cfg *Config, params []*torch.Tensor, buffers []nn.NamedParam, b Batch) (loss, norm float64, used int, err error) {
+	if err := broadcastBuffers(cfg.Parallel, buffers); err != nil {
+		return 0, 0, 0, err
+	}
 	s := torch.NewScope()
 	defer s.Close()
 	out, target := m.TrainBatch(s, b)
@@ -256,12 +265,35 @@ func step(m Model, cfg *Config, params []*torch.Tensor, buffers []nn.NamedParam,
 	if err := cfg.Optimizer.ZeroGrad(); err != nil {
 		return 0, 0, 0, err
 	}
-	if len(buffers) > 0 && cfg.Parallel.WorldSize() > 1 {
-		if err := cfg.Parallel.BroadcastParams(tensors(buffers)...); err != nil {
-			return 0, 0, 0, fmt.Errorf("broadcast buffers: %w", err)
-		}
-	}
 	return loss, norm, used, nil
+}
+
+// BufferBroadcaster is a Parallel that broadcasts rank 0's buffers
+// coalesced (one collective per dtype, as DDP does); other Parallels get
+// one BroadcastParams call with every buffer.
+type BufferBroadcaster interface {
+	BroadcastBuffers(m interface{ Buffers() []nn.NamedParam }) error
+}
+
+type namedBuffers []nn.NamedParam
+
+func (b namedBuffers) Buffers() []nn.NamedParam { return b }
+
+// broadcastBuffers overwrites every rank's buffers with rank 0's.
+func broadcastBuffers(p Parallel, buffers []nn.NamedParam) error {
+	if len(buffers) == 0 || p.WorldSize() == 1 {
+		return nil
+	}
+	var err error
+	if bb, ok := p.(BufferBroadcaster); ok {
+		err = bb.BroadcastBuffers(namedBuffers(buffers))
+	} else {
+		err = p.BroadcastParams(tensors(buffers)...)
+	}
+	if err != nil {
+		return fmt.Errorf("broadcast buffers: %w", err)
+	}
+	return nil
 }
 
 // evaluate scores every part and sets rep.Parts and rep.Score. A part that

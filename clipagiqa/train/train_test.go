@@ -210,7 +210,7 @@ func TestParallelHooks(t *testing.T) {
 		assert.Equal(t, order[k][5:], s, "rank 1 takes the second half of global batch %d", k)
 	}
 	assert.Equal(t, []int{5, 5, 5, 5, 5, 5}, fp.averaged)
-	assert.Equal(t, 1+6, fp.broadcast, "parameters once at start, buffers after every step")
+	assert.Equal(t, 1+6+1, fp.broadcast, "parameters once at start, buffers before every step's forward and before the evaluation")
 	assert.Equal(t, 60, res.History[0].TrainSamples, "samples count the global batch")
 	assert.Empty(t, dirNames(t, out), "only rank 0 writes")
 

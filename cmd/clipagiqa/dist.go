@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa"
+	"github.com/clipagiqa/clipagiqa/clipagiqa/train"
 	"github.com/clipagiqa/clipagiqa/torch/dist"
 	"github.com/urfave/cli/v2"
 )
@@ -48,7 +49,7 @@ func joinTrainingGroup(c *cli.Context) (*dist.Group, error) {
 // reportAllReduce prints rank 0's gradient all-reduce costs of a
 // data-parallel run (parsed by bench/dist.sh).
 func reportAllReduce(w io.Writer, dp *dist.DataParallel, res *clipagiqa.TrainResult) {
-	if dp == nil || dp.WorldSize() == 1 || res == nil {
+	if res == nil {
 		return
 	}
 	steps := 0
@@ -56,6 +57,32 @@ func reportAllReduce(w io.Writer, dp *dist.DataParallel, res *clipagiqa.TrainRes
 	for _, h := range res.History[min(res.StartEpoch, len(res.History)):] {
 		steps += h.Steps
 		secs += h.Seconds
+	}
+	printAllReduce(w, dp, steps, secs)
+}
+
+// reportAllReduceIPIQA is reportAllReduce for the generic trainer's result,
+// plus the BatchNorm buffer broadcasts.
+func reportAllReduceIPIQA(w io.Writer, dp *dist.DataParallel, res *train.Result) {
+	if res == nil {
+		return
+	}
+	steps := 0
+	var secs float64
+	for _, h := range res.History[min(res.StartEpoch, len(res.History)):] {
+		steps += h.Steps
+		secs += h.Seconds
+	}
+	printAllReduce(w, dp, steps, secs)
+	if b := dp.Stats().Buffers; dp != nil && dp.WorldSize() > 1 && b.Calls > 0 {
+		fmt.Fprintf(w, "data-parallel: buffer broadcast %d bytes in %d calls (%d bytes/step), %.3fs\n",
+			b.Bytes, b.Calls, b.Bytes/int64(max(steps, 1)), b.Elapsed.Seconds())
+	}
+}
+
+func printAllReduce(w io.Writer, dp *dist.DataParallel, steps int, secs float64) {
+	if dp == nil || dp.WorldSize() == 1 {
+		return
 	}
 	st := dp.Stats()
 	fmt.Fprintf(w, "data-parallel: all-reduce %d bytes in %d calls over %d steps (%d bytes/step), %.3fs of %.3fs training epochs (%.1f%%)\n",

@@ -103,20 +103,20 @@ func runEval(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	m, err := lookupMethod(c)
+	meth, err := lookupMethod(c)
 	if err != nil {
 		return err
 	}
-	method := m.Name
-	if method != clipagiqa.MethodAGIQA && method != clipagiqa.MethodCLIPIQA {
-		return runEvalScorer(c, m, format)
+	if meth.UsesPrompt { // prompts per image and possibly several outputs: the Scorer's path
+		return runEvalScorer(c, meth, format)
 	}
 	if c.String("prompts") != "" {
-		return fmt.Errorf("--prompts: method %s does not score with prompts", method)
+		return fmt.Errorf("--prompts: method %s does not score with prompts", meth.Name)
 	}
+	method := meth.Name
 	ckDir := c.String("checkpoint")
-	if method == clipagiqa.MethodAGIQA && ckDir == "" {
-		return fmt.Errorf("--checkpoint DIR is required with --method agiqa (or use --method clipiqa)")
+	if err := requireCheckpoint(meth, ckDir); err != nil {
+		return err
 	}
 	pairs, err := parsePairs(repeatableValues(c, "pair"))
 	if err != nil {
@@ -126,39 +126,39 @@ func runEval(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	var ck *clipagiqa.Checkpoint
-	if method == clipagiqa.MethodAGIQA {
-		if ck, err = clipagiqa.ReadCheckpoint(ckDir, c.Int("epoch")); err != nil {
-			return err
-		}
+	loadHead, err := meth.Open(ckDir, c.Int("epoch")) // before CLIP: its errors are the likelier ones
+	if err != nil {
+		return err
 	}
 	cm, tok, err := loadCLIPAndTokenizer(c)
 	if err != nil {
 		return err
 	}
 	defer cm.Close()
+	head, err := loadHead(cm, tok)
+	if err != nil {
+		return err
+	}
+	defer head.Close()
+	if pairs != nil {
+		pp, ok := head.(clipagiqa.PromptPairsHead)
+		if !ok {
+			return fmt.Errorf("--pair: method %s is not scored against prompt pairs", method)
+		}
+		if err := pp.SetPromptPairs(pairs); err != nil {
+			return fmt.Errorf("--pair: %w", err)
+		}
+	}
 	ctx, stop := interruptible(c)
 	defer stop()
 	opts := clipagiqa.EvalOptions{BatchSize: c.Int("batch-size"), Workers: c.Int("workers"), MaxPixels: c.Int64("max-pixels")}
 	out := evalOutput{Method: method, Dataset: ds.Name, Images: ds.Len(), Notes: ds.Notes, Errors: []inputError{}}
-	var rep metrics.Report
-	var preds []clipagiqa.Prediction
-	if method == clipagiqa.MethodAGIQA {
-		m, merr := clipagiqa.FromCheckpoint(cm, tok, ck) // not :=, which would hide Evaluate's error below
-		if merr != nil {
-			return merr
-		}
-		defer m.Close()
-		out.Checkpoint, out.Epoch = ckDir, ck.Epoch
-		rep, preds, err = clipagiqa.Evaluate(ctx, m, ds, opts)
-		if err != nil && preds == nil {
-			return err
-		}
-	} else {
-		rep, preds, err = clipagiqa.EvaluateCLIPIQA(ctx, cm, tok, pairs, ds, opts)
-		if err != nil && preds == nil {
-			return err
-		}
+	if d, ok := head.(clipagiqa.Describer); ok {
+		out.Checkpoint, out.Epoch = d.Describe().Checkpoint, d.Describe().Epoch
+	}
+	rep, preds, err := clipagiqa.EvaluateHead(ctx, cm, head, ds, opts)
+	if err != nil && preds == nil {
+		return err
 	}
 	for _, p := range preds {
 		if p.Err != "" {

@@ -15,11 +15,8 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// Methods explain knows.
-const (
-	explainIPIQA = "ipiqa"
-	explainAGIQA = "agiqa"
-)
+// explainDefault is the --method explain uses when none is given.
+const explainDefault = "ipiqa"
 
 func explainCommand() *cli.Command {
 	return &cli.Command{
@@ -43,7 +40,7 @@ func explainCommand() *cli.Command {
 			"Images that cannot be read or have no prompt are listed as errors; the others\n" +
 			"go on, and the exit status is then 1.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "method", Value: explainIPIQA, Usage: "ipiqa (official IP-IQA checkpoint on a ResNet CLIP) or agiqa (CLIP-AGIQA checkpoint on a ViT CLIP)"},
+			&cli.StringFlag{Name: "method", Value: explainDefault, Usage: "ipiqa (official IP-IQA checkpoint on a ResNet CLIP) or agiqa (CLIP-AGIQA checkpoint on a ViT CLIP)"},
 			clipFlag(true),
 			&cli.StringFlag{Name: "checkpoint", Required: true,
 				Usage: "ipiqa: the official checkpoint `FILE` (checkpoint_best.pth); agiqa: our checkpoint dir or an official CLIP-AGIQA output dir"},
@@ -65,15 +62,16 @@ func runExplain(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	method := c.String("method")
-	if method != explainIPIQA && method != explainAGIQA {
-		return fmt.Errorf("--method %q: want %s or %s", method, explainIPIQA, explainAGIQA)
+	meth, err := explain.LookupMethod(c.String("method"))
+	if err != nil {
+		return fmt.Errorf("--%w", err) // --method "x" cannot be explained: ...
 	}
+	method := meth.Name
 	if c.NArg() == 0 {
 		return fmt.Errorf("no images: give image files or directories")
 	}
-	if method == explainAGIQA && (c.IsSet("prompt") || c.IsSet("prompts")) {
-		return fmt.Errorf("--prompt/--prompts are for --method ipiqa (CLIP-AGIQA uses its learned prompts)")
+	if !meth.NeedsPrompt && (c.IsSet("prompt") || c.IsSet("prompts")) {
+		return fmt.Errorf("--prompt/--prompts are for methods scored with the image's prompt (--method %s scores without one)", method)
 	}
 	cmap, err := plot.ColormapByName(c.String("colormap"))
 	if err != nil {
@@ -84,7 +82,7 @@ func runExplain(c *cli.Context) error {
 		return fmt.Errorf("--alpha %v: want a value in (0, 1]", a)
 	}
 	for _, f := range []string{"clip", "checkpoint", "prompts"} {
-		if p := c.String(f); p != "" && (f != "checkpoint" || method == explainIPIQA) {
+		if p := c.String(f); p != "" && (f != "checkpoint" || meth.CheckpointFile) {
 			if err := regularfile.Check(p); err != nil {
 				return fmt.Errorf("--%s: %w", f, err)
 			}
@@ -108,12 +106,7 @@ func runExplain(c *cli.Context) error {
 		return err
 	}
 	opts := explain.Options{Device: dev, MaxPixels: c.Int64("max-pixels"), Epoch: c.Int("epoch")}
-	var model explain.Model
-	if method == explainIPIQA {
-		model, err = explain.OpenIPIQA(c.String("clip"), c.String("checkpoint"), opts)
-	} else {
-		model, err = explain.OpenAGIQA(c.String("clip"), c.String("checkpoint"), opts)
-	}
+	model, err := meth.Open(c.String("clip"), c.String("checkpoint"), opts)
 	if err != nil {
 		return err
 	}

@@ -110,7 +110,7 @@ func TestExplainErrors(t *testing.T) {
 		{[]string{"--clip", rn, "--checkpoint", ck, "--out", out, "--colormap", "hot", fixtureImage(0)}, "--colormap"},
 		{[]string{"--clip", tinyCLIPPath, "--checkpoint", ck, "--out", out, "--prompt", "x", fixtureImage(0)}, "IP-IQA needs a ResNet CLIP"},
 		{[]string{"--method", "agiqa", "--clip", rn, "--checkpoint", reffix.Dir(), "--out", out, fixtureImage(0)}, "is a ResNet"},
-		{[]string{"--method", "agiqa", "--clip", tinyCLIPPath, "--checkpoint", reffix.Dir(), "--prompt", "x", "--out", out, fixtureImage(0)}, "are for --method ipiqa"},
+		{[]string{"--method", "agiqa", "--clip", tinyCLIPPath, "--checkpoint", reffix.Dir(), "--prompt", "x", "--out", out, fixtureImage(0)}, "are for methods scored with the image's prompt"},
 		{[]string{"--clip", rn, "--checkpoint", ck, "--prompts", filepath.Join(out, "none.csv"), "--out", out, fixtureImage(0)}, "--prompts"},
 	} {
 		_, _, err := run(t, append([]string{"explain"}, c.args...)...)

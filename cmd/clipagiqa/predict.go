@@ -57,6 +57,25 @@ func lookupMethod(c *cli.Context) (clipagiqa.Method, error) {
 	return m, nil
 }
 
+// requireCheckpoint refuses a missing --checkpoint for a method that needs
+// one, before anything loads.
+func requireCheckpoint(m clipagiqa.Method, checkpoint string) error {
+	if !m.NeedsCheckpoint || checkpoint != "" {
+		return nil
+	}
+	var without []string
+	for _, name := range clipagiqa.MethodNames() {
+		if o, err := clipagiqa.LookupMethod(name); err == nil && !o.NeedsCheckpoint {
+			without = append(without, name)
+		}
+	}
+	hint := ""
+	if len(without) > 0 {
+		hint = fmt.Sprintf(" (or use --method %s)", strings.Join(without, " or "))
+	}
+	return fmt.Errorf("--checkpoint is required with --method %s: it needs a checkpoint%s", m.Name, hint)
+}
+
 func checkpointFlags(required bool) []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "checkpoint", Required: required,
@@ -118,9 +137,8 @@ func runPredict(c *cli.Context) error {
 	}
 	method := m.Name
 	ckDir := c.String("checkpoint")
-	switch {
-	case method == clipagiqa.MethodAGIQA && ckDir == "":
-		return fmt.Errorf("--checkpoint DIR is required with --method agiqa (or use --method clipiqa)")
+	if err := requireCheckpoint(m, ckDir); err != nil {
+		return err
 	}
 	prompts, err := promptSource(c, m)
 	if err != nil {
@@ -155,12 +173,7 @@ func runPredict(c *cli.Context) error {
 		Model:   predictModel{Method: method, CLIPFile: c.String("clip"), CLIP: sc.CLIPConfig()},
 		Results: []predictResult{}, Errors: []inputError{}, Shard: shardOf,
 	}
-	if method == clipagiqa.MethodAGIQA {
-		out.Model.Checkpoint = ckDir
-		out.Model.Epoch = checkpointEpoch(ckDir, c.Int("epoch"))
-	} else if ckDir != "" {
-		out.Model.Checkpoint = ckDir
-	}
+	out.Model.Checkpoint, out.Model.Epoch = ckDir, sc.Describe().Epoch
 	outputs := sc.Outputs()
 
 	// Hand the scorer a few batches at a time: it decodes them in parallel and
@@ -265,25 +278,6 @@ func runPredict(c *cli.Context) error {
 		return fmt.Errorf("predict: %d input(s) failed (%s)", len(out.Errors), where)
 	}
 	return nil
-}
-
-// checkpointEpoch is the epoch a checkpoint directory resolves to (0 when
-// unknown), for the output's model description.
-func checkpointEpoch(dir string, epoch int) int {
-	if epoch > 0 {
-		return epoch
-	}
-	if clipagiqa.IsOfficialDir(dir) {
-		if eps, err := clipagiqa.OfficialEpochs(dir); err == nil && len(eps) > 0 {
-			return eps[len(eps)-1]
-		}
-		return 0
-	}
-	ck, err := clipagiqa.ReadCheckpoint(dir, 0)
-	if err != nil {
-		return 0
-	}
-	return ck.Epoch
 }
 
 func promptFlag() *cli.StringFlag {

@@ -20,6 +20,7 @@ import (
 	"github.com/clipagiqa/clipagiqa/internal/regularfile"
 	"github.com/clipagiqa/clipagiqa/torch"
 	"github.com/clipagiqa/clipagiqa/torch/dist"
+	"github.com/clipagiqa/clipagiqa/torch/nn"
 	"github.com/urfave/cli/v2"
 )
 
@@ -41,7 +42,7 @@ func ipiqaTrainFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "no-augment", Usage: "ipiqa: no random horizontal flip of training images"},
 		&cli.Float64Flag{Name: "clip-grad-norm", Usage: "ipiqa: clip the gradients' 2-norm to this (0: off, as the official code)"},
 		&cli.StringFlag{Name: "freezing", Value: "official", Usage: "ipiqa: text-side freezing: official (txt_pos and text_projection train, a quirk of the official code), paper (frozen) or none"},
-		&cli.BoolFlag{Name: "sync-batchnorm", Usage: "ipiqa, data-parallel: BatchNorm statistics over the global batch (SyncBatchNorm); without it each rank normalises its own shard and rank 0's running statistics are broadcast after every step (DDP's default)"},
+		&cli.BoolFlag{Name: "sync-batchnorm", Usage: "ipiqa, data-parallel: the ResNet's BatchNorm layers normalise by statistics over the global batch and update their running statistics from them (SyncBatchNorm), so any world size trains the same model; without it each rank normalises its own shard and rank 0's buffers are broadcast before every forward (PyTorch DDP's default). No effect in one process"},
 		&cli.StringFlag{Name: "resume-from", Usage: "ipiqa: continue from this checkpoint `FILE` (ours or an official checkpoint_N.pth, with its AdamW state); one split only"},
 	}
 }
@@ -82,7 +83,11 @@ type ipiqaSummary struct {
 	Epochs   int                 `json:"epochs"`
 	Batch    int                 `json:"batch_size"`
 	Seed     uint64              `json:"seed"`
-	Splits   []ipiqaSplitSummary `json:"splits"`
+	// WorldSize is the number of data-parallel ranks; SyncBatchNorm
+	// whether their BatchNorm statistics were those of the global batch.
+	WorldSize     int                 `json:"world_size"`
+	SyncBatchNorm bool                `json:"sync_batchnorm,omitempty"`
+	Splits        []ipiqaSplitSummary `json:"splits"`
 }
 
 func runTrainIPIQA(c *cli.Context) error {
@@ -105,8 +110,12 @@ func runTrainIPIQA(c *cli.Context) error {
 		return err
 	}
 	defer group.Close()
-	if c.Bool("sync-batchnorm") && group.WorldSize() > 1 {
-		return errors.New("--sync-batchnorm: SyncBatchNorm is not available in this build yet; leave it off (each rank normalises its shard, rank 0's running statistics are broadcast every step)")
+	if group.WorldSize() > 1 && group.IsMain() {
+		if c.Bool("sync-batchnorm") {
+			fmt.Fprintln(c.App.ErrWriter, "data-parallel: BatchNorm synchronised (SyncBatchNorm: statistics of the global batch)")
+		} else {
+			fmt.Fprintln(c.App.ErrWriter, "data-parallel: BatchNorm per rank (statistics of each rank's shard; rank 0's buffers broadcast before every forward, as DDP's default)")
+		}
 	}
 	all, fixedTest, err := loadData(c)
 	if err != nil {
@@ -147,7 +156,8 @@ func runTrainIPIQA(c *cli.Context) error {
 	}
 	opts := ipiqa.Options{InputResolution: c.Int("input-resolution"), Outputs: len(r.outputs), Dropout: dropout, Freezing: freezing}
 	sum := ipiqaSummary{Method: trainMethodIPIQA, Protocol: r.protocol, Dataset: all.Name, CLIPFile: c.String("clip"), Outputs: r.outputs,
-		Options: opts, Schedule: sc, Epochs: c.Int("epochs"), Batch: c.Int("batch-size"), Seed: c.Uint64("seed")}
+		Options: opts, Schedule: sc, Epochs: c.Int("epochs"), Batch: c.Int("batch-size"), Seed: c.Uint64("seed"),
+		WorldSize: group.WorldSize(), SyncBatchNorm: c.Bool("sync-batchnorm") && group.WorldSize() > 1}
 	ctx, stop := interruptible(c)
 	defer stop()
 	out := c.String("out")
@@ -301,6 +311,9 @@ func (r *ipiqaRun) split(ctx context.Context, p splitPlan, dir string, opts ipiq
 	if r.group.WorldSize() > 1 {
 		dp = dist.NewDataParallel(r.group)
 		aopts.Gather = dp // evaluation sharded across the ranks
+		if c.Bool("sync-batchnorm") {
+			nn.ConvertSyncBatchNorm(m.Store(), dp.SyncBatchNorm())
+		}
 	}
 	a, err := ipiqatrain.New(m, trainSet, parts, aopts)
 	if err != nil {
@@ -358,6 +371,8 @@ func (r *ipiqaRun) split(ctx context.Context, p splitPlan, dir string, opts ipiq
 			}
 		}}
 	res, err := train.Run(ctx, a, cfg, cb)
+	bar.clear()
+	reportAllReduceIPIQA(r.errw, dp, res)
 	s := &ipiqaSplitSummary{Name: p.Name, Dir: dir, Train: len(trainSet), Val: len(parts["val"]), Test: len(parts["test"])}
 	if res != nil {
 		s.BestEpoch, s.BestBy, s.BestLabel, s.Best, s.Last, s.Interrupted = res.BestEpoch, res.BestBy, res.BestLabel, res.Best, res.Last, res.Interrupted

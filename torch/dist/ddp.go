@@ -18,9 +18,10 @@ const DefaultBucketBytes = 25 << 20
 // optimiser step) and IsMain (only rank 0 writes shared files). It also
 // broadcasts parameters from rank 0 and gathers sharded work.
 //
-// BatchNorm buffers and SyncBatchNorm are not handled yet: the models here
-// have none. A model that does must broadcast rank 0's buffers each step (DDP's
-// default) or reduce batch statistics across ranks; BroadcastParams is the seam.
+// BatchNorm: BroadcastBuffers gives DDP's default (per-rank batch statistics,
+// rank 0's buffers broadcast before each forward; the generic trainer calls
+// it), SyncBatchNorm with nn.ConvertSyncBatchNorm statistics over the global
+// batch.
 type DataParallel struct {
 	g           *Group
 	BucketBytes int64 // gradient bucket size; DefaultBucketBytes when 0
@@ -35,6 +36,10 @@ type DataParallel struct {
 	reduceNanos atomic.Int64
 	reduceBytes atomic.Int64
 	reduceCalls atomic.Int64
+
+	bufferNanos atomic.Int64
+	bufferBytes atomic.Int64
+	bufferCalls atomic.Int64
 }
 
 // NewDataParallel wraps a joined group (Local() for a single process).
@@ -236,6 +241,16 @@ type ReduceStats struct {
 	Calls   int64         // all-reduce calls (buckets)
 	Bytes   int64         // bytes all-reduced (per rank)
 	Elapsed time.Duration // time spent waiting in them
+	// Buffers are BroadcastBuffers' costs (BatchNorm buffers; calls are
+	// coalesced broadcasts, one per dtype).
+	Buffers BroadcastStats
+}
+
+// BroadcastStats are the cumulative costs of broadcasting buffers.
+type BroadcastStats struct {
+	Calls   int64
+	Bytes   int64
+	Elapsed time.Duration
 }
 
 // Stats returns the all-reduce costs so far.
@@ -243,7 +258,8 @@ func (d *DataParallel) Stats() ReduceStats {
 	if d == nil {
 		return ReduceStats{}
 	}
-	return ReduceStats{Calls: d.reduceCalls.Load(), Bytes: d.reduceBytes.Load(), Elapsed: time.Duration(d.reduceNanos.Load())}
+	return ReduceStats{Calls: d.reduceCalls.Load(), Bytes: d.reduceBytes.Load(), Elapsed: time.Duration(d.reduceNanos.Load()),
+		Buffers: BroadcastStats{Calls: d.bufferCalls.Load(), Bytes: d.bufferBytes.Load(), Elapsed: time.Duration(d.bufferNanos.Load())}}
 }
 
 // AllGatherFloat32 concatenates every rank's slice in rank order; all slices

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"time"
 	"unsafe"
 
 	"github.com/clipagiqa/clipagiqa/torch"
@@ -70,15 +71,17 @@ func (b *SyncBatchNorm) BatchNormTrain(s *torch.Scope, x, weight, bias, runningM
 }
 
 // BufferSource lists a model's buffers by name in a fixed order (nn.Store and
-// nn.Path do).
-type BufferSource interface {
+// nn.Path do). An alias of the unnamed interface, so that packages that do
+// not import dist (the generic trainer) can name the same method signature.
+type BufferSource = interface {
 	Buffers() []nn.NamedParam
 }
 
 // BroadcastBuffers overwrites every buffer of m (BatchNorm running_mean,
 // running_var, num_batches_tracked, ...) with rank 0's values, as PyTorch DDP
 // does before each forward with broadcast_buffers=True (its default): call it
-// at the start of each training step. Ranks normalise by their own batch
+// at the start of each training step (the generic trainer does, and before
+// each evaluation). Ranks normalise by their own batch
 // statistics, so after a step each rank's running stats differ until the
 // next broadcast; rank 0's are the ones that persist (and that rank 0
 // checkpoints). The buffer names must agree across ranks; a mismatch in count
@@ -116,9 +119,13 @@ func (d *DataParallel) BroadcastBuffers(m BufferSource) error {
 		if err := s.Err(); err != nil {
 			return fmt.Errorf("dist: packing %d %v buffers: %w", len(group), dt, err)
 		}
+		t0 := time.Now()
 		if err := d.g.Broadcast(0, flat); err != nil {
 			return fmt.Errorf("dist: broadcast of %d %v buffers: %w", len(group), dt, err)
 		}
+		d.bufferNanos.Add(int64(time.Since(t0)))
+		d.bufferBytes.Add(flat.Numel() * int64(dt.Size()))
+		d.bufferCalls.Add(1)
 		var off int64
 		for _, b := range group {
 			n := b.T.Numel()
