@@ -165,7 +165,30 @@ func OptionsFromOfficial(path string) (Options, error) {
 			o.FreezeTokenEmbedding = !b
 		}
 	}
+	// What was trained is what was saved (frozen parameters are left out),
+	// so the keys say the freezing; otherwise a checkpoint of another
+	// freezing would not load, or its trained text tensors would be taken
+	// for frozen ones and dropped again by SaveOfficial.
+	o.Freezing = freezingOf(raw)
+	if _, ok := raw["wte.weight"]; !ok {
+		o.FreezeTokenEmbedding = true
+	}
 	return o.withDefaults()
+}
+
+// freezingOf infers the text-side freezing from a checkpoint's model keys.
+func freezingOf(model map[string]*ptfile.Tensor) Freezing {
+	for name := range model {
+		if strings.HasPrefix(name, "txt_model.") || strings.HasPrefix(name, "ln_final.") {
+			return FreezeNone
+		}
+	}
+	_, pos := model["txt_pos"]
+	_, proj := model["text_projection"]
+	if !pos && !proj {
+		return FreezePaper
+	}
+	return FreezeOfficial
 }
 
 // Load builds the model an official checkpoint describes on the CLIP at

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa/metrics"
+	"github.com/clipagiqa/clipagiqa/data"
 	"github.com/clipagiqa/clipagiqa/internal/ipiqaref"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -180,4 +181,64 @@ func TestEvalIPIQABadInputs(t *testing.T) {
 	assert.ErrorContains(t, err, "needs a checkpoint")
 	_, _, err = run(t, "eval", "--method", "clipiqa", "--clip", tinyCLIPPath, "--prompts", promptTable, "--dataset", "agiqa3k", "--root", ipiqaref.Path("images"), "--table", table)
 	assert.ErrorContains(t, err, "does not score with prompts")
+}
+
+// eval --method ipiqa on an AGIQA-1K table in the official layout
+// (AIGC_MOS_Zscore.csv): prompts from its Prompt column, the repeated row
+// kept once and noted, and a 2-output checkpoint judged on quality only
+// (AGIQA-1K rates no alignment). The scores are predict's with the same
+// prompts.
+func TestEvalIPIQAAGIQA1KPromptTable(t *testing.T) {
+	root := t.TempDir()
+	names := []string{"deepai_0_0_0_0.jpg", "deepai_0_0_0_1.jpg", "deepai_3_7_1_0.jpg", "dreamStudio_6_2_0_1.jpg",
+		"dreamStudio_8_9_1_1.jpg", "deepai_9_6_0_1.jpg", "deepai_11_14_1_1.jpg", "dreamStudio_0_0_1_0.jpg"}
+	var b strings.Builder
+	b.WriteString("Image,Prompt,MOS\n")
+	var promptRows strings.Builder
+	promptRows.WriteString("image,prompt\n")
+	for k, n := range names {
+		img, err := os.ReadFile(ipiqaref.Path(fmt.Sprintf("images/img_%d.png", k)))
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(root, n), img, 0o644))
+		p, err := data.AGIQA1KPrompt(n)
+		require.NoError(t, err)
+		fmt.Fprintf(&b, "%s,\"%s\",%g\n", n, p, evalFixtureQuality[k])
+		fmt.Fprintf(&promptRows, "%s,\"%s\"\n", n, p)
+	}
+	fmt.Fprintf(&b, "dreamStudio_8_9_1_1.jpg,\"%s\",9.5\n", must(data.AGIQA1KPrompt("dreamStudio_8_9_1_1.jpg")))
+	table := filepath.Join(root, data.AGIQA1KPromptTable)
+	require.NoError(t, os.WriteFile(table, []byte(b.String()), 0o644))
+
+	out, stderr, err := run(t, "eval", "--method", "ipiqa", "--clip", ipiqaCLIP, "--checkpoint", ipiqaCheckpoint,
+		"--dataset", "agiqa1k", "--root", root, "--table", table, "--batch-size", "1", "--format", "json",
+		"--predictions", filepath.Join(root, "preds.csv"))
+	require.NoError(t, err, stderr)
+	assert.Contains(t, stderr, "note: "+table+":10: dreamStudio_8_9_1_1.jpg repeats line 6")
+	var got evalOutput
+	require.NoError(t, json.Unmarshal([]byte(out), &got))
+	assert.Equal(t, 8, got.Images)
+	require.Len(t, got.Notes, 1)
+	require.Len(t, got.Outputs, 1, "no alignment MOS in AGIQA-1K")
+	assert.Equal(t, "quality", got.Outputs[0].Output)
+	assert.Equal(t, 8, got.Outputs[0].N)
+
+	promptTable := filepath.Join(t.TempDir(), "prompts.csv")
+	require.NoError(t, os.WriteFile(promptTable, []byte(promptRows.String()), 0o644))
+	pout, stderr, err := run(t, "predict", "--method", "ipiqa", "--clip", ipiqaCLIP, "--checkpoint", ipiqaCheckpoint,
+		"--prompts", promptTable, "--batch-size", "1", "--format", "csv", root)
+	require.NoError(t, err, stderr)
+	byImage := map[string]string{}
+	rows, err := csv.NewReader(strings.NewReader(pout)).ReadAll()
+	require.NoError(t, err)
+	for _, r := range rows[1:] {
+		byImage[filepath.Base(r[0])] = r[1]
+	}
+	erows, err := csv.NewReader(strings.NewReader(string(must(os.ReadFile(filepath.Join(root, "preds.csv")))))).ReadAll()
+	require.NoError(t, err)
+	require.Len(t, erows, 9)
+	for k, r := range erows[1:] {
+		assert.Equal(t, names[k], r[0])
+		assert.Equal(t, byImage[names[k]], r[2], "eval and predict score %s alike", names[k])
+		assert.Equal(t, strconv.FormatFloat(evalFixtureQuality[k], 'g', -1, 64), r[1], "the first of the repeated rows is kept")
+	}
 }

@@ -215,11 +215,21 @@ func TestExportIPIQAWithoutOptimizerState(t *testing.T) {
 // A run of our IP-IQA training exports from its directory: the export
 // evaluates as the run's checkpoint_best.pth does, and python3-torch finds
 // the same tensors in the same layout.
+// The text side's freezing (--freezing) is read back from the saved keys:
+// a paper-frozen run (no txt_pos, text_projection) loads, and a run that
+// trains the whole text side keeps its txt_model tensors.
 func TestExportIPIQAOfOurTrainingRun(t *testing.T) {
 	root := miniAGIQA3K(t)
+	for _, freezing := range []string{"official", "paper", "none"} {
+		t.Run(freezing, func(t *testing.T) { exportTrainingRun(t, root, freezing) })
+	}
+}
+
+func exportTrainingRun(t *testing.T, root, freezing string) {
 	runDir := filepath.Join(t.TempDir(), "run")
 	_, stderr, err := run(t, "train", "--method", "ipiqa", "--clip", tinyRNCLIPPath, "--dataset", "agiqa3k", "--root", root,
-		"--protocol", "ipiqa-official", "--splits", "1", "--epochs", "1", "--batch-size", "4", "--input-resolution", "128", "--out", runDir)
+		"--protocol", "ipiqa-official", "--splits", "1", "--epochs", "1", "--batch-size", "4", "--input-resolution", "128",
+		"--freezing", freezing, "--out", runDir)
 	require.NoError(t, err, stderr)
 	exported := filepath.Join(t.TempDir(), "exported.pth")
 	stdout, stderr, err := run(t, "export", "--method", "ipiqa", "--clip", tinyRNCLIPPath, "--checkpoint", runDir, "--out", exported)
@@ -249,4 +259,10 @@ func TestExportIPIQAOfOurTrainingRun(t *testing.T) {
 	}
 	require.NoError(t, err)
 	t.Logf("python3-torch: %s", out)
+	var sum map[string]int
+	require.NoError(t, json.Unmarshal(out, &sum), string(out))
+	// Trainable tensors (fixture README: 82 with the official freezing;
+	// the paper's freezes txt_pos and text_projection; none adds the
+	// 26 txt_model and ln_final tensors).
+	assert.Equal(t, map[string]int{"official": 82, "paper": 80, "none": 108}[freezing], sum["optimizer_states"])
 }
