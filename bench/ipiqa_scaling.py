@@ -36,7 +36,7 @@ def forward_flops(module_call):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpus", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=16, help="images per GPU per step (official: 16 per GPU)")
+    ap.add_argument("--batch", type=int, default=16, help="images per GPU per step (assumed)")
     ap.add_argument("--peak-tflops", type=float, default=312, help="dense bf16/tf32 peak (A100: 312 bf16, H100 SXM: 989)")
     ap.add_argument("--mfu", type=float, default=0.4, help="achieved share of peak")
     ap.add_argument("--bus-gbps", type=float, default=240, help="NCCL all-reduce bus bandwidth, GB/s (A100 NVLink: ~230-240)")
