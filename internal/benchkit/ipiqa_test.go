@@ -72,10 +72,11 @@ func TestMemoryGuardRefusesWhatDoesNotFit(t *testing.T) {
 }
 
 func TestProjectionScalesTheMeasuredStep(t *testing.T) {
-	r := &IPIQAReport{FLOPs: IPIQAFLOPs{Visual: 60e9, Fusion: 4e9, Text77: 6e9, TrainStep: 200e9}, Rows: []IPIQARow{
+	r := &IPIQAReport{Machine: MachineInfo{Threads: 2}, FLOPs: IPIQAFLOPs{Visual: 60e9, Fusion: 4e9, Text77: 6e9, TrainStep: 200e9}, Rows: []IPIQARow{
 		{What: "score", Batch: 1, GoRate: 0.5, RefRate: 0.4},
-		{What: "score", Batch: 32, GoRate: 2, RefRate: 1},
-		{What: "train_step", Batch: 8, Go: Stat{Median: 10}, Ref: Stat{Median: 20}},
+		// CPU seconds = 2 threads × wall: the idle-machine estimate equals the wall figure.
+		{What: "score", Batch: 32, GoRate: 2, RefRate: 1, GoCPU: Stat{Median: 32}, RefCPU: Stat{Median: 64}},
+		{What: "train_step", Batch: 8, Go: Stat{Median: 10}, Ref: Stat{Median: 20}, GoCPU: Stat{Median: 20}, RefCPU: Stat{Median: 40}},
 		{What: "train_step", Batch: 32, Skipped: "memory"},
 	}}
 	p := project(r)
@@ -87,6 +88,8 @@ func TestProjectionScalesTheMeasuredStep(t *testing.T) {
 	assert.InDelta(t, 100*74*40.0/3600+100*597/2.0/3600, p.GoHours, 1e-9)
 	assert.InDelta(t, 100*74*80.0/3600+100*597/1.0/3600, p.RefHours, 1e-9)
 	assert.InDelta(t, 100*(74*32*200e9+597*70e9)/1e15, p.PFLOP, 1e-9)
+	assert.InDelta(t, p.GoHours, p.GoCPUHours, 1e-9)
+	assert.InDelta(t, p.RefHours, p.RefCPUHours, 1e-9)
 }
 
 // The Go child's protocol: requests before a load fail with a reason and
