@@ -93,20 +93,66 @@ type Bottleneck struct {
 }
 
 func (b *Bottleneck) forward(s *torch.Scope, x *torch.Tensor, mode rnMode) *torch.Tensor {
-	out := s.Relu(b.BN1.forward(s, s.Conv2D(x, b.Conv1, nil, 1, 0), mode))
-	out = s.Relu(b.BN2.forward(s, s.Conv2D(out, b.Conv2, nil, 1, 1), mode))
+	out := newChain(x)
+	out.then(s, func(s *torch.Scope, h *torch.Tensor) *torch.Tensor { return s.Conv2D(h, b.Conv1, nil, 1, 0) })
+	out.then(s, func(s *torch.Scope, h *torch.Tensor) *torch.Tensor { return s.Relu(b.BN1.forward(s, h, mode)) })
+	out.then(s, func(s *torch.Scope, h *torch.Tensor) *torch.Tensor { return s.Conv2D(h, b.Conv2, nil, 1, 1) })
+	out.then(s, func(s *torch.Scope, h *torch.Tensor) *torch.Tensor { return s.Relu(b.BN2.forward(s, h, mode)) })
 	if b.Stride > 1 {
-		out = avgPool2d(s, out, b.Stride)
+		out.then(s, func(s *torch.Scope, h *torch.Tensor) *torch.Tensor { return avgPool2d(s, h, b.Stride) })
 	}
-	out = b.BN3.forward(s, s.Conv2D(out, b.Conv3, nil, 1, 0), mode)
-	identity := x
+	out.then(s, func(s *torch.Scope, h *torch.Tensor) *torch.Tensor { return s.Conv2D(h, b.Conv3, nil, 1, 0) })
+	out.then(s, func(s *torch.Scope, h *torch.Tensor) *torch.Tensor { return b.BN3.forward(s, h, mode) })
+	identity := newChain(x)
 	if d := b.Downsample; d != nil {
 		if b.Stride > 1 {
-			identity = avgPool2d(s, identity, b.Stride)
+			identity.then(s, func(s *torch.Scope, h *torch.Tensor) *torch.Tensor { return avgPool2d(s, h, b.Stride) })
 		}
-		identity = d.BN.forward(s, s.Conv2D(identity, d.Conv, nil, 1, 0), mode)
+		identity.then(s, func(s *torch.Scope, h *torch.Tensor) *torch.Tensor { return s.Conv2D(h, d.Conv, nil, 1, 0) })
+		identity.then(s, func(s *torch.Scope, h *torch.Tensor) *torch.Tensor { return d.BN.forward(s, h, mode) })
 	}
-	return s.Relu(s.Add(out, identity))
+	out.then(s, func(s *torch.Scope, h *torch.Tensor) *torch.Tensor { return s.Add(h, identity.cur) })
+	identity.release()
+	out.then(s, func(s *torch.Scope, h *torch.Tensor) *torch.Tensor { return s.Relu(h) })
+	return out.result(s)
+}
+
+// chain runs a sequence of ops, each in its own sub-scope, freeing each
+// intermediate as soon as the next one exists (autograd keeps what a
+// backward pass needs): a block then holds a few activations at a time
+// instead of all of its own, which at 512×512 and batch 32 is gigabytes.
+// The first input stays the caller's.
+type chain struct {
+	in, cur *torch.Tensor
+}
+
+func newChain(in *torch.Tensor) *chain { return &chain{in: in, cur: in} }
+
+// then replaces the current value with f's result.
+func (c *chain) then(s *torch.Scope, f func(*torch.Scope, *torch.Tensor) *torch.Tensor) {
+	sub := s.Sub()
+	y := sub.Keep(f(sub, c.cur))
+	sub.Close()
+	c.release()
+	c.cur = y
+}
+
+// release frees the current value unless it is the caller's input.
+func (c *chain) release() {
+	if c.cur != c.in {
+		c.cur.Close()
+	}
+	c.cur = c.in
+}
+
+// result hands the current value to s.
+func (c *chain) result(s *torch.Scope) *torch.Tensor {
+	y := c.cur
+	c.cur = c.in
+	if y == c.in {
+		return y
+	}
+	return s.Adopt(y)
 }
 
 // AttentionPool2d is CLIP's attention pooling: the spatial tokens of a
@@ -268,10 +314,17 @@ func (r *ModifiedResNet) forward(s *torch.Scope, pixels *torch.Tensor, stage fun
 	}
 	mode := rnMode{dt: r.dtype, train: r.training, sync: r.bnSync}
 	step(func(s *torch.Scope, in *torch.Tensor) *torch.Tensor {
-		h := s.Relu(r.BN1.forward(s, s.Conv2D(s.Cast(in, mode.dt), r.Conv1, nil, 2, 1), mode))
-		h = s.Relu(r.BN2.forward(s, s.Conv2D(h, r.Conv2, nil, 1, 1), mode))
-		h = s.Relu(r.BN3.forward(s, s.Conv2D(h, r.Conv3, nil, 1, 1), mode))
-		return avgPool2d(s, h, 2)
+		h := newChain(in)
+		h.then(s, func(s *torch.Scope, x *torch.Tensor) *torch.Tensor {
+			return s.Conv2D(s.Cast(x, mode.dt), r.Conv1, nil, 2, 1)
+		})
+		h.then(s, func(s *torch.Scope, x *torch.Tensor) *torch.Tensor { return s.Relu(r.BN1.forward(s, x, mode)) })
+		h.then(s, func(s *torch.Scope, x *torch.Tensor) *torch.Tensor { return s.Conv2D(x, r.Conv2, nil, 1, 1) })
+		h.then(s, func(s *torch.Scope, x *torch.Tensor) *torch.Tensor { return s.Relu(r.BN2.forward(s, x, mode)) })
+		h.then(s, func(s *torch.Scope, x *torch.Tensor) *torch.Tensor { return s.Conv2D(x, r.Conv3, nil, 1, 1) })
+		h.then(s, func(s *torch.Scope, x *torch.Tensor) *torch.Tensor { return s.Relu(r.BN3.forward(s, x, mode)) })
+		h.then(s, func(s *torch.Scope, x *torch.Tensor) *torch.Tensor { return avgPool2d(s, x, 2) })
+		return h.result(s)
 	})
 	if stage != nil && x != nil {
 		stage(0, x)

@@ -109,13 +109,18 @@ type IPIQAReport struct {
 
 // IPIQARow is one measurement (scoring or a training step at one batch).
 type IPIQARow struct {
-	What       string  `json:"what"` // "score" or "train_step"
-	Batch      int     `json:"batch"`
-	Go         Stat    `json:"go"`
-	Ref        Stat    `json:"reference"`
-	GoRate     float64 `json:"go_img_s"`
-	RefRate    float64 `json:"reference_img_s"`
-	Ratio      float64 `json:"ratio"` // reference time ÷ Go time
+	What    string  `json:"what"` // "score" or "train_step"
+	Batch   int     `json:"batch"`
+	Go      Stat    `json:"go"`
+	Ref     Stat    `json:"reference"`
+	GoRate  float64 `json:"go_img_s"`
+	RefRate float64 `json:"reference_img_s"`
+	Ratio   float64 `json:"ratio"` // reference time ÷ Go time
+	// Process CPU seconds (user + system, all threads) of the same calls:
+	// less sensitive than wall time to other load on a shared machine.
+	GoCPU      Stat    `json:"go_cpu"`
+	RefCPU     Stat    `json:"reference_cpu"`
+	CPURatio   float64 `json:"cpu_ratio"` // reference CPU ÷ Go CPU
 	GoPeakKB   int64   `json:"go_peak_kb"`
 	RefPeakKB  int64   `json:"reference_peak_kb"`
 	GoIdleKB   int64   `json:"go_idle_kb"` // RSS before the measurement
@@ -144,7 +149,10 @@ type Projection struct {
 	TrainImages, TestImages, StepsPerEpoch, Epochs int
 	GoHours, RefHours                              float64 // training steps + one evaluation of the test part per epoch
 	GoTrainHours, RefTrainHours                    float64 // training steps only
-	PFLOP                                          float64 // 100 epochs of steps + evaluations, official computation
+	// The same from CPU seconds ÷ threads: what an otherwise idle machine
+	// would take if the threads kept busy (an estimate).
+	GoCPUHours, RefCPUHours float64
+	PFLOP                   float64 // 100 epochs of steps + evaluations, official computation
 }
 
 // ipiqaPrompts are distinct AGIQA-3K-like prompts (4 to 18 words), one per
@@ -317,7 +325,7 @@ func memAvailableKB() (int64, error) {
 // memory that grown (a measured training row, or nil) projects for it is
 // not available.
 func measureIPIQA(o *IPIQAOptions, goc, ref *Reference, what string, batch, warm int, grown *IPIQARow, fl IPIQAFLOPs) (IPIQARow, error) {
-	row := IPIQARow{What: what, Batch: batch, Go: NewStat(nil), Ref: NewStat(nil)}
+	row := IPIQARow{What: what, Batch: batch, Go: NewStat(nil), Ref: NewStat(nil), GoCPU: NewStat(nil), RefCPU: NewStat(nil)}
 	rounds := o.Rounds
 	if rounds <= 0 {
 		rounds = 1
@@ -349,7 +357,7 @@ func measureIPIQA(o *IPIQAOptions, goc, ref *Reference, what string, batch, warm
 			return row, nil
 		}
 	}
-	times := make([][]float64, 2)
+	times, cpu := make([][]float64, 2), make([][]float64, 2)
 	peaks := make([]int64, 2)
 	for round := range rounds {
 		for k := range sides {
@@ -359,10 +367,13 @@ func measureIPIQA(o *IPIQAOptions, goc, ref *Reference, what string, batch, warm
 				return row, err
 			}
 			times[i] = append(times[i], rr.Times...)
+			cpu[i] = append(cpu[i], rr.CPU...)
 			peaks[i] = max(peaks[i], rr.HWMKB)
 		}
 	}
 	row.Go, row.Ref = NewStat(times[0]), NewStat(times[1])
+	row.GoCPU, row.RefCPU = NewStat(cpu[0]), NewStat(cpu[1])
+	row.CPURatio = Ratio(row.RefCPU.Median, row.GoCPU.Median)
 	row.GoPeakKB, row.RefPeakKB = peaks[0], peaks[1]
 	row.GoIdleKB, row.RefIdleKB = idle[0], idle[1]
 	b := float64(batch)
@@ -476,6 +487,10 @@ func project(r *IPIQAReport) *Projection {
 	}
 	p.GoTrainHours, p.GoHours = hours(step.Go.Median, score.GoRate)
 	p.RefTrainHours, p.RefHours = hours(step.Ref.Median, score.RefRate)
+	th := float64(max(r.Machine.Threads, 1))
+	cpuRate := func(st Stat) float64 { return float64(score.Batch) / (st.Median / th) }
+	_, p.GoCPUHours = hours(step.GoCPU.Median/th, cpuRate(score.GoCPU))
+	_, p.RefCPUHours = hours(step.RefCPU.Median/th, cpuRate(score.RefCPU))
 	p.PFLOP = float64(p.Epochs) * (float64(p.StepsPerEpoch*32)*r.FLOPs.TrainStep +
 		float64(p.TestImages)*(r.FLOPs.Visual+r.FLOPs.Fusion+r.FLOPs.Text77)) / 1e15
 	return p
@@ -561,20 +576,22 @@ func (r *IPIQAReport) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "Model: RN50 geometry (stages 3-4-6-3, width 64, attnpool 2048 → 1024, text 512 × 12 layers), random weights, "+
 		"%.1f M parameters, %.1f M trained (official freezing, [QA] token embedding on). Go and the reference use the same weights; their "+
 		"eval-mode scores of the same pixels differ by %.2g (relative L2).\n\n", float64(r.Params)/1e6, float64(r.Trained)/1e6, r.ScoreErr)
-	fmt.Fprintf(w, "Ratios are reference time ÷ Go time (higher is better for Go); times are medians of interleaved rounds.\n\n")
-	fmt.Fprintf(w, "| | batch | Go s | reference s | Go img/s | reference img/s | ref ÷ Go | Go GFLOP/s | ref GFLOP/s | peak RSS Go | peak RSS reference | Go ÷ ref |\n")
-	fmt.Fprintf(w, "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "Ratios are reference ÷ Go (higher is better for Go), wall time and process CPU time (user + system, all threads) of the same calls; "+
+		"times are medians of interleaved rounds. On a shared machine the CPU ratio is the steadier one.\n\n")
+	fmt.Fprintf(w, "| | batch | Go s | reference s | Go img/s | reference img/s | ref ÷ Go | Go CPU s | reference CPU s | ref ÷ Go, CPU | Go GFLOP/s | ref GFLOP/s | peak RSS Go | peak RSS reference | Go ÷ ref |\n")
+	fmt.Fprintf(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, row := range r.Rows {
 		what := "scoring"
 		if row.What == "train_step" {
 			what = "training step"
 		}
 		if row.Skipped != "" {
-			fmt.Fprintf(w, "| %s | %d | not run: %s | | | | | | | | | |\n", what, row.Batch, row.Skipped)
+			fmt.Fprintf(w, "| %s | %d | not run: %s | | | | | | | | | | | | |\n", what, row.Batch, row.Skipped)
 			continue
 		}
-		fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", what, row.Batch, f3(row.Go.Median), f3(row.Ref.Median),
-			f2(row.GoRate), f2(row.RefRate), x2(row.Ratio), f2(row.GoGFLOPS), f2(row.RefGFLOPS), mib(row.GoPeakKB), mib(row.RefPeakKB),
+		fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", what, row.Batch, f3(row.Go.Median), f3(row.Ref.Median),
+			f2(row.GoRate), f2(row.RefRate), x2(row.Ratio), f3(row.GoCPU.Median), f3(row.RefCPU.Median), x2(row.CPURatio),
+			f2(row.GoGFLOPS), f2(row.RefGFLOPS), mib(row.GoPeakKB), mib(row.RefPeakKB),
 			x2(float64(row.GoPeakKB)/float64(max(row.RefPeakKB, 1))))
 	}
 	if p := r.Epochs; p != nil {
@@ -584,6 +601,8 @@ func (r *IPIQAReport) Markdown(w io.Writer) {
 		fmt.Fprintf(w, "| | Go | reference |\n|---|---|---|\n")
 		fmt.Fprintf(w, "| training steps, hours | %.1f | %.1f |\n", p.GoTrainHours, p.RefTrainHours)
 		fmt.Fprintf(w, "| steps + evaluations, hours | %.1f | %.1f |\n", p.GoHours, p.RefHours)
+		fmt.Fprintf(w, "| steps + evaluations, hours on an idle machine (CPU seconds ÷ %d threads; estimate) | %.1f | %.1f |\n",
+			max(m.Threads, 1), p.GoCPUHours, p.RefCPUHours)
 		fmt.Fprintf(w, "\nThe whole run is %.2f PFLOP (official computation): divide by a GPU's sustained FLOP/s for its time "+
 			"(e.g. at 100 TFLOP/s sustained, %.1f minutes). Image decoding is not counted; the projection assumes the measured step holds.\n",
 			p.PFLOP, p.PFLOP*1e15/100e12/60)

@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"runtime/debug"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa/clip"
@@ -217,15 +219,29 @@ func (v *ipiqaServer) handle(req ipiqaRequest, rep map[string]any) error {
 		if req.Batch <= 0 || req.Batch > len(v.prompts) {
 			return fmt.Errorf("%s: batch %d, want 1..%d (the prompts sent at load)", req.Op, req.Batch, len(v.prompts))
 		}
-		var times []float64
-		var err error
-		if req.Op == "score" {
-			times, err = v.score(req.Batch, req.Warmup, req.Iters)
-		} else {
-			times, err = v.trainStep(req.Batch, req.Warmup, req.Iters)
+		// Random pixels and targets, made before the clock starts.
+		in := torch.NewScope().WithGrad(torch.NoGrad)
+		defer in.Close()
+		px, y := inputs(in, req.Batch)
+		if err := in.Err(); err != nil {
+			return err
 		}
-		rep["times"] = times
-		return err
+		f := func() error { return v.score(px, req.Batch) }
+		if req.Op == "train_step" {
+			f = func() error { return IPIQAStep(v.m, v.opt, px, y, v.prompts[:req.Batch]) }
+		}
+		var times, cpu []float64
+		for i := range req.Warmup + req.Iters {
+			t, c := time.Now(), cpuSeconds()
+			if err := f(); err != nil {
+				return fmt.Errorf("%s: %w", req.Op, err)
+			}
+			if i >= req.Warmup {
+				times = append(times, time.Since(t).Seconds())
+				cpu = append(cpu, cpuSeconds()-c)
+			}
+		}
+		rep["times"], rep["cpu"] = times, cpu
 	default:
 		return fmt.Errorf("unknown op %q", req.Op)
 	}
@@ -314,47 +330,19 @@ func inputs(s *torch.Scope, batch int) (px, targets *torch.Tensor) {
 	return px, targets
 }
 
-func (v *ipiqaServer) score(batch, warmup, iters int) ([]float64, error) {
-	s := torch.NewScope().WithGrad(torch.InferenceMode)
-	defer s.Close()
-	px, _ := inputs(s, batch)
-	if err := s.Err(); err != nil {
-		return nil, err
+// cpuSeconds is this process's user + system CPU time, all threads.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return math.NaN()
 	}
-	var times []float64
-	for i := range warmup + iters {
-		sub := s.Sub()
-		t := time.Now()
-		v.m.Forward(sub, px, v.prompts[:batch], false)
-		d := time.Since(t).Seconds()
-		err := sub.Err()
-		sub.Close()
-		if err != nil {
-			return nil, err
-		}
-		if i >= warmup {
-			times = append(times, d)
-		}
-	}
-	return times, nil
+	return float64(ru.Utime.Sec+ru.Stime.Sec) + float64(ru.Utime.Usec+ru.Stime.Usec)/1e6
 }
 
-func (v *ipiqaServer) trainStep(batch, warmup, iters int) ([]float64, error) {
-	s := torch.NewScope().WithGrad(torch.NoGrad)
+// score is one eval-mode forward of pixels px [batch, 3, S, S].
+func (v *ipiqaServer) score(px *torch.Tensor, batch int) error {
+	s := torch.NewScope().WithGrad(torch.InferenceMode)
 	defer s.Close()
-	px, y := inputs(s, batch)
-	if err := s.Err(); err != nil {
-		return nil, err
-	}
-	var times []float64
-	for i := range warmup + iters {
-		t := time.Now()
-		if err := IPIQAStep(v.m, v.opt, px, y, v.prompts[:batch]); err != nil {
-			return nil, fmt.Errorf("train step: %w", err)
-		}
-		if i >= warmup {
-			times = append(times, time.Since(t).Seconds())
-		}
-	}
-	return times, nil
+	v.m.Forward(s, px, v.prompts[:batch], false)
+	return s.Err()
 }

@@ -28,6 +28,7 @@ type RefReply struct {
 	OK       bool            `json:"ok"`
 	Error    string          `json:"error"`
 	Times    []float64       `json:"times"`
+	CPU      []float64       `json:"cpu"` // process CPU seconds per timed call, where the script reports them
 	HWMKB    int64           `json:"hwm_kb"`
 	HWMReset bool            `json:"hwm_reset"`
 	Flops    float64         `json:"flops"`
