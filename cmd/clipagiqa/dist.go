@@ -97,3 +97,6 @@ func rankDevice(flag string, env dist.Env) string {
 	}
 	return flag
 }
+
+// The generic trainer broadcasts BatchNorm buffers coalesced through it.
+var _ train.BufferBroadcaster = (*dist.DataParallel)(nil)
