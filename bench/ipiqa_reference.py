@@ -358,6 +358,26 @@ class Bench:
         return times, cpu
 
 
+def profile(bench, batch):
+    """Seconds of the parts of a scoring call (text tower, ResNet, all) and
+    of a training step (forward, backward, AdamW + zero_grad)."""
+    m, x = bench.model, torch.randn(batch, 3, RESOLUTION, RESOLUTION)
+    y = torch.rand(batch, 2) * 4 + 1
+    out = {}
+    m.eval()
+    with torch.no_grad():
+        for name, f in [("text", lambda: m.encode_text(bench.tokens(batch))), ("resnet", lambda: m.resnet50(x)),
+                        ("score", lambda: m(x, bench.tokens(batch)))]:
+            t = time.perf_counter(); f(); out[name] = time.perf_counter() - t
+    m.train()
+    t = time.perf_counter()
+    loss = F.mse_loss(m(x, bench.tokens(batch)), y)
+    out["forward"] = time.perf_counter() - t
+    t = time.perf_counter(); loss.backward(); out["backward"] = time.perf_counter() - t
+    t = time.perf_counter(); bench.opt.step(); bench.opt.zero_grad(); out["optimizer"] = time.perf_counter() - t
+    return out
+
+
 def serve():
     bench = None
     for line in sys.stdin:
@@ -386,6 +406,8 @@ def serve():
                 rep["features"] = bench.scores(pixels).flatten().tolist()
             elif op == "score":
                 rep["times"], rep["cpu"] = bench.score(req["batch"], req.get("iters", 1), req.get("warmup", 0))
+            elif op == "profile":
+                rep["phases"] = profile(bench, req["batch"])
             elif op == "train_step":
                 rep["times"], rep["cpu"] = bench.train_step(req["batch"], req.get("iters", 1), req.get("warmup", 0))
             else:

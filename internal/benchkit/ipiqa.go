@@ -48,6 +48,10 @@ type IPIQAOptions struct {
 	// warm-up round of each kind (0: 2 for scoring at batch ≤ 8, else 1).
 	ScoreBatches, TrainBatches []int
 	Rounds                     int
+	// ProfileBatch is the batch of the closing profile, where each side
+	// times the parts of a scoring call and of a training step (0: 2;
+	// negative: no profile).
+	ProfileBatch int
 }
 
 func (o *IPIQAOptions) fill() error {
@@ -93,18 +97,19 @@ func ChildArgsIPIQA(threads int) []string {
 
 // IPIQAReport is what one IP-IQA benchmark run measured.
 type IPIQAReport struct {
-	Started  string      `json:"started"`
-	Seconds  float64     `json:"seconds"`
-	Machine  MachineInfo `json:"machine"`
-	Command  string      `json:"command"`
-	Params   int64       `json:"params"`
-	Trained  int64       `json:"trainable_params"`
-	FLOPs    IPIQAFLOPs  `json:"flops"`
-	ScoreErr float64     `json:"scores_rel_err"` // Go vs reference, eval mode, same weights and pixels
-	Rows     []IPIQARow  `json:"rows"`
-	Epochs   *Projection `json:"projection,omitempty"`
-	Targets  []Target    `json:"targets"`
-	Notes    []string    `json:"notes"`
+	Started  string        `json:"started"`
+	Seconds  float64       `json:"seconds"`
+	Machine  MachineInfo   `json:"machine"`
+	Command  string        `json:"command"`
+	Params   int64         `json:"params"`
+	Trained  int64         `json:"trainable_params"`
+	FLOPs    IPIQAFLOPs    `json:"flops"`
+	ScoreErr float64       `json:"scores_rel_err"` // Go vs reference, eval mode, same weights and pixels
+	Rows     []IPIQARow    `json:"rows"`
+	Epochs   *Projection   `json:"projection,omitempty"`
+	Profile  *IPIQAProfile `json:"profile,omitempty"`
+	Targets  []Target      `json:"targets"`
+	Notes    []string      `json:"notes"`
 }
 
 // IPIQARow is one measurement (scoring or a training step at one batch).
@@ -132,6 +137,14 @@ type IPIQARow struct {
 	LoadAvgEnd float64 `json:"loadavg_end"`
 }
 
+// IPIQAProfile is where one scoring call and one training step spend
+// their time on each side (seconds by part, one call each).
+type IPIQAProfile struct {
+	Batch int                `json:"batch"`
+	Go    map[string]float64 `json:"go"`
+	Ref   map[string]float64 `json:"reference"`
+}
+
 // IPIQAFLOPs counts one image's forward pass, multiply-adds × 2.
 type IPIQAFLOPs struct {
 	Visual      float64 `json:"visual"`       // ResNet at 512 + CLIP attnpool
@@ -147,6 +160,7 @@ type IPIQAFLOPs struct {
 // Projection is the paper's 100-epoch AGIQA-3K run on this CPU.
 type Projection struct {
 	TrainImages, TestImages, StepsPerEpoch, Epochs int
+	StepBatch                                      int     // the measured training batch the step time comes from
 	GoHours, RefHours                              float64 // training steps + one evaluation of the test part per epoch
 	GoTrainHours, RefTrainHours                    float64 // training steps only
 	// The same from CPU seconds ÷ threads: what an otherwise idle machine
@@ -274,10 +288,38 @@ func RunIPIQA(ctx context.Context, o IPIQAOptions) (*IPIQAReport, error) {
 		}
 	}
 	rep.Epochs = project(rep)
+	profileErr := ""
+	if o.ProfileBatch >= 0 {
+		b := o.ProfileBatch
+		if b == 0 {
+			b = 2
+		}
+		logf2(&o, "profile at batch %d", b)
+		// The measurements are done: a failed profile is noted, not fatal.
+		pr := &IPIQAProfile{Batch: b}
+		for i, side := range []*Reference{goc, ref} {
+			rr, err := side.Call(map[string]any{"op": "profile", "batch": b})
+			if err != nil {
+				logf2(&o, "profile: %v", err)
+				profileErr = fmt.Sprintf("The profile failed: %v", err)
+				pr = nil
+				break
+			}
+			if i == 0 {
+				pr.Go = rr.Phases
+			} else {
+				pr.Ref = rr.Phases
+			}
+		}
+		rep.Profile = pr
+	}
 	rep.Machine.LoadAvgEnd = loadAvg()
 	rep.Seconds = time.Since(start).Seconds()
 	rep.Targets = ipiqaTargets(rep)
 	rep.Notes = ipiqaNotes(rep)
+	if profileErr != "" {
+		rep.Notes = append(rep.Notes, profileErr)
+	}
 	if err := rep.Write(o.Out); err != nil {
 		return nil, err
 	}
@@ -480,6 +522,7 @@ func project(r *IPIQAReport) *Projection {
 	// The official loader drops the last partial batch; steps are scaled
 	// from the measured batch to the official 32.
 	p.StepsPerEpoch = p.TrainImages / 32
+	p.StepBatch = step.Batch
 	scale := 32 / float64(step.Batch)
 	hours := func(stepS, scoreRate float64) (train, all float64) {
 		train = float64(p.Epochs*p.StepsPerEpoch) * stepS * scale / 3600
@@ -534,8 +577,18 @@ func ipiqaNotes(r *IPIQAReport) []string {
 			"2 × text = %.1f GFLOP per image, %.2f TFLOP at batch 32.", r.FLOPs.Visual/1e9, r.FLOPs.Fusion/1e9, r.FLOPs.Text77/1e9,
 			r.FLOPs.TextPrompts/1e9, r.FLOPs.TrainStep/1e9, 32*r.FLOPs.TrainStep/1e12),
 	}
+	for _, row := range r.Rows {
+		if row.Skipped != "" {
+			n = append(n, fmt.Sprintf("The %s at batch %d was not run: at 512×512 activations take about 0.5 GiB per image per process in training, "+
+				"and the bench refuses a batch whose projected memory the machine does not have available (an out-of-memory kill would hit other processes). "+
+				"Run it on a machine with more memory for that row.", strings.ReplaceAll(row.What, "_", " "), row.Batch))
+		}
+	}
+	n = append(n, "CPU seconds are the process's user + system time over the call (getrusage on the Go side, time.process_time in Python), all threads; "+
+		"idle OpenMP threads that spin count too, on both sides alike. With one or two rounds per row, wall-time ratios on a loaded machine can move by "+
+		"±15 % between runs (batch-1 scoring rounds of the first run differed by 28 % on the reference side).")
 	if r.Machine.LoadAvgStart > 0.5*float64(r.Machine.Cores) || r.Machine.LoadAvgEnd > 0.5*float64(r.Machine.Cores) {
-		n = append(n, fmt.Sprintf("The machine was shared (load average %.1f → %.1f on %d cores): absolute numbers are noisy; ratios come from interleaved runs.",
+		n = append(n, fmt.Sprintf("The machine was shared (load average %.1f → %.1f on %d cores): absolute numbers are noisy and the projected hours are those of a loaded machine; ratios come from interleaved runs.",
 			r.Machine.LoadAvgStart, r.Machine.LoadAvgEnd, r.Machine.Cores))
 	}
 	return n
@@ -597,7 +650,11 @@ func (r *IPIQAReport) Markdown(w io.Writer) {
 	if p := r.Epochs; p != nil {
 		fmt.Fprintf(w, "\n## The paper's 100 epochs on this CPU (projected)\n\n")
 		fmt.Fprintf(w, "AGIQA-3K, %d images: %d train (80 %% of the prompts), %d test; batch 32, %d steps per epoch (last partial batch dropped, as the official loader), "+
-			"one evaluation of the test part per epoch (the official eval_freq 1).\n\n", AGIQA3KImages, p.TrainImages, p.TestImages, p.StepsPerEpoch)
+			"one evaluation of the test part per epoch (the official eval_freq 1).", AGIQA3KImages, p.TrainImages, p.TestImages, p.StepsPerEpoch)
+		if p.StepBatch != 32 {
+			fmt.Fprintf(w, " A batch-32 step is taken as %d × the measured batch-%d step (the FLOPs are linear in the batch).", 32/p.StepBatch, p.StepBatch)
+		}
+		fmt.Fprintf(w, " Evaluations use the batch-32 scoring rate.\n\n")
 		fmt.Fprintf(w, "| | Go | reference |\n|---|---|---|\n")
 		fmt.Fprintf(w, "| training steps, hours | %.1f | %.1f |\n", p.GoTrainHours, p.RefTrainHours)
 		fmt.Fprintf(w, "| steps + evaluations, hours | %.1f | %.1f |\n", p.GoHours, p.RefHours)
@@ -606,6 +663,29 @@ func (r *IPIQAReport) Markdown(w io.Writer) {
 		fmt.Fprintf(w, "\nThe whole run is %.2f PFLOP (official computation): divide by a GPU's sustained FLOP/s for its time "+
 			"(e.g. at 100 TFLOP/s sustained, %.1f minutes). Image decoding is not counted; the projection assumes the measured step holds.\n",
 			p.PFLOP, p.PFLOP*1e15/100e12/60)
+	}
+	if p := r.Profile; p != nil {
+		fmt.Fprintf(w, "\n## Where the time goes (batch %d, one call of each part per side)\n\n", p.Batch)
+		fmt.Fprintf(w, "| part | Go s | reference s | ref ÷ Go | Go share | reference share |\n|---|---|---|---|---|---|\n")
+		parts := []struct{ key, name, of string }{
+			{"text", "scoring: text tower (Go: distinct prompts, up to the longest EOT; reference: every row, 77 positions)", "score"},
+			{"resnet", "scoring: ResNet to the feature map", "score"},
+			{"score", "scoring: the whole call", "score"},
+			{"forward", "training step: forward + loss (train mode)", "step"},
+			{"backward", "training step: backward", "step"},
+			{"optimizer", "training step: AdamW step + zero_grad", "step"},
+		}
+		total := func(m map[string]float64, of string) float64 {
+			if of == "score" {
+				return m["score"]
+			}
+			return m["forward"] + m["backward"] + m["optimizer"]
+		}
+		for _, q := range parts {
+			g, rf := p.Go[q.key], p.Ref[q.key]
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", q.name, f3(g), f3(rf), x2(Ratio(rf, g)),
+				pct(g/total(p.Go, q.of)), pct(rf/total(p.Ref, q.of)))
+		}
 	}
 	if len(r.Targets) > 0 {
 		fmt.Fprintf(w, "\n## Targets\n\n| target | goal | measured | met |\n|---|---|---|---|\n")

@@ -215,6 +215,13 @@ func (v *ipiqaServer) handle(req ipiqaRequest, rep map[string]any) error {
 		f, err := v.features(req.Pixels)
 		rep["features"] = f
 		return err
+	case "profile":
+		if req.Batch <= 0 || req.Batch > len(v.prompts) {
+			return fmt.Errorf("profile: batch %d, want 1..%d", req.Batch, len(v.prompts))
+		}
+		ph, err := v.profile(req.Batch)
+		rep["phases"] = ph
+		return err
 	case "score", "train_step":
 		if req.Batch <= 0 || req.Batch > len(v.prompts) {
 			return fmt.Errorf("%s: batch %d, want 1..%d (the prompts sent at load)", req.Op, req.Batch, len(v.prompts))
@@ -345,4 +352,79 @@ func (v *ipiqaServer) score(px *torch.Tensor, batch int) error {
 	defer s.Close()
 	v.m.Forward(s, px, v.prompts[:batch], false)
 	return s.Err()
+}
+
+// profile times the parts of a scoring call (text tower on the distinct
+// prompts, ResNet, the whole call) and of a training step (forward,
+// backward, AdamW step + zero_grad), as bench/ipiqa_reference.py's profile.
+func (v *ipiqaServer) profile(batch int) (map[string]float64, error) {
+	out := map[string]float64{}
+	in := torch.NewScope().WithGrad(torch.NoGrad)
+	defer in.Close()
+	px, y := inputs(in, batch)
+	prompts := v.prompts[:batch]
+	ids, err := v.m.Tokenize(prompts)
+	if err != nil {
+		return nil, err
+	}
+	rn, ok := v.m.CLIP().Visual.(*clip.ModifiedResNet)
+	if !ok {
+		return nil, errors.New("profile: not a ResNet CLIP")
+	}
+	timed := func(name string, f func(s *torch.Scope)) error {
+		s := torch.NewScope().WithGrad(torch.InferenceMode)
+		defer s.Close()
+		t := time.Now()
+		f(s)
+		out[name] = time.Since(t).Seconds()
+		return s.Err()
+	}
+	for _, p := range []struct {
+		name string
+		f    func(s *torch.Scope)
+	}{
+		{"text", func(s *torch.Scope) { v.m.CLIP().EncodeText(s, uniqueRows(ids)) }},
+		{"resnet", func(s *torch.Scope) { rn.FeatureMap(s, px) }},
+		{"score", func(s *torch.Scope) { v.m.Forward(s, px, prompts, false) }},
+	} {
+		if err := timed(p.name, p.f); err != nil {
+			return nil, err
+		}
+	}
+	s := torch.NewScope()
+	defer s.Close()
+	t := time.Now()
+	loss := s.MSELoss(v.m.Forward(s, px, prompts, true), y)
+	if err := s.Err(); err != nil {
+		return nil, err
+	}
+	out["forward"] = time.Since(t).Seconds()
+	t = time.Now()
+	if err := loss.Backward(); err != nil {
+		return nil, err
+	}
+	out["backward"] = time.Since(t).Seconds()
+	t = time.Now()
+	if err := v.opt.Step(); err != nil {
+		return nil, err
+	}
+	if err := v.opt.ZeroGrad(); err != nil {
+		return nil, err
+	}
+	out["optimizer"] = time.Since(t).Seconds()
+	return out, nil
+}
+
+// uniqueRows are the distinct rows of ids, in first-seen order (what
+// ipiqa.Model encodes once per batch).
+func uniqueRows(ids [][]int64) [][]int64 {
+	seen := map[string]bool{}
+	var out [][]int64
+	for _, r := range ids {
+		if k := fmt.Sprint(r); !seen[k] {
+			seen[k] = true
+			out = append(out, r)
+		}
+	}
+	return out
 }

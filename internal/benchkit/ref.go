@@ -25,20 +25,21 @@ type Reference struct {
 
 // RefReply holds the fields any reply may carry.
 type RefReply struct {
-	OK       bool            `json:"ok"`
-	Error    string          `json:"error"`
-	Times    []float64       `json:"times"`
-	CPU      []float64       `json:"cpu"` // process CPU seconds per timed call, where the script reports them
-	HWMKB    int64           `json:"hwm_kb"`
-	HWMReset bool            `json:"hwm_reset"`
-	Flops    float64         `json:"flops"`
-	Features []float64       `json:"features"`
-	Images   int             `json:"images"`
-	Threads  int             `json:"threads"`
-	Torch    string          `json:"torch"`
-	LoadS    float64         `json:"load_s"`
-	Config   json.RawMessage `json:"config"`
-	RSSKB    int64           `json:"rss_kb"`
+	OK       bool               `json:"ok"`
+	Error    string             `json:"error"`
+	Times    []float64          `json:"times"`
+	CPU      []float64          `json:"cpu"`
+	Phases   map[string]float64 `json:"phases"` // process CPU seconds per timed call, where the script reports them
+	HWMKB    int64              `json:"hwm_kb"`
+	HWMReset bool               `json:"hwm_reset"`
+	Flops    float64            `json:"flops"`
+	Features []float64          `json:"features"`
+	Images   int                `json:"images"`
+	Threads  int                `json:"threads"`
+	Torch    string             `json:"torch"`
+	LoadS    float64            `json:"load_s"`
+	Config   json.RawMessage    `json:"config"`
+	RSSKB    int64              `json:"rss_kb"`
 }
 
 // StartReference starts `python script --serve` with extra environment
