@@ -31,12 +31,21 @@ check_cxx_source_compiles([[
 void f() { c10d::TCPStoreOptions o; o.useLibUV = false; }
 ]] CT_TCPSTORE_HAS_USE_LIBUV)
 
+# The TorchScript TensorExpr (NNC) fuser's switch. Where libtorch is built with
+# LLVM (Debian's 2.6 is; 1.13 and PyTorch's wheels are not) the profiling
+# executor fuses CPU graphs on a method's second call, and compiling the traced
+# ResNet CLIP graph with LLVM never finishes; the shim turns the fuser off.
+check_cxx_source_compiles([[
+#include <torch/csrc/jit/passes/tensorexpr_fuser.h>
+void f() { torch::jit::setTensorExprFuserEnabled(!torch::jit::tensorExprFuserEnabled()); }
+]] CT_HAS_TEXPR_FUSER_SWITCH)
+
 set(CMAKE_TRY_COMPILE_TARGET_TYPE "${_ct_saved_try_type}")
 unset(CMAKE_REQUIRED_INCLUDES)
 unset(CMAKE_REQUIRED_FLAGS)
 unset(CMAKE_REQUIRED_QUIET)
 
-foreach(_ct_feature CT_HAS_SDPA CT_AUTOCAST_PER_DEVICE CT_TCPSTORE_HAS_USE_LIBUV)
+foreach(_ct_feature CT_HAS_SDPA CT_AUTOCAST_PER_DEVICE CT_TCPSTORE_HAS_USE_LIBUV CT_HAS_TEXPR_FUSER_SWITCH)
   if(${_ct_feature})
     set(${_ct_feature}_VALUE 1)
   else()
@@ -47,4 +56,5 @@ endforeach()
 set(CT_TORCH_FEATURE_DEFS
   CT_HAS_SDPA=${CT_HAS_SDPA_VALUE}
   CT_AUTOCAST_PER_DEVICE=${CT_AUTOCAST_PER_DEVICE_VALUE}
-  CT_TCPSTORE_HAS_USE_LIBUV=${CT_TCPSTORE_HAS_USE_LIBUV_VALUE})
+  CT_TCPSTORE_HAS_USE_LIBUV=${CT_TCPSTORE_HAS_USE_LIBUV_VALUE}
+  CT_HAS_TEXPR_FUSER_SWITCH=${CT_HAS_TEXPR_FUSER_SWITCH_VALUE})

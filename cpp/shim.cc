@@ -6,6 +6,9 @@
 #include <torch/script.h>
 #include <torch/torch.h>
 #include <torch/version.h>
+#if CT_HAS_TEXPR_FUSER_SWITCH
+#include <torch/csrc/jit/passes/tensorexpr_fuser.h>
+#endif
 
 #include <atomic>
 #include <cstdlib>
@@ -17,8 +20,8 @@
 #define CT_SHIM_VERSION "clipagiqa-shim/3"
 
 // Version-specific API choices come from CMake feature tests (cmake/torch_features.cmake).
-#if !defined(CT_HAS_SDPA) || !defined(CT_AUTOCAST_PER_DEVICE)
-#error "build through CMake: CT_HAS_SDPA and CT_AUTOCAST_PER_DEVICE come from its feature tests"
+#if !defined(CT_HAS_SDPA) || !defined(CT_AUTOCAST_PER_DEVICE) || !defined(CT_HAS_TEXPR_FUSER_SWITCH)
+#error "build through CMake: CT_HAS_SDPA, CT_AUTOCAST_PER_DEVICE and CT_HAS_TEXPR_FUSER_SWITCH come from its feature tests"
 #endif
 
 namespace {
@@ -550,6 +553,13 @@ ct_error ct_copy_(ct_tensor dst, ct_tensor src) {
 
 ct_error ct_jit_load(const char *path, ct_module *out) {
   CT_TRY
+#if CT_HAS_TEXPR_FUSER_SWITCH
+  // A libtorch built with LLVM (Debian's 2.6) fuses CPU graphs with the
+  // TensorExpr fuser on a method's second call, and its LLVM compile of a traced
+  // ResNet CLIP graph never returns. Modules serve as references here, so they
+  // run op by op as traced, as on libtorch builds without LLVM.
+  torch::jit::setTensorExprFuserEnabled(false);
+#endif
   auto mod = torch::jit::load(std::string(path), at::Device(at::kCPU));
   mod.eval();
   *out = new torch::jit::Module(std::move(mod));
