@@ -70,6 +70,12 @@ if [ "${TRIXIE_NO_GO:-}" != 1 ]; then
   bind "$GOMODCACHE_HOST"
 fi
 bind "$repo"
+# The host's name must resolve inside as outside: torchrun's c10d rendezvous
+# hands its ranks the agent's hostname as MASTER_ADDR.
+if [ -f /etc/hosts ]; then
+  touch "$ROOT_DIR/etc/hosts"
+  mount --bind -o ro /etc/hosts "$ROOT_DIR/etc/hosts"; mounted+=("$ROOT_DIR/etc/hosts")
+fi
 for d in ${TRIXIE_BIND:-}; do
   [ -d "$d" ] || { echo "trixie-run: TRIXIE_BIND: $d is not a directory" >&2; exit 1; }
   bind "$(cd "$d" && pwd)"

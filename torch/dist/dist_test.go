@@ -588,6 +588,12 @@ func TestSamplerSpans(t *testing.T) {
 // The ranks join a group started by PyTorch's own torchrun, in both its
 // rendezvous modes: static (torchrun's agent hosts the store; every rank is
 // a client) and c10d (rank 0 hosts it).
+//
+// PyTorch 2.4+ asks its TCPStore for libuv by default; a torch built without
+// libuv (Debian's 2.6) refuses that store. torchrun's rendezvous stores
+// ignore USE_LIBUV=0, so this launcher makes torch.distributed.TCPStore honour
+// it before torch.distributed.run imports it (a no-op on torch without the
+// use_libuv argument, 1.13).
 func TestTorchrun(t *testing.T) {
 	needGloo(t)
 	const py = "/usr/bin/python3"
@@ -605,8 +611,8 @@ func TestTorchrun(t *testing.T) {
 				args = append(args, "--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:"+port)
 			}
 			args = append(args, "--no_python", os.Args[0], "-test.run=^$")
-			c := exec.Command(py, args...)
-			c.Env = append(os.Environ(), workerEnv+"=collectives", "CLIPAGIQA_DIST_TIMEOUT=30s")
+			c := exec.Command(py, append([]string{"-c", torchrunHonouringUseLibUV}, args[2:]...)...)
+			c.Env = append(os.Environ(), workerEnv+"=collectives", "CLIPAGIQA_DIST_TIMEOUT=30s", "USE_LIBUV=0")
 			done := make(chan struct{})
 			go func() {
 				select {
@@ -623,3 +629,15 @@ func TestTorchrun(t *testing.T) {
 		})
 	}
 }
+
+const torchrunHonouringUseLibUV = `
+import os, runpy, sys
+import torch.distributed as dist
+if "use_libuv" in (dist.TCPStore.__init__.__doc__ or ""):
+    class UseLibUVStore(dist.TCPStore):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("use_libuv", os.environ.get("USE_LIBUV", "1") == "1")
+            super().__init__(*args, **kwargs)
+    dist.TCPStore = UseLibUVStore
+runpy.run_module("torch.distributed.run", run_name="__main__", alter_sys=True)
+`
