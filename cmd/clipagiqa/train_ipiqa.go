@@ -287,7 +287,13 @@ func (r *ipiqaRun) split(ctx context.Context, p splitPlan, dir string, opts ipiq
 	if err := torch.ManualSeed(seed); err != nil { // the new parameters' initialisation
 		return nil, err
 	}
-	cm, err := clip.Load(c.String("clip"), clip.Options{Device: dev, Precision: prec})
+	// Mixed precision as PyTorch AMP: fp32 weights and AdamW state, the
+	// forward under autocast (deviceOptions refused half precision on CPU).
+	autocast, scaler, err := ipiqatrain.MixedPrecision(prec)
+	if err != nil {
+		return nil, err
+	}
+	cm, err := clip.Load(c.String("clip"), clip.Options{Device: dev})
 	if err != nil {
 		return nil, err
 	}
@@ -306,7 +312,7 @@ func (r *ipiqaRun) split(ctx context.Context, p splitPlan, dir string, opts ipiq
 		parts["test"], names = r.samples(p.Parts.Test), append(names, "test")
 	}
 	trainSet := r.samples(p.Parts.Train)
-	aopts := ipiqatrain.Options{Augment: !c.Bool("no-augment"), Seed: seed, EvalBatch: c.Int("batch-size"), Workers: c.Int("workers")}
+	aopts := ipiqatrain.Options{Augment: !c.Bool("no-augment"), Seed: seed, EvalBatch: c.Int("batch-size"), Workers: c.Int("workers"), Autocast: autocast, Scaler: scaler}
 	var dp *dist.DataParallel
 	if r.group.WorldSize() > 1 {
 		dp = dist.NewDataParallel(r.group)
@@ -339,6 +345,9 @@ func (r *ipiqaRun) split(ctx context.Context, p splitPlan, dir string, opts ipiq
 		Optimizer: opt, Schedule: nil, Eval: a.EvalParts(names...), Outputs: r.outputs, Select: sel,
 		OutDir: dir, Resume: c.Bool("resume"), ResumeFrom: c.String("resume-from"), Hyper: hyper, OverrideSchedule: c.Bool("override-schedule"),
 		ModelConfig: ipiqatrain.OfficialConfig(m, sc, batch, epochs, seed, taskName(len(r.outputs))), Plots: true}
+	if scaler != nil {
+		cfg.Scaler = scaler
+	}
 	if dp != nil {
 		cfg.Parallel = dp
 		// Every rank stops after the same step: a signal is a vote carried by
