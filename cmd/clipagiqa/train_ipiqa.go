@@ -34,7 +34,7 @@ const (
 func ipiqaTrainFlags() []cli.Flag {
 	sc := ipiqatrain.OfficialSchedule()
 	return []cli.Flag{
-		&cli.StringFlag{Name: "method", Value: trainMethodAGIQA, Usage: "model to train: agiqa (CLIP-AGIQA) or ipiqa (IP-IQA on a ResNet CLIP: whole image encoder fine-tuned; official schedule by default: AdamW lr 1e-5 constant, dropout 0.5)"},
+		&cli.StringFlag{Name: "method", Value: trainMethodAGIQA, Usage: "model to train: agiqa (CLIP-AGIQA) or ipiqa (IP-IQA on a ResNet CLIP: whole image encoder fine-tuned; official schedule by default: AdamW lr 1e-5 constant, dropout 0.5; with --device cuda, --precision fp16|bf16 trains as PyTorch AMP: fp32 weights and AdamW state, the forward under autocast, fp16 with a dynamic loss scaler)"},
 		&cli.Float64Flag{Name: "head-scale", Value: sc.HeadScale, Usage: "ipiqa: learning-rate factor of the head's parameter groups"},
 		&cli.Float64Flag{Name: "weight-decay", Value: sc.WeightDecay, Usage: "ipiqa: AdamW weight decay (biases and norms never decay)"},
 		&cli.IntFlag{Name: "input-resolution", Value: 512, Usage: "ipiqa: square input side (images are squashed to it, as the official Resize((S,S)))"},

@@ -326,7 +326,11 @@ func (a *Model) SaveCheckpoint(path string, opt optim.Optimizer, config *ptfile.
 	if a.opts.Scaler != nil {
 		scaler = a.opts.Scaler.StateDict()
 	}
-	return a.m.SaveOfficialScaler(path, os, config, scaler, int64(epoch))
+	var cfg any // a nil *ptfile.Dict would be a typed nil, not None
+	if config != nil {
+		cfg = config
+	}
+	return a.m.SaveOfficialScaler(path, os, cfg, scaler, int64(epoch))
 }
 
 // LoadCheckpoint reads an official-layout checkpoint (ours or the official
