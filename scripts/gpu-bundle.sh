@@ -15,7 +15,7 @@ limit_mb="${GPU_BUNDLE_MAX_MB:-60}"
 build="${BUILD:-build}"
 
 rm -rf "$out"
-mkdir -p "$out"/{bin,lib,src/cpp,src/cmake,src/gotorch/cgotorch,fixtures/clip-agiqa-ref,fixtures/ipiqa-ref,scripts,bench,testdata/gen}
+mkdir -p "$out"/{bin,lib,src/cpp,src/cmake,src/gotorch/cgotorch,fixtures/clip-agiqa-ref,scripts,bench,testdata/gen}
 
 # Binaries: our libraries first on the runpath, relative to the binary.
 eval "$(make -s print-env BUILD="$build")"
@@ -50,11 +50,6 @@ chmod -R u+w "$out/src"
 fx=testdata/clip-agiqa-ref
 cp "$fx"/{README.md,expected.json,preprocessed.npy,tiny_clip_vit_fp16.pt} "$out/fixtures/clip-agiqa-ref/"
 cp -r "$fx"/prompt_learner "$fx"/regression "$out/fixtures/clip-agiqa-ref/"
-# IP-IQA's mixed-precision training case: tiny ResNet CLIP, initial new
-# parameters, the 8 resized images with prompts and targets.
-ifx=testdata/ipiqa-ref
-cp -L "$ifx"/{README.md,expected.json,tiny_clip_rn_fp16.pt,init_new_params.pth} "$out/fixtures/ipiqa-ref/"
-cp -rL "$ifx"/resized "$out/fixtures/ipiqa-ref/"
 
 cp scripts/gpu-check.sh "$out/scripts/"
 printf '# In the bundle: make gpu-check [DEVICE=cuda|cpu]\nDEVICE ?= cuda\ngpu-check:\n\tDEVICE=$(DEVICE) scripts/gpu-check.sh\n' >"$out/Makefile"

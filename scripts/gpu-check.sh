@@ -84,7 +84,7 @@ export LD_LIBRARY_PATH="$bundle/build/lib:$torch_lib:$bundle/lib${LD_LIBRARY_PAT
 
 # 3. Device checks (parity, autocast, official scores, training vs CPU, memory).
 section "Checks on $DEVICE"
-export CLIPAGIQA_TEST_DEVICE="$DEVICE" CLIPAGIQA_REFFIX_DIR="$bundle/fixtures/clip-agiqa-ref" CLIPAGIQA_IPIQAREF_DIR="$bundle/fixtures/ipiqa-ref"
+export CLIPAGIQA_TEST_DEVICE="$DEVICE" CLIPAGIQA_REFFIX_DIR="$bundle/fixtures/clip-agiqa-ref"
 tc=$SECONDS
 timeout 300 bin/devicecheck.test -test.v -test.count=1 -test.timeout 290s >"$OUT/checks.txt" 2>&1
 rc=$?

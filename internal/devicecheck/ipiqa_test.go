@@ -2,8 +2,10 @@ package devicecheck
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
+	"image"
+	"image/color"
+	"image/png"
 	"math"
 	"os"
 	"path/filepath"
@@ -13,16 +15,11 @@ import (
 	"github.com/clipagiqa/clipagiqa/clipagiqa/ipiqa"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/train"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/train/ipiqatrain"
-	"github.com/clipagiqa/clipagiqa/internal/ipiqaref"
 	"github.com/clipagiqa/clipagiqa/torch"
 	"github.com/clipagiqa/clipagiqa/torch/optim"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-// IPIQARefEnv overrides the IP-IQA fixture directory (the GPU bundle
-// carries its files; default: testdata/ipiqa-ref in the source tree).
-const IPIQARefEnv = "CLIPAGIQA_IPIQAREF_DIR"
 
 // Mixed-precision IP-IQA training against fp32 on the same device, same
 // initial weights, no dropout or flips: per-step train loss relative
@@ -33,52 +30,124 @@ const (
 	ipiqaBF16LossRelTol = 5e-2
 	ipiqaSteps          = 6
 	ipiqaLR             = 1e-4 // the official 1e-5 barely moves the loss in 6 steps
+	ipiqaResolution     = 128
+	ipiqaImages         = 8
 )
 
-func ipiqaRefPath(name string) string {
-	if d := os.Getenv(IPIQARefEnv); d != "" {
-		return filepath.Join(d, name)
+// tinyRNStateDict is a CLIP ResNet state dict of the IP-IQA fixture's
+// geometry (one Bottleneck per stage, width 4, text width 64 with 2
+// layers, embedding 64) with random weights N(0, 0.02²) from a fixed seed,
+// BatchNorm and LayerNorm at identity: built here so the GPU bundle carries
+// no extra weights file.
+func tinyRNStateDict(t *testing.T) *torch.StateDict {
+	t.Helper()
+	require.NoError(t, torch.ManualSeed(11))
+	s := torch.NewScope().WithGrad(torch.NoGrad)
+	defer s.Close()
+	sd := torch.NewStateDict()
+	add := func(name string, x *torch.Tensor) { sd.Set(name, s.Keep(x)) }
+	w := func(name string, shape ...int64) { add(name, s.MulScalar(s.Randn(torch.Float32, shape...), 0.02)) }
+	norm := func(name string, c int64, stats bool) {
+		add(name+".weight", s.Full(1, torch.Float32, c))
+		add(name+".bias", s.Zeros(torch.Float32, c))
+		if stats {
+			add(name+".running_mean", s.Zeros(torch.Float32, c))
+			add(name+".running_var", s.Full(1, torch.Float32, c))
+		}
 	}
-	return ipiqaref.Path(name)
+	const width, embed, d, txt = 4, 64, 128, 64
+	w("visual.conv1.weight", width/2, 3, 3, 3)
+	norm("visual.bn1", width/2, true)
+	w("visual.conv2.weight", width/2, width/2, 3, 3)
+	norm("visual.bn2", width/2, true)
+	w("visual.conv3.weight", width, width/2, 3, 3)
+	norm("visual.bn3", width, true)
+	in := int64(width)
+	for st := range 4 {
+		p := int64(width << st)
+		pre := fmt.Sprintf("visual.layer%d.0.", st+1)
+		w(pre+"conv1.weight", p, in, 1, 1)
+		norm(pre+"bn1", p, true)
+		w(pre+"conv2.weight", p, p, 3, 3)
+		norm(pre+"bn2", p, true)
+		w(pre+"conv3.weight", 4*p, p, 1, 1)
+		norm(pre+"bn3", 4*p, true)
+		w(pre+"downsample.0.weight", 4*p, in, 1, 1)
+		norm(pre+"downsample.1", 4*p, true)
+		in = 4 * p
+	}
+	w("visual.attnpool.positional_embedding", 50, d)
+	for _, n := range []string{"q", "k", "v"} {
+		w("visual.attnpool."+n+"_proj.weight", d, d)
+		w("visual.attnpool."+n+"_proj.bias", d)
+	}
+	w("visual.attnpool.c_proj.weight", embed, d)
+	w("visual.attnpool.c_proj.bias", embed)
+	w("token_embedding.weight", 49408, txt)
+	w("positional_embedding", 77, txt)
+	for i := range 2 {
+		pre := fmt.Sprintf("transformer.resblocks.%d.", i)
+		w(pre+"attn.in_proj_weight", 3*txt, txt)
+		w(pre+"attn.in_proj_bias", 3*txt)
+		w(pre+"attn.out_proj.weight", txt, txt)
+		w(pre+"attn.out_proj.bias", txt)
+		norm(pre+"ln_1", txt, false)
+		w(pre+"mlp.c_fc.weight", 4*txt, txt)
+		w(pre+"mlp.c_fc.bias", 4*txt)
+		w(pre+"mlp.c_proj.weight", txt, 4*txt)
+		w(pre+"mlp.c_proj.bias", txt)
+		norm(pre+"ln_2", txt, false)
+	}
+	norm("ln_final", txt, false)
+	w("text_projection", txt, embed)
+	add("logit_scale", s.Full(math.Log(1/0.07), torch.Float32))
+	require.NoError(t, s.Err())
+	return sd
 }
 
-// ipiqaSamples are the fixture's 8 images (uint8 PNGs at 512), prompts and
-// [quality, alignment] targets.
+// ipiqaSamples writes 8 synthetic images (gradients whose direction and
+// contrast follow the index) with prompts and [quality, alignment] targets.
 func ipiqaSamples(t *testing.T) []ipiqatrain.Sample {
 	t.Helper()
-	b, err := os.ReadFile(ipiqaRefPath("expected.json"))
-	require.NoError(t, err)
-	var f struct {
-		Prompts []ipiqaref.Prompt `json:"prompts"`
-		Train   struct {
-			Targets [][]float64 `json:"targets_score"`
-		} `json:"train"`
-	}
-	require.NoError(t, json.Unmarshal(b, &f))
+	dir := t.TempDir()
 	var ss []ipiqatrain.Sample
-	for k, p := range f.Prompts {
-		name := fmt.Sprintf("img_%d_512.png", k)
-		ss = append(ss, ipiqatrain.Sample{Name: name, Path: ipiqaRefPath(filepath.Join("resized", name)), Prompt: p.Text, Targets: f.Train.Targets[k]})
+	for k := range ipiqaImages {
+		img := image.NewRGBA(image.Rect(0, 0, 160, 160))
+		for y := range 160 {
+			for x := range 160 {
+				v := (x*(k+1) + y*(8-k)) * (k + 2) / 9
+				img.Set(x, y, color.RGBA{uint8(v), uint8(255 - v), uint8((x ^ y) * k), 255})
+			}
+		}
+		name := fmt.Sprintf("img_%d.png", k)
+		f, err := os.Create(filepath.Join(dir, name))
+		require.NoError(t, err)
+		require.NoError(t, png.Encode(f, img))
+		require.NoError(t, f.Close())
+		ss = append(ss, ipiqatrain.Sample{Name: name, Path: filepath.Join(dir, name),
+			Prompt:  fmt.Sprintf("a photo of pattern number %d with stripes", k),
+			Targets: []float64{1 + 0.5*float64(k), 4 - 0.3*float64(k)}})
 	}
-	require.Len(t, ss, ipiqaref.Images)
 	return ss
 }
 
-// trainIPIQA runs ipiqaSteps one-batch epochs of IP-IQA on the fixture's
-// tiny ResNet CLIP at prec (fp32 weights; fp16/bf16 under autocast, fp16
+// trainIPIQA runs ipiqaSteps one-batch epochs of IP-IQA on a tiny random
+// ResNet CLIP at prec (fp32 weights; fp16/bf16 under autocast, fp16
 // with the loss scaler) and returns the per-step losses and the scaler's
 // final scale (0 without one).
 func trainIPIQA(t *testing.T, d torch.Device, prec torch.DType) ([]float64, float64) {
 	t.Helper()
-	c, err := clip.Load(ipiqaRefPath("tiny_clip_rn_fp16.pt"), clip.Options{Device: d})
+	sd := tinyRNStateDict(t)
+	c, err := clip.FromStateDict(sd, clip.Options{Device: d})
+	sd.Close()
 	require.NoError(t, err)
-	m, err := ipiqa.New(c, ipiqa.Options{Outputs: 2, Dropout: 0})
+	require.NoError(t, torch.ManualSeed(12)) // IP-IQA's new parameters: the same in every run
+	m, err := ipiqa.New(c, ipiqa.Options{InputResolution: ipiqaResolution, Outputs: 2, Dropout: 0})
 	if err != nil {
 		c.Close()
 	}
 	require.NoError(t, err)
 	defer m.Close()
-	require.NoError(t, m.LoadState(ipiqaRefPath("init_new_params.pth")))
 	autocast, scaler, err := ipiqatrain.MixedPrecision(prec)
 	require.NoError(t, err)
 	ss := ipiqaSamples(t)
@@ -120,7 +189,7 @@ func TestIPIQAMixedPrecisionTraining(t *testing.T) {
 		require.False(t, math.IsNaN(l) || math.IsInf(l, 0), "fp32 losses %v", ref)
 	}
 	assert.Less(t, ref[ipiqaSteps-1], ref[0], "fp32: the loss falls")
-	t.Logf("REPORT IP-IQA training, %d steps of the 8 fixture images at 512 on %s, fp32: loss %s", ipiqaSteps, d, fmtLosses(ref))
+	t.Logf("REPORT IP-IQA training, %d steps of %d synthetic images at %d on a tiny random ResNet CLIP, %s, fp32: loss %s", ipiqaSteps, ipiqaImages, ipiqaResolution, d, fmtLosses(ref))
 	for _, c := range []struct {
 		name string
 		prec torch.DType
