@@ -222,7 +222,9 @@ func (r *Result) finish() {
 // step is one optimisation step on this rank's shard: in data-parallel
 // training rank 0's buffers are broadcast first (PyTorch DDP's
 // broadcast_buffers=True, before every training forward), then forward,
-// loss, backward, gradient averaging across ranks, clipping, update. It
+// loss, backward, gradient averaging across ranks, unscaling and the
+// inf/NaN check with Config.Scaler (a failed check skips the update),
+// clipping, update. It
 // returns the global batch's mean loss, the gradient norm before clipping
 // and the number of samples the model used (0: the step was skipped).
 func step(m Model, cfg *Config, params []*torch.Tensor, buffers []nn.NamedParam, b Batch) (loss, norm float64, used int, err error) {
