@@ -22,6 +22,9 @@ type OptimizerState interface {
 type Checkpoint struct {
 	Config any   // OmegaConf.to_container(config): *ptfile.Dict tree, or nil
 	Epoch  int64 // the epoch it was saved after
+	// Scaler is the "scaler" entry: a GradScaler state dict (*ptfile.Dict)
+	// for fp16 mixed-precision runs, nil (None) otherwise.
+	Scaler any
 }
 
 // SaveOfficial writes path as the official Trainer._save_checkpoint does:
@@ -30,6 +33,12 @@ type Checkpoint struct {
 // "scaler": None, "epoch": epoch}). config may be nil or a tree of
 // ptfile values (*ptfile.Dict, strings, numbers, …). The write is atomic.
 func (m *Model) SaveOfficial(path string, opt OptimizerState, config any, epoch int64) error {
+	return m.SaveOfficialScaler(path, opt, config, nil, epoch)
+}
+
+// SaveOfficialScaler is SaveOfficial with "scaler" set to scaler (a
+// GradScaler state dict, as fp16 mixed-precision training saves; nil: None).
+func (m *Model) SaveOfficialScaler(path string, opt OptimizerState, config any, scaler *ptfile.Dict, epoch int64) error {
 	trainable := map[string]bool{}
 	for _, p := range m.store.Trainable() {
 		trainable[p.Name] = true
@@ -57,7 +66,11 @@ func (m *Model) SaveOfficial(path string, opt OptimizerState, config any, epoch 
 	}
 	root.Set("optimizer", optSD)
 	root.Set("config", config)
-	root.Set("scaler", nil)
+	if scaler != nil {
+		root.Set("scaler", scaler)
+	} else {
+		root.Set("scaler", nil)
+	}
 	root.Set("epoch", epoch)
 	if err := ptfile.SaveValue(path, root); err != nil {
 		return fmt.Errorf("ipiqa: %w", err)
@@ -122,6 +135,7 @@ func (m *Model) LoadOfficial(path string, opt OptimizerState) (Checkpoint, error
 		}
 	}
 	ck.Config, _ = root.Get("config")
+	ck.Scaler, _ = root.Get("scaler")
 	if e, ok := root.Get("epoch"); ok {
 		if v, ok := e.(int64); ok {
 			ck.Epoch = v

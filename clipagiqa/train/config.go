@@ -77,6 +77,11 @@ type Config struct {
 	// ClipGradNorm clips the gradients' joint 2-norm to this value after
 	// they are averaged (0: no clipping).
 	ClipGradNorm float64
+	// Scaler, when set, scales the loss before backward and unscales the
+	// gradients after the all-reduce, before clipping; a step with
+	// non-finite gradients is skipped (fp16 mixed precision,
+	// *optim.GradScaler).
+	Scaler LossScaler
 	// Optimizer updates Model.Trainable(); the trainer saves and resumes its
 	// state. Its groups' initial learning rates are what Schedule scales.
 	Optimizer optim.Optimizer

@@ -222,7 +222,9 @@ func (r *Result) finish() {
 // step is one optimisation step on this rank's shard: in data-parallel
 // training rank 0's buffers are broadcast first (PyTorch DDP's
 // broadcast_buffers=True, before every training forward), then forward,
-// loss, backward, gradient averaging across ranks, clipping, update. It
+// loss, backward, gradient averaging across ranks, unscaling and the
+// inf/NaN check with Config.Scaler (a failed check skips the update),
+// clipping, update. It
 // returns the global batch's mean loss, the gradient norm before clipping
 // and the number of samples the model used (0: the step was skipped).
 func step(m Model, cfg *Config, params []*torch.Tensor, buffers []nn.NamedParam, b Batch) (loss, norm float64, used int, err error) {
@@ -245,7 +247,11 @@ func step(m Model, cfg *Config, params []*torch.Tensor, buffers []nn.NamedParam,
 	if err := s.Err(); err != nil {
 		return 0, 0, 0, fmt.Errorf("loss: %w", err)
 	}
-	if err := lt.Backward(); err != nil {
+	bt := lt
+	if cfg.Scaler != nil {
+		bt = cfg.Scaler.ScaleLoss(s, lt)
+	}
+	if err := bt.Backward(); err != nil {
 		return 0, 0, 0, fmt.Errorf("backward: %w", err)
 	}
 	if loss, err = lt.Item(); err != nil {
@@ -253,6 +259,16 @@ func step(m Model, cfg *Config, params []*torch.Tensor, buffers []nn.NamedParam,
 	}
 	if loss, err = cfg.Parallel.AverageGradients(params, loss, used); err != nil {
 		return 0, 0, 0, fmt.Errorf("gradient all-reduce: %w", err)
+	}
+	if cfg.Scaler != nil {
+		foundInf, err := cfg.Scaler.Unscale(params)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		cfg.Scaler.Update(foundInf)
+		if foundInf { // skipped, as GradScaler.step: the next step runs at the smaller scale
+			return loss, 0, used, cfg.Optimizer.ZeroGrad()
+		}
 	}
 	if cfg.ClipGradNorm > 0 {
 		if norm, err = torch.ClipGradNorm(params, cfg.ClipGradNorm, 2); err != nil {
@@ -266,6 +282,16 @@ func step(m Model, cfg *Config, params []*torch.Tensor, buffers []nn.NamedParam,
 		return 0, 0, 0, err
 	}
 	return loss, norm, used, nil
+}
+
+// LossScaler is dynamic loss scaling for fp16 training (*optim.GradScaler).
+type LossScaler interface {
+	// ScaleLoss returns the tensor to run backward from (loss × scale).
+	ScaleLoss(s *torch.Scope, loss *torch.Tensor) *torch.Tensor
+	// Unscale divides the gradients by the scale and reports non-finite ones.
+	Unscale(params []*torch.Tensor) (foundInf bool, err error)
+	// Update adjusts the scale after a step (skipped when foundInf).
+	Update(foundInf bool)
 }
 
 // BufferBroadcaster is a Parallel that broadcasts rank 0's buffers

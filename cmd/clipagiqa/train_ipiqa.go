@@ -34,7 +34,7 @@ const (
 func ipiqaTrainFlags() []cli.Flag {
 	sc := ipiqatrain.OfficialSchedule()
 	return []cli.Flag{
-		&cli.StringFlag{Name: "method", Value: trainMethodAGIQA, Usage: "model to train: agiqa (CLIP-AGIQA) or ipiqa (IP-IQA on a ResNet CLIP: whole image encoder fine-tuned; official schedule by default: AdamW lr 1e-5 constant, dropout 0.5)"},
+		&cli.StringFlag{Name: "method", Value: trainMethodAGIQA, Usage: "model to train: agiqa (CLIP-AGIQA) or ipiqa (IP-IQA on a ResNet CLIP: whole image encoder fine-tuned; official schedule by default: AdamW lr 1e-5 constant, dropout 0.5; with --device cuda, --precision fp16|bf16 trains as PyTorch AMP: fp32 weights and AdamW state, the forward under autocast, fp16 with a dynamic loss scaler)"},
 		&cli.Float64Flag{Name: "head-scale", Value: sc.HeadScale, Usage: "ipiqa: learning-rate factor of the head's parameter groups"},
 		&cli.Float64Flag{Name: "weight-decay", Value: sc.WeightDecay, Usage: "ipiqa: AdamW weight decay (biases and norms never decay)"},
 		&cli.IntFlag{Name: "input-resolution", Value: 512, Usage: "ipiqa: square input side (images are squashed to it, as the official Resize((S,S)))"},
@@ -287,7 +287,13 @@ func (r *ipiqaRun) split(ctx context.Context, p splitPlan, dir string, opts ipiq
 	if err := torch.ManualSeed(seed); err != nil { // the new parameters' initialisation
 		return nil, err
 	}
-	cm, err := clip.Load(c.String("clip"), clip.Options{Device: dev, Precision: prec})
+	// Mixed precision as PyTorch AMP: fp32 weights and AdamW state, the
+	// forward under autocast (deviceOptions refused half precision on CPU).
+	autocast, scaler, err := ipiqatrain.MixedPrecision(prec)
+	if err != nil {
+		return nil, err
+	}
+	cm, err := clip.Load(c.String("clip"), clip.Options{Device: dev})
 	if err != nil {
 		return nil, err
 	}
@@ -306,7 +312,7 @@ func (r *ipiqaRun) split(ctx context.Context, p splitPlan, dir string, opts ipiq
 		parts["test"], names = r.samples(p.Parts.Test), append(names, "test")
 	}
 	trainSet := r.samples(p.Parts.Train)
-	aopts := ipiqatrain.Options{Augment: !c.Bool("no-augment"), Seed: seed, EvalBatch: c.Int("batch-size"), Workers: c.Int("workers")}
+	aopts := ipiqatrain.Options{Augment: !c.Bool("no-augment"), Seed: seed, EvalBatch: c.Int("batch-size"), Workers: c.Int("workers"), Autocast: autocast, Scaler: scaler}
 	var dp *dist.DataParallel
 	if r.group.WorldSize() > 1 {
 		dp = dist.NewDataParallel(r.group)
@@ -339,6 +345,9 @@ func (r *ipiqaRun) split(ctx context.Context, p splitPlan, dir string, opts ipiq
 		Optimizer: opt, Schedule: nil, Eval: a.EvalParts(names...), Outputs: r.outputs, Select: sel,
 		OutDir: dir, Resume: c.Bool("resume"), ResumeFrom: c.String("resume-from"), Hyper: hyper, OverrideSchedule: c.Bool("override-schedule"),
 		ModelConfig: ipiqatrain.OfficialConfig(m, sc, batch, epochs, seed, taskName(len(r.outputs))), Plots: true}
+	if scaler != nil {
+		cfg.Scaler = scaler
+	}
 	if dp != nil {
 		cfg.Parallel = dp
 		// Every rank stops after the same step: a signal is a vote carried by

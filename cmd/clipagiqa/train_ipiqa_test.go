@@ -153,6 +153,8 @@ func TestTrainIPIQABadInput(t *testing.T) {
 		{"unknown method", []string{"--clip", tinyRNCLIPPath, "--method", "nope"}, `--method "nope"`},
 		{"resolution", []string{"--clip", tinyRNCLIPPath, "--input-resolution", "100"}, "multiple of 32"},
 		{"checkpoint of another geometry", []string{"--clip", tinyRNCLIPPath, "--resume-from", ipiqaref.Path("checkpoint_best.pth")}, "attnpool.positional_embedding"},
+		{"fp16 autocast on the CPU", []string{"--clip", tinyRNCLIPPath, "--precision", "fp16"}, "precision fp16 needs a CUDA device"},
+		{"bf16 autocast on the CPU", []string{"--clip", tinyRNCLIPPath, "--precision", "bf16"}, "precision bf16 needs a CUDA device"},
 		{"resume-from several splits", []string{"--clip", tinyRNCLIPPath, "--protocol", "ipiqa-official", "--splits", "2", "--resume-from", "x.pth"}, "one run"},
 	}
 	for _, tc := range tests {

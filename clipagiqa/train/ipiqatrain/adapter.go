@@ -44,6 +44,12 @@ type Options struct {
 	// all-gathered (*dist.DataParallel provides it; nil: every rank
 	// scores everything).
 	Gather Gatherer
+	// Autocast runs the training forward under CUDA autocast to Float16 or
+	// BFloat16 (0: fp32); the weights stay fp32 (see MixedPrecision).
+	Autocast torch.DType
+	// Scaler is fp16's loss scaler, saved in the checkpoints' "scaler"
+	// field and restored on resume (nil: None).
+	Scaler *optim.GradScaler
 }
 
 // Gatherer is what sharded evaluation needs from a process group.
@@ -195,7 +201,13 @@ func (a *Model) TrainBatch(s *torch.Scope, b train.Batch) (*torch.Tensor, *torch
 	}
 	n, r, k := int64(len(b.Indices)), int64(a.prep.Size), int64(a.m.Options().Outputs)
 	dev := a.m.CLIP().Device()
+	if a.opts.Autocast != 0 {
+		s.WithAutocast(a.opts.Autocast)
+	}
 	out := a.m.ForwardIDs(s, s.FromFloat32On(dev, px, n, 3, r, r), ids, true).Scores
+	if a.opts.Autocast != 0 { // the loss in fp32, as autocast's mse_loss
+		out = s.Cast(out, torch.Float32)
+	}
 	return out, s.FromFloat32On(dev, a.targets(a.train, b.Indices), n, k)
 }
 
@@ -310,7 +322,15 @@ func (a *Model) SaveCheckpoint(path string, opt optim.Optimizer, config *ptfile.
 	if opt != nil {
 		os = opt
 	}
-	return a.m.SaveOfficial(path, os, config, int64(epoch))
+	var scaler *ptfile.Dict
+	if a.opts.Scaler != nil {
+		scaler = a.opts.Scaler.StateDict()
+	}
+	var cfg any // a nil *ptfile.Dict would be a typed nil, not None
+	if config != nil {
+		cfg = config
+	}
+	return a.m.SaveOfficialScaler(path, os, cfg, scaler, int64(epoch))
 }
 
 // LoadCheckpoint reads an official-layout checkpoint (ours or the official
@@ -322,6 +342,9 @@ func (a *Model) LoadCheckpoint(path string, opt optim.Optimizer) (any, int, erro
 	}
 	ck, err := a.m.LoadOfficial(path, os)
 	if err != nil {
+		return nil, 0, err
+	}
+	if err := restoreScaler(a.opts.Scaler, ck.Scaler, path); err != nil {
 		return nil, 0, err
 	}
 	return ck.Config, int(ck.Epoch), nil
