@@ -271,7 +271,7 @@ func RunIPIQA(ctx context.Context, o IPIQAOptions) (*IPIQAReport, error) {
 					warm = min(b, 2)
 				}
 			}
-			row, err := measureIPIQA(&o, goc, ref, what, b, warm, grown, rep.FLOPs)
+			row, err := measureIPIQA(&o, goc, ref, len(rep.Rows), what, b, warm, grown, rep.FLOPs)
 			if err != nil {
 				return nil, err
 			}
@@ -360,13 +360,13 @@ func memAvailableKB() (int64, error) {
 	return 0, fmt.Errorf("no MemAvailable in /proc/meminfo")
 }
 
-// measureIPIQA times one measurement: a warm-up round at batch warm (0:
+// measureIPIQA times one measurement (the index-th row): a warm-up round at batch warm (0:
 // none), then the timed rounds (o.Rounds; 0: 2 for scoring at batch ≤ 8,
 // else 1), the two sides alternating which goes first. Each side's peak RSS
 // counter is reset after the warm-up. A training batch is skipped when the
 // memory that grown (a measured training row, or nil) projects for it is
 // not available.
-func measureIPIQA(o *IPIQAOptions, goc, ref *Reference, what string, batch, warm int, grown *IPIQARow, fl IPIQAFLOPs) (IPIQARow, error) {
+func measureIPIQA(o *IPIQAOptions, goc, ref *Reference, index int, what string, batch, warm int, grown *IPIQARow, fl IPIQAFLOPs) (IPIQARow, error) {
 	row := IPIQARow{What: what, Batch: batch, Go: NewStat(nil), Ref: NewStat(nil), GoCPU: NewStat(nil), RefCPU: NewStat(nil)}
 	rounds := o.Rounds
 	if rounds <= 0 {
@@ -401,9 +401,12 @@ func measureIPIQA(o *IPIQAOptions, goc, ref *Reference, what string, batch, warm
 	}
 	times, cpu := make([][]float64, 2), make([][]float64, 2)
 	peaks := make([]int64, 2)
+	// Who goes first alternates between rounds and, for single-round rows,
+	// between measurements, so that a load that drifts during the run does
+	// not always fall on the same side.
 	for round := range rounds {
 		for k := range sides {
-			i := (k + round) % 2
+			i := (k + round + index) % 2
 			rr, err := sides[i].Call(map[string]any{"op": what, "batch": batch, "iters": 1, "warmup": 0})
 			if err != nil {
 				return row, err
@@ -570,7 +573,7 @@ func ipiqaNotes(r *IPIQAReport) []string {
 			"Training step: model.train() (BatchNorm on batch statistics, head dropout 0.5; the frozen text modules in eval), MSE on two targets, " +
 			"backward, AdamW over the official parameter groups (lr 1e-5, head × 10, no weight decay), zero_grad.",
 		"Each side runs in its own process (Go: a child of the bench command; reference: the Python) with the same libtorch and OpenBLAS thread counts; " +
-			"one warm-up round, then timed rounds in which the two alternate who goes first; times are medians. Peak RSS is each process's VmHWM over " +
+			"a warm-up round for each kind, then timed rounds; who goes first alternates between rounds and rows; times are medians. Peak RSS is each process's VmHWM over " +
 			"the measurement (counter reset before its warm-up), model, gradients and AdamW state included.",
 		fmt.Sprintf("FLOPs (multiply-adds × 2, per image, official computation): visual %.1f G (ResNet at 512 and the CLIP attnpool), fusion %.2f G, "+
 			"text tower %.2f G at 77 positions (%.2f G at this benchmark's prompt lengths, Go's shortcut); a training step ≈ 3 × (visual + fusion) + "+
