@@ -24,6 +24,7 @@ import (
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa/imageprep"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/loader"
+	"github.com/clipagiqa/clipagiqa/clipagiqa/train"
 	"github.com/clipagiqa/clipagiqa/data"
 	"github.com/clipagiqa/clipagiqa/internal/regularfile"
 	"github.com/clipagiqa/clipagiqa/torch"
@@ -240,36 +241,7 @@ func writeFeatureFile(path string, f *featureFile) error {
 		b = le.AppendUint32(b, math.Float32bits(x))
 	}
 	b = le.AppendUint32(b, crc32.Checksum(b, castagnoli))
-	return writeFileAtomic(path, b)
-}
-
-// writeFileAtomic writes data to a temporary file next to path, syncs it and
-// renames it over path.
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	name := tmp.Name()
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(name, path)
-	}
-	if err != nil {
-		os.Remove(name)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
+	return train.WriteFileAtomic(path, b)
 }
 
 // weightsHashFile is the sidecar in the cache directory remembering the
@@ -314,7 +286,7 @@ func WeightsSHA256(cacheDir, path string) (string, error) {
 	h := hex.EncodeToString(sum[:])
 	known[abs] = weightsHashEntry{Size: st.Size(), MTimeNs: st.ModTime().UnixNano(), SHA256: h}
 	if b, err := json.MarshalIndent(known, "", " "); err == nil {
-		if err := writeFileAtomic(side, b); err != nil {
+		if err := train.WriteFileAtomic(side, b); err != nil {
 			return "", err
 		}
 	}

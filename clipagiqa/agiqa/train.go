@@ -1,7 +1,6 @@
 package agiqa
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -970,24 +969,7 @@ func scheduleChanges(saved, st trainState) []string {
 
 // ReadMetrics reads a metrics.jsonl written by Train.
 func ReadMetrics(path string) ([]EpochReport, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var out []EpochReport
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	for line := 1; sc.Scan(); line++ {
-		if len(bytes.TrimSpace(sc.Bytes())) == 0 {
-			continue
-		}
-		var r EpochReport
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
-		}
-		out = append(out, r)
-	}
-	return out, sc.Err()
+	return train.ReadJSONLines[EpochReport](path)
 }
 
 // csvHeader is metrics.csv's first line.
@@ -1014,8 +996,8 @@ func writeMetrics(out string, history []EpochReport) error {
 		fmt.Fprintf(&cs, "%d,%s,%s,%d,%d,%s,%s,%t,%s\n", h.Epoch, f(h.LR), f(h.TrainLoss), h.Steps, h.TrainImages,
 			rep(h.Val), rep(h.Test), h.Best, strconv.FormatFloat(h.Seconds, 'f', 3, 64))
 	}
-	if err := writeFileAtomic(filepath.Join(out, MetricsJSON), js.Bytes()); err != nil {
+	if err := train.WriteFileAtomic(filepath.Join(out, MetricsJSON), js.Bytes()); err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(out, MetricsCSV), cs.Bytes())
+	return train.WriteFileAtomic(filepath.Join(out, MetricsCSV), cs.Bytes())
 }

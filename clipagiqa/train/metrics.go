@@ -64,18 +64,24 @@ type Callbacks struct {
 
 // ReadMetrics reads a metrics.jsonl written by Run.
 func ReadMetrics(path string) ([]EpochReport, error) {
+	return ReadJSONLines[EpochReport](path)
+}
+
+// ReadJSONLines reads a JSON-lines file of T records (blank lines
+// skipped); an undecodable line is an error naming path and line.
+func ReadJSONLines[T any](path string) ([]T, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	var out []EpochReport
+	var out []T
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	for line := 1; sc.Scan(); line++ {
 		if len(bytes.TrimSpace(sc.Bytes())) == 0 {
 			continue
 		}
-		var r EpochReport
+		var r T
 		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
 		}
