@@ -43,7 +43,9 @@ with torch.no_grad():
     out["text"] = sum(e.flops for e in p.key_averages())
 print(json.dumps(out))
 `
-	b, err := exec.Command(py, "-c", script).Output()
+	cmd := exec.Command(py, "-c", script)
+	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1") // no bench/__pycache__ in the tree
+	b, err := cmd.Output()
 	require.NoError(t, err)
 	var want struct{ Fusion, Text float64 }
 	require.NoError(t, json.Unmarshal(b, &want))
