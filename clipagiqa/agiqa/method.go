@@ -20,6 +20,7 @@ func init() {
 		Description:     "CLIP-AGIQA: learned prompts and a regressor (needs a checkpoint)",
 		NeedsCheckpoint: true,
 		Open:            openAGIQA,
+		Export:          Export,
 	})
 	if err != nil {
 		panic(err) // a duplicate built-in name is a programming error

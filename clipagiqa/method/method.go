@@ -7,6 +7,7 @@ package method
 
 import (
 	"fmt"
+	"io"
 	"sort"
 	"sync"
 
@@ -89,6 +90,68 @@ type Method struct {
 	// highest saved) before CLIP loads, since its errors are the likelier
 	// ones, and returns the loader of the head.
 	Open func(checkpoint string, epoch int) (HeadLoader, error)
+	// Export, when set, writes a checkpoint of this method in its official
+	// code's layout (the export command); nil for methods without trained
+	// weights. Set it in Method or, from a package that the method's own
+	// cannot import, with RegisterExport.
+	Export ExportFunc
+}
+
+// ExportRequest is what the export command passes to a method's Export.
+type ExportRequest struct {
+	// CLIPPath is the CLIP weights file as given (--clip), for messages.
+	CLIPPath string
+	// LoadCLIP loads CLIPPath as the front end configures it (threads,
+	// device, fused kernels); nil loads it with clip.Load's defaults.
+	// Export calls it after reading the checkpoint, whose errors are the
+	// likelier ones.
+	LoadCLIP func() (*clip.Model, error)
+	// Checkpoint is the input checkpoint path (a file or directory).
+	Checkpoint string
+	// Epoch picks one of several checkpoints in a directory (0: the
+	// method's default).
+	Epoch int
+	// Out is where the exported checkpoint goes (a file or directory,
+	// as the method's layout needs).
+	Out string
+	// LR is a learning rate to record in the optimizer state (0: the
+	// method's default); methods that keep their own refuse a non-zero one.
+	LR float64
+	// Log receives progress notes (nil: none).
+	Log io.Writer
+}
+
+// CLIP loads the request's CLIP with LoadCLIP, else clip.Load's defaults.
+func (r ExportRequest) CLIP() (*clip.Model, error) {
+	if r.LoadCLIP != nil {
+		return r.LoadCLIP()
+	}
+	return clip.Load(r.CLIPPath, clip.Options{})
+}
+
+// ExportFunc writes the checkpoint a request names and returns a one-line
+// summary of what it wrote, for the user.
+type ExportFunc func(req ExportRequest) (summary string, err error)
+
+// RegisterExport gives the registered method name its Export capability,
+// for an exporter that lives in a package importing the method's (e.g. its
+// trainer). An unknown name, a nil export or a second one is an error.
+func RegisterExport(name string, export ExportFunc) error {
+	if export == nil {
+		return fmt.Errorf("register export for method %q: nil export", name)
+	}
+	methods.Lock()
+	defer methods.Unlock()
+	m, ok := methods.byName[name]
+	if !ok {
+		return fmt.Errorf("register export for method %q: no such method registered", name)
+	}
+	if m.Export != nil {
+		return fmt.Errorf("register export for method %q: already has one", name)
+	}
+	m.Export = export
+	methods.byName[name] = m
+	return nil
 }
 
 var methods = struct {

@@ -2,27 +2,12 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
-	"sort"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa"
-	"github.com/clipagiqa/clipagiqa/clipagiqa/ipiqa"
-	"github.com/clipagiqa/clipagiqa/clipagiqa/train"
-	"github.com/clipagiqa/clipagiqa/clipagiqa/train/ipiqatrain"
-	"github.com/clipagiqa/clipagiqa/data"
-	"github.com/clipagiqa/clipagiqa/internal/regularfile"
-	"github.com/clipagiqa/clipagiqa/torch"
-	"github.com/clipagiqa/clipagiqa/torch/ptfile"
+	"github.com/clipagiqa/clipagiqa/clipagiqa/clip"
+	"github.com/clipagiqa/clipagiqa/clipagiqa/method"
 	"github.com/urfave/cli/v2"
 )
-
-// exporters write a method's checkpoint in its official code's layout, by
-// --method name (a registered method; zero-shot ones have nothing to export).
-var exporters = map[string]func(c *cli.Context) error{
-	clipagiqa.MethodAGIQA: exportAGIQA,
-	clipagiqa.MethodIPIQA: exportIPIQA,
-}
 
 func exportCommand() *cli.Command {
 	return &cli.Command{
@@ -63,158 +48,33 @@ func runExport(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	export, ok := exporters[m.Name]
-	if !ok {
-		names := make([]string, 0, len(exporters))
-		for n := range exporters {
-			names = append(names, n)
-		}
-		sort.Strings(names)
-		return fmt.Errorf("--method %s has no trained weights to export (want one of %v)", m.Name, names)
+	if m.Export == nil {
+		return fmt.Errorf("--method %s has no trained weights to export (want one of %v)", m.Name, exportableMethods())
 	}
-	return export(c)
-}
-
-// exportAGIQA writes the official CLIP-AGIQA (Dassl) directory layout.
-func exportAGIQA(c *cli.Context) error {
-	ck, err := clipagiqa.ReadCheckpoint(c.String("checkpoint"), c.Int("epoch"))
+	summary, err := m.Export(method.ExportRequest{
+		CLIPPath:   c.String("clip"),
+		LoadCLIP:   func() (*clip.Model, error) { return loadCLIP(c) },
+		Checkpoint: c.String("checkpoint"),
+		Epoch:      c.Int("epoch"),
+		Out:        c.String("out"),
+		LR:         c.Float64("lr"),
+		Log:        c.App.ErrWriter,
+	})
 	if err != nil {
 		return err
 	}
-	cm, tok, err := loadCLIPAndTokenizer(c)
-	if err != nil {
-		return err
-	}
-	defer cm.Close()
-	m, err := clipagiqa.FromCheckpoint(cm, tok, ck)
-	if err != nil {
-		return fmt.Errorf("export: %w", err)
-	}
-	defer m.Close()
-	prefix, err := torch.ToRaw(m.TokenPrefix)
-	if err != nil {
-		return fmt.Errorf("export: token prefix: %w", err)
-	}
-	suffix, err := torch.ToRaw(m.TokenSuffix)
-	if err != nil {
-		return fmt.Errorf("export: token suffix: %w", err)
-	}
-	lr := c.Float64("lr")
-	if lr == 0 {
-		// Dassl saves after update_lr, i.e. the lr of the next epoch.
-		lr = clipagiqa.LRAt(ck.Epoch, 100, 1, 0.002, 1e-5)
-	}
-	out := c.String("out")
-	if err := ck.ExportOfficial(out, prefix, suffix, lr); err != nil {
-		return err
-	}
-	ep := max(ck.Epoch, 1)
-	fmt.Fprintf(c.App.Writer, "wrote %s and %s (epoch %d)\n",
-		filepath.Join(out, "prompt_learner", fmt.Sprintf("model.pth.tar-%d", ep)),
-		filepath.Join(out, "regression", fmt.Sprintf("model.pth.tar-%d", ep)), ep)
+	fmt.Fprintln(c.App.Writer, summary)
 	return nil
 }
 
-// ipiqaCheckpointFile resolves export's --checkpoint for ipiqa: a file as
-// given, or in a run directory checkpoint_N.pth (epoch > 0), else
-// checkpoint_best.pth, else the newest checkpoint_N.pth.
-func ipiqaCheckpointFile(path string, epoch int) (string, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return "", fmt.Errorf("--checkpoint: %w", err)
-	}
-	if !st.IsDir() {
-		if err := regularfile.Check(path); err != nil {
-			return "", fmt.Errorf("--checkpoint: %w", err)
+// exportableMethods lists the registered methods with an Export capability,
+// sorted (zero-shot ones have nothing to export).
+func exportableMethods() []string {
+	var names []string
+	for _, name := range clipagiqa.MethodNames() {
+		if m, err := clipagiqa.LookupMethod(name); err == nil && m.Export != nil {
+			names = append(names, name)
 		}
-		return path, nil
 	}
-	if epoch > 0 {
-		p := filepath.Join(path, train.CheckpointName(epoch))
-		if err := regularfile.Check(p); err != nil {
-			return "", fmt.Errorf("--checkpoint %s --epoch %d: %w (training keeps only the newest checkpoint_N.pth and checkpoint_best.pth)", path, epoch, err)
-		}
-		return p, nil
-	}
-	if p := filepath.Join(path, train.BestCheckpoint); regularfile.Check(p) == nil {
-		return p, nil
-	}
-	p, err := train.LatestCheckpoint(path)
-	if err != nil {
-		return "", fmt.Errorf("--checkpoint: %w", err)
-	}
-	if p == "" {
-		return "", fmt.Errorf("--checkpoint %s: no %s or checkpoint_N.pth in it (a run with several splits keeps them in one directory per split: give that one)", path, train.BestCheckpoint)
-	}
-	return p, nil
-}
-
-// exportIPIQA loads an IP-IQA checkpoint onto --clip, with its AdamW state,
-// and writes it back in the official layout (ipiqa.Model.SaveOfficial, as
-// training writes its checkpoints).
-func exportIPIQA(c *cli.Context) error {
-	if c.IsSet("lr") {
-		return fmt.Errorf("--lr is for --method agiqa: an IP-IQA checkpoint keeps the learning rates of its optimizer state")
-	}
-	in, err := ipiqaCheckpointFile(c.String("checkpoint"), c.Int("epoch"))
-	if err != nil {
-		return err
-	}
-	opts, err := ipiqa.OptionsFromOfficial(in)
-	if err != nil {
-		return err
-	}
-	f, err := ptfile.Load(in)
-	if err != nil {
-		return fmt.Errorf("export: %w", err)
-	}
-	ov, _ := ptfile.Get(f.Root, "optimizer")
-	_, hasOpt := ov.(*ptfile.Dict)
-	f = nil // the model load below reads the file again; let this copy go
-	cm, err := loadCLIP(c)
-	if err != nil {
-		return err
-	}
-	defer cm.Close()
-	m, err := ipiqa.New(cm, opts)
-	if err != nil {
-		return fmt.Errorf("export: %w", err)
-	}
-	defer m.Store().Close() // the CLIP is closed above
-	sc := ipiqatrain.OfficialSchedule()
-	opt, err := ipiqatrain.NewOptimizer(m, sc)
-	if err != nil {
-		return fmt.Errorf("export: %w", err)
-	}
-	defer opt.Close()
-	var load ipiqa.OptimizerState
-	if hasOpt {
-		load = opt
-	}
-	ck, err := m.LoadOfficial(in, load)
-	if err != nil {
-		return fmt.Errorf("export: IP-IQA checkpoint does not fit CLIP %s (trained on another CLIP?): %w", c.String("clip"), err)
-	}
-	config := ck.Config
-	if config == nil {
-		task := "agiqa"
-		if opts.Outputs == 2 {
-			task = "agiqa_doublescore"
-		}
-		config = ipiqatrain.OfficialConfig(m, sc, 32, 100, data.IPIQAOfficialSeed, task)
-	}
-	out := c.String("out")
-	if st, err := os.Stat(out); err == nil && st.IsDir() {
-		return fmt.Errorf("--out %s is a directory: IP-IQA exports one FILE (e.g. %s)", out, filepath.Join(out, train.BestCheckpoint))
-	}
-	if err := m.SaveOfficial(out, opt, config, ck.Epoch); err != nil {
-		return fmt.Errorf("export: %w", err)
-	}
-	state := "AdamW state from the input"
-	if !hasOpt {
-		state = "no optimizer state in the input: wrote AdamW's initial state (official schedule)"
-	}
-	fmt.Fprintf(c.App.Writer, "wrote %s from %s (IP-IQA, epoch %d, %d output(s), %d×%d input; %s)\n",
-		out, in, ck.Epoch, opts.Outputs, opts.InputResolution, opts.InputResolution, state)
-	return nil
+	return names
 }

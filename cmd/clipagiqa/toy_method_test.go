@@ -14,6 +14,7 @@ import (
 	"github.com/clipagiqa/clipagiqa/clipagiqa"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/clip"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/imageprep"
+	"github.com/clipagiqa/clipagiqa/clipagiqa/method"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/metrics"
 	"github.com/clipagiqa/clipagiqa/serve"
 	"github.com/clipagiqa/clipagiqa/serve/api"
@@ -44,8 +45,30 @@ var registerToy = sync.OnceValue(func() error {
 			return func(*clip.Model, clipagiqa.Tokenizer) (clipagiqa.ScoringHead, error) {
 				return &toyMeanHead{offset: 0.25}, nil
 			}, nil
-		}})
+		},
+		Export: toyExport,
+	})
 })
+
+// toyExport writes what the request carried, and the embed dim of the CLIP
+// it loaded through it, so the test can see each flag arrive; a checkpoint
+// that does not exist is an error, before CLIP loads.
+func toyExport(req method.ExportRequest) (string, error) {
+	if _, err := os.Stat(req.Checkpoint); err != nil {
+		return "", fmt.Errorf("toy export: %w", err)
+	}
+	cm, err := req.CLIP()
+	if err != nil {
+		return "", err
+	}
+	defer cm.Close()
+	body := fmt.Sprintf("clip=%s checkpoint=%s epoch=%d lr=%g embed=%d\n",
+		req.CLIPPath, req.Checkpoint, req.Epoch, req.LR, cm.Config.EmbedDim)
+	if err := os.WriteFile(req.Out, []byte(body), 0o644); err != nil {
+		return "", err
+	}
+	return "toy wrote " + req.Out, nil
+}
 
 // toyWant is the toy score of an image file, from imageprep directly.
 func toyWant(t *testing.T, path string) float64 {
@@ -134,4 +157,35 @@ func TestRegisteredMethodThroughPredictEvalServe(t *testing.T) {
 		require.NotNil(t, body.Results[0].Score)
 		assert.InDelta(t, want[i], *body.Results[0].Score, atol, "serve %s", p)
 	}
+}
+
+// TestRegisteredMethodExport: export --method of a method registered here,
+// with an Export capability and no edit to cmd, calls that capability with
+// the flags' values and a CLIP loaded from --clip, and prints its summary;
+// its errors come back unchanged.
+func TestRegisteredMethodExport(t *testing.T) {
+	require.NoError(t, registerToy())
+	dir := t.TempDir()
+	ck := filepath.Join(dir, "toy.ck")
+	require.NoError(t, os.WriteFile(ck, []byte("toy"), 0o644))
+	out := filepath.Join(dir, "toy.out")
+	stdout, _, err := run(t, "export", "--method", toyMethod, "--clip", tinyCLIPPath, "--checkpoint", ck,
+		"--epoch", "3", "--lr", "0.5", "--out", out)
+	require.NoError(t, err)
+	assert.Equal(t, "toy wrote "+out+"\n", stdout)
+	got, err := os.ReadFile(out)
+	require.NoError(t, err)
+	cm, err := clip.Load(tinyCLIPPath, clip.Options{})
+	require.NoError(t, err)
+	embed := cm.Config.EmbedDim
+	cm.Close()
+	assert.Equal(t, fmt.Sprintf("clip=%s checkpoint=%s epoch=3 lr=0.5 embed=%d\n", tinyCLIPPath, ck, embed), string(got))
+
+	missing := filepath.Join(dir, "missing.ck")
+	_, _, err = run(t, "export", "--method", toyMethod, "--clip", tinyCLIPPath, "--checkpoint", missing, "--out", out)
+	assert.ErrorContains(t, err, "toy export: stat "+missing)
+
+	// The exportable methods listed for one without the capability include it.
+	_, _, err = run(t, "export", "--method", clipagiqa.MethodCLIPIQA, "--clip", tinyCLIPPath, "--checkpoint", ck, "--out", out)
+	assert.ErrorContains(t, err, "--method clipiqa has no trained weights to export (want one of [agiqa ipiqa "+toyMethod+"])")
 }
