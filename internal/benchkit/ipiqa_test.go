@@ -24,15 +24,24 @@ func TestIPIQAFLOPsMatchProfiler(t *testing.T) {
 		t.Skipf("no python3-torch: %v", err)
 	}
 	script := `
-import sys, json; sys.path.insert(0, "../../bench")
+import sys, json, contextlib; sys.path.insert(0, "../../bench")
 import torch, ipiqa_reference as r
 from torch.profiler import profile
 torch.set_num_threads(1)
+# torch 2.x: the profiler counts no FLOPs inside nn.MultiheadAttention's
+# fast path or the fused SDPA kernels, so attention runs op by op here.
+if hasattr(torch.backends, "mha"):
+    torch.backends.mha.set_fastpath_enabled(False)
+try:
+    from torch.nn.attention import sdpa_kernel, SDPBackend
+    math_attention = lambda: sdpa_kernel(SDPBackend.MATH)
+except ImportError:
+    math_attention = contextlib.nullcontext
 tp, head = r.TextAttentionPool2d(16, 2048, 1024, 32, 1024), r.MLPHead(2048, 2, 0.5).eval()
 tx = r.Transformer(512, 12, 8, torch.empty(77, 77).fill_(float("-inf")).triu_(1)).eval()
 proj = torch.randn(512, 1024)
 out = {}
-with torch.no_grad():
+with torch.no_grad(), math_attention():
     x, t = torch.randn(1, 2048, 16, 16), torch.randn(1, 1024)
     with profile(with_flops=True) as p:
         o = tp(x, t); head(torch.cat([o, o], 1))
