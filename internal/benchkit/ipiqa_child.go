@@ -21,10 +21,30 @@ import (
 	"github.com/clipagiqa/clipagiqa/torch/optim"
 )
 
+// ResNetCLIPGeometry sizes a random CLIP ResNet state dict.
+type ResNetCLIPGeometry struct {
+	Width      int64 // stem width (RN50: 64); the attnpool width is 32×Width
+	Blocks     []int // Bottlenecks per stage (RN50: 3, 4, 6, 3)
+	Embed      int64 // joint embedding (RN50: 1024)
+	TextWidth  int64 // text transformer width (RN50: 512)
+	TextLayers int   // text transformer blocks (RN50: 12)
+	LogitScale bool  // also write logit_scale (OpenAI's files have it)
+}
+
+// RN50Geometry is OpenAI RN50's.
+var RN50Geometry = ResNetCLIPGeometry{Width: 64, Blocks: []int{3, 4, 6, 3}, Embed: 1024, TextWidth: 512, TextLayers: 12}
+
 // RN50StateDict is a CLIP state dict with OpenAI RN50.pt's tensor names and
-// shapes and random weights (N(0, 0.02²); BatchNorm and LayerNorm at
-// identity), for benchmarks at full size without the 244 MB download.
+// shapes and random weights (RandomResNetCLIP), for benchmarks at full
+// size without the 244 MB download.
 func RN50StateDict() (*torch.StateDict, error) {
+	return RandomResNetCLIP(RN50Geometry)
+}
+
+// RandomResNetCLIP is a CLIP ResNet state dict of geometry g under
+// OpenAI's tensor names, with weights N(0, 0.02²) from the global
+// generator and BatchNorm and LayerNorm at identity.
+func RandomResNetCLIP(g ResNetCLIPGeometry) (*torch.StateDict, error) {
 	s := torch.NewScope().WithGrad(torch.NoGrad)
 	defer s.Close()
 	sd := torch.NewStateDict()
@@ -38,16 +58,16 @@ func RN50StateDict() (*torch.StateDict, error) {
 			add(name+".running_var", s.Full(1, torch.Float32, c))
 		}
 	}
-	const width, embed, d, txt = 64, 1024, 2048, 512
+	width, embed, d, txt := g.Width, g.Embed, 32*g.Width, g.TextWidth
 	w("visual.conv1.weight", width/2, 3, 3, 3)
 	norm("visual.bn1", width/2, true)
 	w("visual.conv2.weight", width/2, width/2, 3, 3)
 	norm("visual.bn2", width/2, true)
 	w("visual.conv3.weight", width, width/2, 3, 3)
 	norm("visual.bn3", width, true)
-	in := int64(width)
-	for st, n := range []int{3, 4, 6, 3} {
-		p := int64(width << st)
+	in := width
+	for st, n := range g.Blocks {
+		p := width << st
 		for i := range n {
 			pre := fmt.Sprintf("visual.layer%d.%d.", st+1, i)
 			w(pre+"conv1.weight", p, in, 1, 1)
@@ -72,7 +92,7 @@ func RN50StateDict() (*torch.StateDict, error) {
 	w("visual.attnpool.c_proj.bias", embed)
 	w("token_embedding.weight", 49408, txt)
 	w("positional_embedding", 77, txt)
-	for i := range 12 {
+	for i := range g.TextLayers {
 		pre := fmt.Sprintf("transformer.resblocks.%d.", i)
 		w(pre+"attn.in_proj_weight", 3*txt, txt)
 		w(pre+"attn.in_proj_bias", 3*txt)
@@ -87,9 +107,12 @@ func RN50StateDict() (*torch.StateDict, error) {
 	}
 	norm("ln_final", txt, false)
 	w("text_projection", txt, embed)
+	if g.LogitScale {
+		add("logit_scale", s.Full(math.Log(1/0.07), torch.Float32))
+	}
 	if err := s.Err(); err != nil {
 		sd.Close()
-		return nil, fmt.Errorf("rn50 state dict: %w", err)
+		return nil, fmt.Errorf("random ResNet CLIP state dict: %w", err)
 	}
 	return sd, nil
 }

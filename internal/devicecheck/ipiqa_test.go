@@ -15,6 +15,7 @@ import (
 	"github.com/clipagiqa/clipagiqa/clipagiqa/ipiqa"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/train"
 	"github.com/clipagiqa/clipagiqa/clipagiqa/train/ipiqatrain"
+	"github.com/clipagiqa/clipagiqa/internal/benchkit"
 	"github.com/clipagiqa/clipagiqa/torch"
 	"github.com/clipagiqa/clipagiqa/torch/optim"
 	"github.com/stretchr/testify/assert"
@@ -36,72 +37,13 @@ const (
 
 // tinyRNStateDict is a CLIP ResNet state dict of the IP-IQA fixture's
 // geometry (one Bottleneck per stage, width 4, text width 64 with 2
-// layers, embedding 64) with random weights N(0, 0.02²) from a fixed seed,
-// BatchNorm and LayerNorm at identity: built here so the GPU bundle carries
-// no extra weights file.
+// layers, embedding 64) with random weights from a fixed seed: built here
+// so the GPU bundle carries no extra weights file.
 func tinyRNStateDict(t *testing.T) *torch.StateDict {
 	t.Helper()
 	require.NoError(t, torch.ManualSeed(11))
-	s := torch.NewScope().WithGrad(torch.NoGrad)
-	defer s.Close()
-	sd := torch.NewStateDict()
-	add := func(name string, x *torch.Tensor) { sd.Set(name, s.Keep(x)) }
-	w := func(name string, shape ...int64) { add(name, s.MulScalar(s.Randn(torch.Float32, shape...), 0.02)) }
-	norm := func(name string, c int64, stats bool) {
-		add(name+".weight", s.Full(1, torch.Float32, c))
-		add(name+".bias", s.Zeros(torch.Float32, c))
-		if stats {
-			add(name+".running_mean", s.Zeros(torch.Float32, c))
-			add(name+".running_var", s.Full(1, torch.Float32, c))
-		}
-	}
-	const width, embed, d, txt = 4, 64, 128, 64
-	w("visual.conv1.weight", width/2, 3, 3, 3)
-	norm("visual.bn1", width/2, true)
-	w("visual.conv2.weight", width/2, width/2, 3, 3)
-	norm("visual.bn2", width/2, true)
-	w("visual.conv3.weight", width, width/2, 3, 3)
-	norm("visual.bn3", width, true)
-	in := int64(width)
-	for st := range 4 {
-		p := int64(width << st)
-		pre := fmt.Sprintf("visual.layer%d.0.", st+1)
-		w(pre+"conv1.weight", p, in, 1, 1)
-		norm(pre+"bn1", p, true)
-		w(pre+"conv2.weight", p, p, 3, 3)
-		norm(pre+"bn2", p, true)
-		w(pre+"conv3.weight", 4*p, p, 1, 1)
-		norm(pre+"bn3", 4*p, true)
-		w(pre+"downsample.0.weight", 4*p, in, 1, 1)
-		norm(pre+"downsample.1", 4*p, true)
-		in = 4 * p
-	}
-	w("visual.attnpool.positional_embedding", 50, d)
-	for _, n := range []string{"q", "k", "v"} {
-		w("visual.attnpool."+n+"_proj.weight", d, d)
-		w("visual.attnpool."+n+"_proj.bias", d)
-	}
-	w("visual.attnpool.c_proj.weight", embed, d)
-	w("visual.attnpool.c_proj.bias", embed)
-	w("token_embedding.weight", 49408, txt)
-	w("positional_embedding", 77, txt)
-	for i := range 2 {
-		pre := fmt.Sprintf("transformer.resblocks.%d.", i)
-		w(pre+"attn.in_proj_weight", 3*txt, txt)
-		w(pre+"attn.in_proj_bias", 3*txt)
-		w(pre+"attn.out_proj.weight", txt, txt)
-		w(pre+"attn.out_proj.bias", txt)
-		norm(pre+"ln_1", txt, false)
-		w(pre+"mlp.c_fc.weight", 4*txt, txt)
-		w(pre+"mlp.c_fc.bias", 4*txt)
-		w(pre+"mlp.c_proj.weight", txt, 4*txt)
-		w(pre+"mlp.c_proj.bias", txt)
-		norm(pre+"ln_2", txt, false)
-	}
-	norm("ln_final", txt, false)
-	w("text_projection", txt, embed)
-	add("logit_scale", s.Full(math.Log(1/0.07), torch.Float32))
-	require.NoError(t, s.Err())
+	sd, err := benchkit.RandomResNetCLIP(benchkit.ResNetCLIPGeometry{Width: 4, Blocks: []int{1, 1, 1, 1}, Embed: 64, TextWidth: 64, TextLayers: 2, LogitScale: true})
+	require.NoError(t, err)
 	return sd
 }
 
