@@ -87,10 +87,11 @@ demo: deps build
 # demo-clip remakes testdata/demo/tiny_clip_rn_i2p.pt: Image2Prompt pre-training
 # of the IP-IQA fixture's random tiny ResNet CLIP on synthetic images (seed 7001,
 # disjoint from the demo's seed-1 set) captioned with their quality and distortion,
-# in stages of a few epochs each (as the shipped file was made; about 10 minutes).
+# in stages of a few epochs each (as the shipped file was made, on 2 threads; about 4 minutes
+# on an idle 2-core machine).
 DEMO_PRE = build/demo-pretrain
 demo-clip: deps build
-	bin/clipagiqa demo --pairs-out $(DEMO_PRE)/data --seed 7001 --bases 48
+	bin/clipagiqa demo --pairs-out $(DEMO_PRE)/data --seed 7001 --bases 144
 	bin/clipagiqa pretrain --clip testdata/ipiqa-ref/tiny_clip_rn_fp16.pt --pairs $(DEMO_PRE)/data/pairs.csv --out $(DEMO_PRE)/stage1 --epochs 2 --lr 1e-3 --seed 1 --half
 	bin/clipagiqa pretrain --clip $(DEMO_PRE)/stage1/clip.pt --pairs $(DEMO_PRE)/data/pairs.csv --out $(DEMO_PRE)/stage2 --epochs 3 --lr 5e-4 --seed 2 --half
 	bin/clipagiqa pretrain --clip $(DEMO_PRE)/stage2/clip.pt --pairs $(DEMO_PRE)/data/pairs.csv --out $(DEMO_PRE)/stage3 --epochs 3 --lr 5e-4 --seed 3 --half

@@ -24,7 +24,8 @@ import (
 // CLIP-AGIQA's regressor sees L2-normalised 64-d features whose entries are
 // small, so it needs many SGD steps: batch 16 for 30 epochs at lr 0.02
 // (lr 0.05 diverges to constant scores; batch 32 × 20 epochs at 0.01
-// underfits: validation SRCC 0.749 against 0.791).
+// underfits: validation SRCC 0.749 against 0.791, measured on the earlier
+// CLIP pre-trained on 48 bases).
 const (
 	demoEpochs      = 30
 	demoLR          = 0.02
@@ -32,9 +33,9 @@ const (
 	demoDropout     = 0.0
 	demoBases       = 48
 	demoValFrac     = 0.15
-	demoIPIQAEpochs = 3
+	demoIPIQAEpochs = 6
 	demoIPIQALR     = 3e-4
-	demoIPIQARes    = 160
+	demoIPIQARes    = 224
 	demoIPIQABatch  = 16
 	// demoCLIPRel is the tiny ResNet CLIP whose image tower was pre-trained
 	// by `make demo-clip` (Image2Prompt on synthetic images with quality
