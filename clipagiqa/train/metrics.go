@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -90,13 +91,66 @@ func ReadJSONLines[T any](path string) ([]T, error) {
 	return out, sc.Err()
 }
 
-// jsonFloat keeps NaN/Inf out of JSON (a failed metric is reported as 0
-// with the part's Error set).
-func jsonFloat(x float64) float64 {
+// jsonFloat keeps NaN/Inf out of JSON: encoding/json refuses them, and an
+// undefined metric (e.g. SRCC of constant predictions on a tiny part) must
+// not stop training. It is written as 0 and named in the part's Error.
+func jsonFloat(x float64) (float64, bool) {
 	if math.IsNaN(x) || math.IsInf(x, 0) {
-		return 0
+		return 0, false
 	}
-	return x
+	return x, true
+}
+
+// MarshalJSON writes h with non-finite values as 0, named in the part's
+// Error (see jsonFloat), so metrics.jsonl and summaries always encode.
+func (h EpochReport) MarshalJSON() ([]byte, error) {
+	type plain EpochReport // without this method
+	return json.Marshal(plain(jsonSafe(h)))
+}
+
+// jsonSafe returns a copy of h that encoding/json accepts (see jsonFloat).
+func jsonSafe(h EpochReport) EpochReport {
+	h.LR, _ = jsonFloat(h.LR)
+	h.TrainLoss, _ = jsonFloat(h.TrainLoss)
+	h.Score, _ = jsonFloat(h.Score)
+	if h.Parts == nil {
+		return h
+	}
+	parts := make(map[string]PartReport, len(h.Parts))
+	for name, pr := range h.Parts {
+		outs := make(map[string]metrics.Report, len(pr.Outputs))
+		var undefined []string
+		for o, r := range pr.Outputs {
+			for _, f := range []struct {
+				name string
+				v    *float64
+			}{{"plcc", &r.PLCC}, {"srcc", &r.SRCC}, {"krcc", &r.KRCC}, {"rmse", &r.RMSE},
+				{"logistic_plcc", &r.LogisticPLCC}, {"logistic_rmse", &r.LogisticRMSE}} {
+				var ok bool
+				if *f.v, ok = jsonFloat(*f.v); !ok {
+					undefined = append(undefined, o+" "+f.name)
+				}
+			}
+			for i := range r.LogisticParams {
+				r.LogisticParams[i], _ = jsonFloat(r.LogisticParams[i])
+			}
+			outs[o] = r
+		}
+		if len(pr.Outputs) > 0 {
+			pr.Outputs = outs
+		}
+		if len(undefined) > 0 {
+			slices.Sort(undefined)
+			msg := "undefined (written as 0): " + strings.Join(undefined, ", ")
+			if pr.Error != "" {
+				msg = pr.Error + "; " + msg
+			}
+			pr.Error = msg
+		}
+		parts[name] = pr
+	}
+	h.Parts = parts
+	return h
 }
 
 // writeMetrics rewrites metrics.jsonl and metrics.csv atomically.
@@ -159,6 +213,11 @@ func writePlots(out string, parts, outputs []string, history []EpochReport) erro
 	}
 	if err := plot.Lines(filepath.Join(out, LossPlot), map[string][]float64{"train loss": loss}, "training loss", "epoch", "loss"); err != nil {
 		return err
+	}
+	for key, v := range series {
+		if !slices.ContainsFunc(v, func(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }) {
+			delete(series, key) // SRCC undefined every epoch so far: nothing to draw
+		}
 	}
 	if len(series) == 0 {
 		return nil

@@ -204,7 +204,7 @@ func runEval(c *cli.Context) error {
 			return err
 		}
 	}
-	printEvalNotes(c.App.ErrWriter, out.Notes)
+	printDataNotes(c.App.ErrWriter, "eval", out.Notes)
 	printEvalErrors(c.App.ErrWriter, out.Errors)
 	if len(out.Errors) > 0 {
 		return fmt.Errorf("eval: %d image(s) could not be read (left out of the metrics)", len(out.Errors))
@@ -489,7 +489,7 @@ func runEvalScorer(c *cli.Context, m clipagiqa.Method, format string) error {
 			return err
 		}
 	}
-	printEvalNotes(c.App.ErrWriter, out.Notes)
+	printDataNotes(c.App.ErrWriter, "eval", out.Notes)
 	printEvalErrors(c.App.ErrWriter, out.Errors)
 	if len(out.Errors) > 0 {
 		return fmt.Errorf("eval: %d image(s) could not be scored (unreadable or without a prompt; left out of the metrics)", len(out.Errors))
@@ -510,9 +510,11 @@ func writeEvalOutput(c *cli.Context, format string, out evalOutput) error {
 	}
 }
 
-func printEvalNotes(w io.Writer, notes []string) {
+// printDataNotes says on stderr what loading the dataset left out
+// (Dataset.Notes), so a run never drops rows silently.
+func printDataNotes(w io.Writer, command string, notes []string) {
 	for _, n := range notes {
-		fmt.Fprintf(w, "clipagiqa eval: note: %s\n", n)
+		fmt.Fprintf(w, "clipagiqa %s: note: %s\n", command, n)
 	}
 }
 

@@ -183,19 +183,18 @@ func TestEvalIPIQABadInputs(t *testing.T) {
 	assert.ErrorContains(t, err, "does not score with prompts")
 }
 
-// eval --method ipiqa on an AGIQA-1K table in the official layout
-// (AIGC_MOS_Zscore.csv): prompts from its Prompt column, the repeated row
-// kept once and noted, and a 2-output checkpoint judged on quality only
-// (AGIQA-1K rates no alignment). The scores are predict's with the same
-// prompts.
-func TestEvalIPIQAAGIQA1KPromptTable(t *testing.T) {
-	root := t.TempDir()
-	names := []string{"deepai_0_0_0_0.jpg", "deepai_0_0_0_1.jpg", "deepai_3_7_1_0.jpg", "dreamStudio_6_2_0_1.jpg",
+// agiqa1kOfficialTable writes the fixture's eight images under AGIQA-1K
+// names and a table in the official layout (AIGC_MOS_Zscore.csv) whose last
+// row repeats dreamStudio_8_9_1_1.jpg; it returns the image,prompt rows too.
+func agiqa1kOfficialTable(t *testing.T) (root, table string, names []string, promptRows string) {
+	t.Helper()
+	root = t.TempDir()
+	names = []string{"deepai_0_0_0_0.jpg", "deepai_0_0_0_1.jpg", "deepai_3_7_1_0.jpg", "dreamStudio_6_2_0_1.jpg",
 		"dreamStudio_8_9_1_1.jpg", "deepai_9_6_0_1.jpg", "deepai_11_14_1_1.jpg", "dreamStudio_0_0_1_0.jpg"}
 	var b strings.Builder
 	b.WriteString("Image,Prompt,MOS\n")
-	var promptRows strings.Builder
-	promptRows.WriteString("image,prompt\n")
+	var prompts strings.Builder
+	prompts.WriteString("image,prompt\n")
 	for k, n := range names {
 		img, err := os.ReadFile(ipiqaref.Path(fmt.Sprintf("images/img_%d.png", k)))
 		require.NoError(t, err)
@@ -203,11 +202,21 @@ func TestEvalIPIQAAGIQA1KPromptTable(t *testing.T) {
 		p, err := data.AGIQA1KPrompt(n)
 		require.NoError(t, err)
 		fmt.Fprintf(&b, "%s,\"%s\",%g\n", n, p, evalFixtureQuality[k])
-		fmt.Fprintf(&promptRows, "%s,\"%s\"\n", n, p)
+		fmt.Fprintf(&prompts, "%s,\"%s\"\n", n, p)
 	}
 	fmt.Fprintf(&b, "dreamStudio_8_9_1_1.jpg,\"%s\",9.5\n", must(data.AGIQA1KPrompt("dreamStudio_8_9_1_1.jpg")))
-	table := filepath.Join(root, data.AGIQA1KPromptTable)
+	table = filepath.Join(root, data.AGIQA1KPromptTable)
 	require.NoError(t, os.WriteFile(table, []byte(b.String()), 0o644))
+	return root, table, names, prompts.String()
+}
+
+// eval --method ipiqa on an AGIQA-1K table in the official layout
+// (AIGC_MOS_Zscore.csv): prompts from its Prompt column, the repeated row
+// kept once and noted, and a 2-output checkpoint judged on quality only
+// (AGIQA-1K rates no alignment). The scores are predict's with the same
+// prompts.
+func TestEvalIPIQAAGIQA1KPromptTable(t *testing.T) {
+	root, table, names, promptRows := agiqa1kOfficialTable(t)
 
 	out, stderr, err := run(t, "eval", "--method", "ipiqa", "--clip", ipiqaCLIP, "--checkpoint", ipiqaCheckpoint,
 		"--dataset", "agiqa1k", "--root", root, "--table", table, "--batch-size", "1", "--format", "json",
@@ -223,7 +232,7 @@ func TestEvalIPIQAAGIQA1KPromptTable(t *testing.T) {
 	assert.Equal(t, 8, got.Outputs[0].N)
 
 	promptTable := filepath.Join(t.TempDir(), "prompts.csv")
-	require.NoError(t, os.WriteFile(promptTable, []byte(promptRows.String()), 0o644))
+	require.NoError(t, os.WriteFile(promptTable, []byte(promptRows), 0o644))
 	pout, stderr, err := run(t, "predict", "--method", "ipiqa", "--clip", ipiqaCLIP, "--checkpoint", ipiqaCheckpoint,
 		"--prompts", promptTable, "--batch-size", "1", "--format", "csv", root)
 	require.NoError(t, err, stderr)
@@ -241,4 +250,20 @@ func TestEvalIPIQAAGIQA1KPromptTable(t *testing.T) {
 		assert.Equal(t, byImage[names[k]], r[2], "eval and predict score %s alike", names[k])
 		assert.Equal(t, strconv.FormatFloat(evalFixtureQuality[k], 'g', -1, 64), r[1], "the first of the repeated rows is kept")
 	}
+}
+
+// train says what loading the dataset left out, as eval does: the repeated
+// AGIQA-1K row is named on stderr.
+func TestTrainPrintsDatasetNotes(t *testing.T) {
+	root, table, _, _ := agiqa1kOfficialTable(t)
+	_, stderr, err := run(t, "train", "--clip", tinyCLIPPath, "--dataset", "agiqa1k", "--root", root, "--table", table,
+		"--protocol", "random", "--test-fraction", "0.25", "--val-fraction", "0.34", "--epochs", "1", "--cache-dir", "-", "--out", t.TempDir())
+	require.NoError(t, err, stderr)
+	assert.Contains(t, stderr, "clipagiqa train: note: "+table+":10: dreamStudio_8_9_1_1.jpg repeats line 6")
+
+	_, stderr, err = run(t, "train", "--method", "ipiqa", "--clip", ipiqaCLIP, "--dataset", "agiqa1k", "--root", root, "--table", table,
+		"--protocol", "random", "--test-fraction", "0.25", "--val-fraction", "0.34", "--epochs", "1", "--input-resolution", "64",
+		"--batch-size", "4", "--out", t.TempDir())
+	require.NoError(t, err, stderr)
+	assert.Contains(t, stderr, "clipagiqa train: note: "+table+":10: dreamStudio_8_9_1_1.jpg repeats line 6")
 }

@@ -197,6 +197,7 @@ func runTrain(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	printDataNotes(c.App.ErrWriter, "train", all.Notes)
 	plans, err := planSplits(c, all, fixedTest)
 	if err != nil {
 		return err
