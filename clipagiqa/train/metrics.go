@@ -91,66 +91,37 @@ func ReadJSONLines[T any](path string) ([]T, error) {
 	return out, sc.Err()
 }
 
-// jsonFloat keeps NaN/Inf out of JSON: encoding/json refuses them, and an
-// undefined metric (e.g. SRCC of constant predictions on a tiny part) must
-// not stop training. It is written as 0 and named in the part's Error.
-func jsonFloat(x float64) (float64, bool) {
-	if math.IsNaN(x) || math.IsInf(x, 0) {
-		return 0, false
-	}
-	return x, true
+// epochReportJSON is EpochReport's wire form: Score is null for an epoch
+// without a selection value (NaN in memory: the selected part could not be
+// scored, its PartReport.Error says why), which encoding/json cannot write.
+type epochReportJSON struct {
+	plainEpochReport
+	Score *float64 `json:"score"`
 }
 
-// MarshalJSON writes h with non-finite values as 0, named in the part's
-// Error (see jsonFloat), so metrics.jsonl and summaries always encode.
+type plainEpochReport EpochReport // EpochReport without its JSON methods
+
+// MarshalJSON writes Score as null when it is NaN or infinite.
 func (h EpochReport) MarshalJSON() ([]byte, error) {
-	type plain EpochReport // without this method
-	return json.Marshal(plain(jsonSafe(h)))
+	w := epochReportJSON{plainEpochReport: plainEpochReport(h)}
+	if !math.IsNaN(h.Score) && !math.IsInf(h.Score, 0) {
+		w.Score = &h.Score
+	}
+	return json.Marshal(w)
 }
 
-// jsonSafe returns a copy of h that encoding/json accepts (see jsonFloat).
-func jsonSafe(h EpochReport) EpochReport {
-	h.LR, _ = jsonFloat(h.LR)
-	h.TrainLoss, _ = jsonFloat(h.TrainLoss)
-	h.Score, _ = jsonFloat(h.Score)
-	if h.Parts == nil {
-		return h
+// UnmarshalJSON reads a null Score back as NaN.
+func (h *EpochReport) UnmarshalJSON(b []byte) error {
+	var w epochReportJSON
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
 	}
-	parts := make(map[string]PartReport, len(h.Parts))
-	for name, pr := range h.Parts {
-		outs := make(map[string]metrics.Report, len(pr.Outputs))
-		var undefined []string
-		for o, r := range pr.Outputs {
-			for _, f := range []struct {
-				name string
-				v    *float64
-			}{{"plcc", &r.PLCC}, {"srcc", &r.SRCC}, {"krcc", &r.KRCC}, {"rmse", &r.RMSE},
-				{"logistic_plcc", &r.LogisticPLCC}, {"logistic_rmse", &r.LogisticRMSE}} {
-				var ok bool
-				if *f.v, ok = jsonFloat(*f.v); !ok {
-					undefined = append(undefined, o+" "+f.name)
-				}
-			}
-			for i := range r.LogisticParams {
-				r.LogisticParams[i], _ = jsonFloat(r.LogisticParams[i])
-			}
-			outs[o] = r
-		}
-		if len(pr.Outputs) > 0 {
-			pr.Outputs = outs
-		}
-		if len(undefined) > 0 {
-			slices.Sort(undefined)
-			msg := "undefined (written as 0): " + strings.Join(undefined, ", ")
-			if pr.Error != "" {
-				msg = pr.Error + "; " + msg
-			}
-			pr.Error = msg
-		}
-		parts[name] = pr
+	*h = EpochReport(w.plainEpochReport)
+	h.Score = math.NaN()
+	if w.Score != nil {
+		h.Score = *w.Score
 	}
-	h.Parts = parts
-	return h
+	return nil
 }
 
 // writeMetrics rewrites metrics.jsonl and metrics.csv atomically.

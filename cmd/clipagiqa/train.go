@@ -197,7 +197,9 @@ func runTrain(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	printDataNotes(c.App.ErrWriter, "train", all.Notes)
+	if group.IsMain() { // one copy under torchrun, not one per rank
+		printDataNotes(c.App.ErrWriter, "train", all.Notes)
+	}
 	plans, err := planSplits(c, all, fixedTest)
 	if err != nil {
 		return err

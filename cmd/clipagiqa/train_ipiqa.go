@@ -121,7 +121,9 @@ func runTrainIPIQA(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	printDataNotes(c.App.ErrWriter, "train", all.Notes)
+	if group.IsMain() { // one copy under torchrun, not one per rank
+		printDataNotes(c.App.ErrWriter, "train", all.Notes)
+	}
 	r := &ipiqaRun{c: c, protocol: c.String("protocol"), group: group, w: c.App.Writer, errw: c.App.ErrWriter}
 	if err := r.loadTargets(all, fixedTest); err != nil {
 		return err
