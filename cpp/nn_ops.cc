@@ -15,6 +15,14 @@ at::IntArrayRef pair(const int64_t *p) {
   return at::IntArrayRef(p, 2);
 }
 
+at::MemoryFormat memory_format(int32_t f) {
+  switch (f) {
+    case CT_FORMAT_CONTIGUOUS: return at::MemoryFormat::Contiguous;
+    case CT_FORMAT_CHANNELS_LAST: return at::MemoryFormat::ChannelsLast;
+  }
+  throw std::invalid_argument("unknown memory format " + std::to_string(f));
+}
+
 }  // namespace
 
 extern "C" {
@@ -116,6 +124,23 @@ ct_error ct_clip_grad_norm(const ct_tensor *params, int64_t n, double max_norm, 
   ps.reserve(n);
   for (int64_t i = 0; i < n; i++) ps.push_back(T(params[i]));
   *total = torch::nn::utils::clip_grad_norm_(ps, max_norm, norm_type);
+  CT_OP_CATCH
+}
+
+ct_error ct_to_memory_format(ct_mode m, ct_tensor x, int32_t format, ct_tensor *out) {
+  CT_OP_TRY
+  const at::MemoryFormat f = memory_format(format);
+  if (f == at::MemoryFormat::ChannelsLast && T(x).dim() != 4)
+    throw std::invalid_argument("channels-last needs a 4-D tensor, got " +
+                                std::to_string(T(x).dim()) + "-D");
+  ct_op::Mode mode(m);
+  *out = ct_op::wrap(T(x).contiguous(f));
+  CT_OP_CATCH
+}
+
+ct_error ct_is_contiguous_as(ct_tensor x, int32_t format, int32_t *out) {
+  CT_OP_TRY
+  *out = T(x).is_contiguous(memory_format(format)) ? 1 : 0;
   CT_OP_CATCH
 }
 

@@ -71,6 +71,16 @@ ct_error ct_cosine_embedding_loss(ct_mode m, ct_tensor a, ct_tensor b, ct_tensor
 ct_error ct_clip_grad_norm(const ct_tensor *params, int64_t n, double max_norm, double norm_type,
                            double *total);
 
+/* Memory formats of ct_to_memory_format and ct_is_contiguous_as. */
+enum { CT_FORMAT_CONTIGUOUS = 0, CT_FORMAT_CHANNELS_LAST = 1 };
+
+/* x.contiguous(memory_format): a 4-D tensor laid out row-major (NCHW) or
+ * channels-last (NHWC strides, same shape); x itself when it already is. */
+ct_error ct_to_memory_format(ct_mode m, ct_tensor x, int32_t format, ct_tensor *out);
+
+/* x.is_contiguous(memory_format) into *out (1 or 0). */
+ct_error ct_is_contiguous_as(ct_tensor x, int32_t format, int32_t *out);
+
 #ifdef __cplusplus
 }
 #endif

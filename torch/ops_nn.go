@@ -244,3 +244,50 @@ func ClipGradNorm(params []*Tensor, maxNorm, normType float64) (float64, error) 
 	}
 	return float64(total), nil
 }
+
+// MemoryFormat is how a 4-D tensor's elements are laid out in memory; the
+// shape [N, C, H, W] is the same in both.
+type MemoryFormat int32
+
+const (
+	// RowMajor is PyTorch's contiguous format (NCHW strides).
+	RowMajor MemoryFormat = C.CT_FORMAT_CONTIGUOUS
+	// ChannelsLast stores each pixel's channels together (NHWC strides),
+	// which oneDNN's CPU convolutions and cuDNN's tensor cores run faster on.
+	ChannelsLast MemoryFormat = C.CT_FORMAT_CHANNELS_LAST
+)
+
+func (f MemoryFormat) String() string {
+	switch f {
+	case RowMajor:
+		return "row-major"
+	case ChannelsLast:
+		return "channels-last"
+	}
+	return fmt.Sprintf("MemoryFormat(%d)", int32(f))
+}
+
+// ToMemoryFormat is x.contiguous(memory_format=f): x laid out in f (x itself,
+// shared, when it already is). Values and gradients are unchanged; ops on
+// the result keep the layout where PyTorch's kernels do.
+func (s *Scope) ToMemoryFormat(x *Tensor, f MemoryFormat) *Tensor {
+	if !s.required("to_memory_format", x) {
+		return nil
+	}
+	return s.run("to_memory_format("+f.String()+")", []*Tensor{x}, func(in []C.ct_tensor, out *C.ct_tensor) C.ct_error {
+		return C.ct_to_memory_format(s.mode, in[0], C.int32_t(f), out)
+	})
+}
+
+// IsContiguousAs reports whether t is laid out densely in format f.
+func (t *Tensor) IsContiguousAs(f MemoryFormat) (bool, error) {
+	h, err := t.handle()
+	if err != nil {
+		return false, err
+	}
+	var r C.int32_t
+	if err := cErr(C.ct_is_contiguous_as(h, C.int32_t(f), &r)); err != nil {
+		return false, fmt.Errorf("is_contiguous(%v): %w", f, err)
+	}
+	return r != 0, nil
+}

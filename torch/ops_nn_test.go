@@ -294,3 +294,72 @@ func TestNNOpsReportLibtorchErrors(t *testing.T) {
 		})
 	}
 }
+
+// A channels-last copy holds the same values under other strides; convolution
+// keeps the layout and gives the row-major result to float32 rounding, and
+// gradients flow back to the row-major input.
+func TestChannelsLastKeepsValuesAndGradients(t *testing.T) {
+	s := NewScope()
+	defer s.Close()
+	x := s.Randn(Float32, 2, 3, 5, 6)
+	require.NoError(t, x.SetRequiresGrad(true))
+	w := s.Randn(Float32, 4, 3, 3, 3)
+	cl := s.ToMemoryFormat(x, ChannelsLast)
+	require.NoError(t, s.Err())
+	isCL, err := cl.IsContiguousAs(ChannelsLast)
+	require.NoError(t, err)
+	isRM, err := cl.IsContiguousAs(RowMajor)
+	require.NoError(t, err)
+	require.True(t, isCL)
+	require.False(t, isRM, "a channels-last copy of a 3-channel 5×6 map is not row-major")
+	xv, err := x.Float32s()
+	require.NoError(t, err)
+	clv, err := cl.Float32s()
+	require.NoError(t, err)
+	require.Equal(t, xv, clv, "values read back in logical order")
+
+	up := s.Randn(Float32, 2, 4, 5, 6)
+	yRM := s.Conv2D(x, w, nil, 1, 1)
+	yCL := s.Conv2D(cl, w, nil, 1, 1)
+	require.NoError(t, s.Err())
+	outCL, err := yCL.IsContiguousAs(ChannelsLast)
+	require.NoError(t, err)
+	require.True(t, outCL, "conv2d keeps channels-last")
+	want, err := yRM.Float64s()
+	require.NoError(t, err)
+	requireCloseTensor(t, want, yCL, nnAtol, nnRtol, "conv2d output")
+	back := s.ToMemoryFormat(yCL, RowMajor)
+	rm, err := back.IsContiguousAs(RowMajor)
+	require.NoError(t, err)
+	require.True(t, rm)
+
+	grad := func(y *Tensor) []float64 {
+		require.NoError(t, x.ZeroGrad())
+		require.NoError(t, s.Sum(s.Mul(y, up), false).Backward())
+		g, err := x.Grad()
+		require.NoError(t, err)
+		defer g.Close()
+		v, err := g.Float64s()
+		require.NoError(t, err)
+		return v
+	}
+	gRM := grad(yRM)
+	gCL := grad(yCL)
+	require.NoError(t, s.Err())
+	requireClose(t, gRM, toF32(gCL), nnAtol, nnRtol, "input gradient through channels-last")
+
+	require.Nil(t, s.ToMemoryFormat(s.Randn(Float32, 2, 3, 4), ChannelsLast))
+	require.ErrorContains(t, s.Err(), "4-D")
+	s2 := NewScope()
+	defer s2.Close()
+	require.Nil(t, s2.ToMemoryFormat(s2.Randn(Float32, 1, 1, 2, 2), MemoryFormat(7)))
+	require.ErrorContains(t, s2.Err(), "unknown memory format 7")
+}
+
+func toF32(v []float64) []float32 {
+	out := make([]float32, len(v))
+	for i, x := range v {
+		out[i] = float32(x)
+	}
+	return out
+}

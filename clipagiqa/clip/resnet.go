@@ -221,6 +221,28 @@ type ModifiedResNet struct {
 	dtype    torch.DType
 	training bool
 	bnSync   nn.BatchNormSync
+	layout   *torch.MemoryFormat // nil: layoutFor's choice
+}
+
+// SetMemoryFormat fixes the layout the stem and the stages compute in,
+// torch.ChannelsLast or torch.RowMajor (the official code's NCHW), instead
+// of the default: channels-last in eval mode, where oneDNN's convolutions
+// score an RN50 at 512×512 about 1.3× faster, and row-major in training
+// mode, where PyTorch's channels-last BatchNorm sums its batch statistics in
+// float32 (the row-major kernel in double) and the running statistics drift
+// up to 2.4× past the official code's 1e-5 relative agreement. FeatureMap
+// always returns a row-major map.
+func (r *ModifiedResNet) SetMemoryFormat(f torch.MemoryFormat) { r.layout = &f }
+
+// layoutFor is the memory format of a forward in train or eval mode.
+func (r *ModifiedResNet) layoutFor(train bool) torch.MemoryFormat {
+	switch {
+	case r.layout != nil:
+		return *r.layout
+	case train:
+		return torch.RowMajor
+	}
+	return torch.ChannelsLast
 }
 
 // SetTraining puts the BatchNorm layers in training mode (true: batch
@@ -283,13 +305,14 @@ func (r *ModifiedResNet) Encode(s *torch.Scope, pixels *torch.Tensor) *torch.Ten
 
 // FeatureMap runs the stem and the four stages on pixels [N, 3, H, W] (any
 // size, e.g. IP-IQA's 512×512) and returns the map before the attnpool,
-// [N, 32·W, H/32, W/32].
+// [N, 32·W, H/32, W/32], row-major.
 func (r *ModifiedResNet) FeatureMap(s *torch.Scope, pixels *torch.Tensor) *torch.Tensor {
-	return r.forward(s, pixels, nil)
+	return s.ToMemoryFormat(r.forward(s, pixels, nil), torch.RowMajor)
 }
 
-// forward returns the last stage's output; stage, when set, sees the stem's
-// output (index 0) and each stage's (1..4) before they are freed.
+// forward returns the last stage's output in the ResNet's memory format;
+// stage, when set, sees the stem's output (index 0) and each stage's (1..4)
+// before they are freed.
 func (r *ModifiedResNet) forward(s *torch.Scope, pixels *torch.Tensor, stage func(int, *torch.Tensor)) *torch.Tensor {
 	shape := pixels.Shape()
 	if len(shape) != 4 || shape[1] != 3 {
@@ -316,7 +339,7 @@ func (r *ModifiedResNet) forward(s *torch.Scope, pixels *torch.Tensor, stage fun
 	step(func(s *torch.Scope, in *torch.Tensor) *torch.Tensor {
 		h := newChain(in)
 		h.then(s, func(s *torch.Scope, x *torch.Tensor) *torch.Tensor {
-			return s.Conv2D(s.Cast(x, mode.dt), r.Conv1, nil, 2, 1)
+			return s.Conv2D(s.ToMemoryFormat(s.Cast(x, mode.dt), r.layoutFor(mode.train)), r.Conv1, nil, 2, 1)
 		})
 		h.then(s, func(s *torch.Scope, x *torch.Tensor) *torch.Tensor { return s.Relu(r.BN1.forward(s, x, mode)) })
 		h.then(s, func(s *torch.Scope, x *torch.Tensor) *torch.Tensor { return s.Conv2D(x, r.Conv2, nil, 1, 1) })

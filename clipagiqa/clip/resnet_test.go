@@ -303,3 +303,63 @@ func TestResNetFLOPsMatchProfiler(t *testing.T) {
 	c := Config{Backbone: BackboneResNet, ImageResolution: 96, VisionWidth: 8, VisionStages: []int{1, 2, 1, 1}, EmbedDim: 32}
 	assert.InDelta(t, 17455104+2768896+10240, c.FLOPsPerImage(), 1)
 }
+
+// The default layout is channels-last in eval mode and row-major in training
+// mode; forcing either gives the same feature map to the fixture's
+// tolerance, and FeatureMap returns it row-major whatever the layout.
+func TestResNetMemoryFormats(t *testing.T) {
+	m := loadTinyRN(t)
+	rn := m.Visual.(*ModifiedResNet)
+	layoutOf := func(train bool) torch.MemoryFormat {
+		rn.SetTraining(train)
+		defer rn.SetTraining(false)
+		s := torch.NewScope().WithGrad(torch.NoGrad)
+		defer s.Close()
+		got := torch.MemoryFormat(-1)
+		rn.forward(s, fixturePixels(t, s, 224), func(i int, x *torch.Tensor) {
+			if i != 1 {
+				return
+			}
+			cl, err := x.IsContiguousAs(torch.ChannelsLast)
+			require.NoError(t, err)
+			rm, err := x.IsContiguousAs(torch.RowMajor)
+			require.NoError(t, err)
+			require.NotEqual(t, cl, rm, "layer1's %v map is dense in exactly one layout", x.Shape())
+			got = torch.RowMajor
+			if cl {
+				got = torch.ChannelsLast
+			}
+		})
+		require.NoError(t, s.Err())
+		return got
+	}
+	assert.Equal(t, torch.ChannelsLast, layoutOf(false), "eval default")
+	// (A training forward moves the running statistics; the two eval maps
+	// compared below both see the moved ones.)
+	assert.Equal(t, torch.RowMajor, layoutOf(true), "training default")
+
+	featureMap := func(f torch.MemoryFormat) []float32 {
+		rn.SetMemoryFormat(f)
+		s := torch.NewScope().WithGrad(torch.InferenceMode)
+		defer s.Close()
+		fm := rn.FeatureMap(s, fixturePixels(t, s, 512))
+		require.NoError(t, s.Err())
+		rm, err := fm.IsContiguousAs(torch.RowMajor)
+		require.NoError(t, err)
+		assert.True(t, rm, "FeatureMap in %v is returned row-major", f)
+		return float32s(t, fm)
+	}
+	cl, rm := featureMap(torch.ChannelsLast), featureMap(torch.RowMajor)
+	assert.Equal(t, torch.RowMajor, layoutOf(false), "forced row-major")
+	rn.SetMemoryFormat(torch.ChannelsLast)
+	assert.Equal(t, torch.ChannelsLast, layoutOf(true), "forced channels-last in training")
+	want := make([]float64, len(rm))
+	for i, v := range rm {
+		want[i] = float64(v)
+	}
+	tol := rnMapTol * ipiqaref.MaxAbsOf(want)
+	e := ipiqaref.MaxAbs(cl, want)
+	t.Logf("feature map at 512, channels-last vs row-major: max abs diff %.3g (tolerance %.3g)", e, tol)
+	assert.LessOrEqual(t, e, tol)
+	assert.NotEqual(t, cl, rm, "the two layouts run different kernels (else this test proves nothing)")
+}

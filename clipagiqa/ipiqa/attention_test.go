@@ -12,10 +12,14 @@ import (
 // AttentionMaps equals, on the fixture's initial model, the weights PyTorch
 // gives (make_explain_ref.py): F.multi_head_attention_forward for CLIP's
 // attnpool (q scaled before q·kᵀ) and the official cross-attention formula
-// (scaled after) for txt_attnpool.
+// (scaled after) for txt_attnpool. The ResNet runs row-major, as the
+// reference did: the attention formulas are under test here, the layouts'
+// agreement in clip's TestResNetMemoryFormats (channels-last moves these
+// weights by up to 1.2e-5).
 func TestAttentionMapsMatchPyTorch(t *testing.T) {
 	f := loadFixture(t)
 	m := newFixtureModel(t, 2)
+	m.rn.SetMemoryFormat(torch.RowMajor)
 	s := torch.NewScope().WithGrad(torch.InferenceMode)
 	defer s.Close()
 	px, ids := fixtureInputs(t, s, f)
