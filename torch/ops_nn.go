@@ -257,6 +257,7 @@ const (
 	ChannelsLast MemoryFormat = C.CT_FORMAT_CHANNELS_LAST
 )
 
+// String names the format for error messages.
 func (f MemoryFormat) String() string {
 	switch f {
 	case RowMajor:

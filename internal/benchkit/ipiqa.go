@@ -575,7 +575,7 @@ func ipiqaNotes(r *IPIQAReport) []string {
 		"Memory layout: Go's ResNet scores in channels-last (its eval-mode default; oneDNN's convolutions run faster on it) and trains row-major " +
 			"(channels-last BatchNorm sums its batch statistics in float32 and misses the official running statistics' 1e-5 agreement); the reference " +
 			"runs as the official code does, NCHW throughout. A PyTorch user can convert the official model with model.to(memory_format=torch.channels_last) " +
-			"for a similar eval-mode gain (measured here with python3-torch 1.13, RN50 at 512, batch 4: 1.62 → 1.23-1.31 s).",
+			"for a similar eval-mode gain; this benchmark does not time that variant.",
 		"Each side runs in its own process (Go: a child of the bench command; reference: the Python) with the same libtorch and OpenBLAS thread counts; " +
 			"a warm-up round for each kind, then timed rounds; who goes first alternates between rounds and rows; times are medians. Peak RSS is each process's VmHWM over " +
 			"the measurement (counter reset before its warm-up), model, gradients and AdamW state included.",
