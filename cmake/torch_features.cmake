@@ -40,12 +40,28 @@ check_cxx_source_compiles([[
 void f() { torch::jit::setTensorExprFuserEnabled(!torch::jit::tensorExprFuserEnabled()); }
 ]] CT_HAS_TEXPR_FUSER_SWITCH)
 
+# c10::Allocator::allocate is const up to libtorch 2.2 and not from 2.3, which
+# also adds the pure virtual copy_data (cpp/host_cache.cc implements both).
+check_cxx_source_compiles([[
+#include <c10/core/Allocator.h>
+struct A : c10::Allocator {
+  c10::DataPtr allocate(size_t) const override { return {}; }
+};
+]] CT_ALLOCATOR_ALLOCATE_CONST)
+check_cxx_source_compiles([[
+#include <c10/core/Allocator.h>
+struct A : c10::Allocator {
+  void copy_data(void *d, const void *s, std::size_t n) const override { default_copy_data(d, s, n); }
+};
+]] CT_ALLOCATOR_HAS_COPY_DATA)
+
 set(CMAKE_TRY_COMPILE_TARGET_TYPE "${_ct_saved_try_type}")
 unset(CMAKE_REQUIRED_INCLUDES)
 unset(CMAKE_REQUIRED_FLAGS)
 unset(CMAKE_REQUIRED_QUIET)
 
-foreach(_ct_feature CT_HAS_SDPA CT_AUTOCAST_PER_DEVICE CT_TCPSTORE_HAS_USE_LIBUV CT_HAS_TEXPR_FUSER_SWITCH)
+foreach(_ct_feature CT_HAS_SDPA CT_AUTOCAST_PER_DEVICE CT_TCPSTORE_HAS_USE_LIBUV CT_HAS_TEXPR_FUSER_SWITCH
+    CT_ALLOCATOR_ALLOCATE_CONST CT_ALLOCATOR_HAS_COPY_DATA)
   if(${_ct_feature})
     set(${_ct_feature}_VALUE 1)
   else()
@@ -57,4 +73,6 @@ set(CT_TORCH_FEATURE_DEFS
   CT_HAS_SDPA=${CT_HAS_SDPA_VALUE}
   CT_AUTOCAST_PER_DEVICE=${CT_AUTOCAST_PER_DEVICE_VALUE}
   CT_TCPSTORE_HAS_USE_LIBUV=${CT_TCPSTORE_HAS_USE_LIBUV_VALUE}
-  CT_HAS_TEXPR_FUSER_SWITCH=${CT_HAS_TEXPR_FUSER_SWITCH_VALUE})
+  CT_HAS_TEXPR_FUSER_SWITCH=${CT_HAS_TEXPR_FUSER_SWITCH_VALUE}
+  CT_ALLOCATOR_ALLOCATE_CONST=${CT_ALLOCATOR_ALLOCATE_CONST_VALUE}
+  CT_ALLOCATOR_HAS_COPY_DATA=${CT_ALLOCATOR_HAS_COPY_DATA_VALUE})

@@ -40,7 +40,8 @@ func benchCommand() *cli.Command {
 			&cli.StringFlag{Name: "node", Value: "node", Usage: "node `BINARY` for the ONNX Runtime reference"},
 			&cli.IntSliceFlag{Name: "ipiqa-score-batches", Value: cli.NewIntSlice(1, 32), Usage: "IP-IQA scoring batch sizes"},
 			&cli.IntSliceFlag{Name: "ipiqa-train-batches", Value: cli.NewIntSlice(8, 32), Usage: "IP-IQA training-step batch sizes"},
-			&cli.IntFlag{Name: "ipiqa-rounds", Usage: "timed IP-IQA rounds per measurement, each side once per round (0: 2 for scoring at batch ≤ 8, else 1)"},
+			&cli.IntFlag{Name: "ipiqa-rounds", Usage: "timed IP-IQA rounds per measurement, each side once per round (0: 6 for scoring at batch ≤ 8, else 1)"},
+			&cli.Int64Flag{Name: "ipiqa-host-cache-mib", Usage: "Go side's host cache idle cap in MiB (0: none beyond its peak rule, the CLI's default; -1: libtorch's allocator, and no third process)"},
 			&cli.IntFlag{Name: "ipiqa-profile-batch", Usage: "batch of the closing IP-IQA profile (time by part on each side; 0: 2, negative: none)"},
 			// A fresh process scores for the RSS measurement: these run it.
 			&cli.StringFlag{Name: "child", Hidden: true},
@@ -86,7 +87,7 @@ func benchCommand() *cli.Command {
 					Out: c.String("out"), Threads: c.Int("threads"), Root: c.String("root"), Python: c.String("python"),
 					Cache: c.String("cache-dir"), Child: []string{self, "bench"}, Log: c.App.ErrWriter,
 					ScoreBatches: c.IntSlice("ipiqa-score-batches"), TrainBatches: c.IntSlice("ipiqa-train-batches"),
-					Rounds: c.Int("ipiqa-rounds"), ProfileBatch: c.Int("ipiqa-profile-batch"),
+					Rounds: c.Int("ipiqa-rounds"), ProfileBatch: c.Int("ipiqa-profile-batch"), HostCacheMiB: c.Int64("ipiqa-host-cache-mib"),
 				})
 				if err != nil {
 					return err

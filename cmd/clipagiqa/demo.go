@@ -83,7 +83,7 @@ func demoCommand() *cli.Command {
 			&cli.IntFlag{Name: "ipiqa-resolution", Value: demoIPIQARes, Usage: "IP-IQA input side (multiple of 32)"},
 			&cli.IntFlag{Name: "ipiqa-batch-size", Value: demoIPIQABatch, Usage: "IP-IQA images per AdamW step"},
 			&cli.StringFlag{Name: "pairs-out", Usage: "only write an Image2Prompt pre-training set (seed --seed) to `DIR` and exit"},
-			deviceFlag(), threadsFlag,
+			deviceFlag(), threadsFlag, hostCacheFlag,
 		},
 		Action: runDemo,
 	}
@@ -271,6 +271,9 @@ func demoIPIQA(c *cli.Context, dataDir, runDir string, valFrac float64) error {
 		"--seed", strconv.FormatUint(c.Uint64("seed"), 10), "--device", c.String("device"), "--out", runDir}
 	if c.IsSet("threads") {
 		args = append(args, "--threads", strconv.Itoa(c.Int("threads")))
+	}
+	if c.IsSet(hostCacheFlag.Name) {
+		args = append(args, "--"+hostCacheFlag.Name, strconv.FormatInt(c.Int64(hostCacheFlag.Name), 10))
 	}
 	fmt.Fprintf(c.App.Writer, "\nIP-IQA: %s\n", strings.Join(args[1:], " "))
 	app := newApp()

@@ -51,7 +51,7 @@ func embedCommand() *cli.Command {
 			formatFlag(formatJSON, formatCSV),
 			&cli.GenericFlag{Name: "text", Value: &repeatable{}, Usage: "a `TEXT` to embed (repeat the flag for more; commas are kept)"},
 			&cli.BoolFlag{Name: "truncate", Usage: "cut texts longer than the context length (77 tokens) instead of failing"},
-			batchFlag(32), maxPixelsFlag(), threadsFlag,
+			batchFlag(32), maxPixelsFlag(), threadsFlag, hostCacheFlag,
 		},
 		Action: runEmbed,
 	}

@@ -49,7 +49,7 @@ func evalCommand() *cli.Command {
 		&cli.StringFlag{Name: "predictions", Usage: "write per-image scores to this CSV `FILE` (image,mos,score,error)"},
 		deviceFlag(), precisionFlag(), batchFlag(32), maxPixelsFlag(),
 		&cli.IntFlag{Name: "workers", Usage: "image decoding goroutines (0: one per CPU)"},
-		threadsFlag)
+		threadsFlag, hostCacheFlag)
 	return &cli.Command{
 		Name:  "eval",
 		Usage: "evaluate a checkpoint (or zero-shot CLIP-IQA) on a dataset: PLCC, SRCC, KRCC, RMSE",

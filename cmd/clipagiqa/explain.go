@@ -51,7 +51,7 @@ func explainCommand() *cli.Command {
 			&cli.StringFlag{Name: "colormap", Value: "jet", Usage: "colour map: " + strings.Join(plot.ColormapNames(), ", ")},
 			&cli.Float64Flag{Name: "alpha", Value: 0.5, Usage: "weight of the colour in the blend, (0, 1]"},
 			formatFlag(formatTable, formatJSON, formatCSV),
-			deviceFlag(), maxPixelsFlag(), threadsFlag,
+			deviceFlag(), maxPixelsFlag(), threadsFlag, hostCacheFlag,
 		},
 		Action: runExplain,
 	}

@@ -34,9 +34,47 @@ func runtimeInfo() info {
 
 var threadsFlag = &cli.IntFlag{Name: "threads", Usage: "CPU threads for libtorch (0: one per core)"}
 
+var hostCacheFlag = &cli.Int64Flag{Name: "host-cache-mib",
+	Usage: "cap in `MiB` on the freed large CPU tensor blocks kept for reuse (glibc would unmap them and fault them in again on the next step); " +
+		"the cache never holds more than the gap below the peak in use, so it does not raise peak memory. 0: no further cap; -1: off (libtorch's own allocator)"}
+
+// applyHostCache sets up torch's host cache from --host-cache-mib, on the
+// commands that have the flag.
+func applyHostCache(c *cli.Context) error {
+	if !definesFlag(c, hostCacheFlag.Name) {
+		return nil
+	}
+	n := c.Int64(hostCacheFlag.Name)
+	if n < 0 {
+		return torch.DisableHostCache()
+	}
+	if n > 1<<30 {
+		return fmt.Errorf("--%s %d: too large", hostCacheFlag.Name, n)
+	}
+	return torch.EnableHostCache(torch.HostCache{IdleLimitBytes: n << 20})
+}
+
+func definesFlag(c *cli.Context, name string) bool {
+	if c.Command == nil {
+		return false
+	}
+	for _, f := range c.Command.Flags {
+		for _, n := range f.Names() {
+			if n == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // applyThreads sets libtorch's thread count: --threads, else one per core
-// (libtorch's own default can be a single thread on small VMs).
+// (libtorch's own default can be a single thread on small VMs), and the host
+// cache where the command has --host-cache-mib.
 func applyThreads(c *cli.Context) error {
+	if err := applyHostCache(c); err != nil {
+		return err
+	}
 	n := c.Int("threads")
 	if n <= 0 {
 		// Processes sharing this machine (launch, torchrun) split its cores.

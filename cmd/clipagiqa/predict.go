@@ -89,7 +89,7 @@ func predictCommand() *cli.Command {
 	flags := append([]cli.Flag{clipFlag(false)}, checkpointFlags(false)...) // --clip checked in runPredict: --merge needs none
 	flags = append(flags, methodFlag(), promptFlag(), promptsFlag(),
 		formatFlag(formatJSON, formatCSV),
-		deviceFlag(), precisionFlag(), batchFlag(32), maxPixelsFlag(), threadsFlag)
+		deviceFlag(), precisionFlag(), batchFlag(32), maxPixelsFlag(), threadsFlag, hostCacheFlag)
 	flags = append(flags, predictShardFlags()...)
 	return &cli.Command{
 		Name:      "predict",
@@ -159,6 +159,9 @@ func runPredict(c *cli.Context) error {
 	}
 	inputs, shardOf, err := shardInputs(c, expandImages(c.Args().Slice()))
 	if err != nil {
+		return err
+	}
+	if err := applyHostCache(c); err != nil {
 		return err
 	}
 	sc, err := clipagiqa.LoadScorer(c.String("clip"), ckDir,

@@ -43,7 +43,7 @@ func pretrainCommand() *cli.Command {
 			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "shuffling seed"},
 			&cli.BoolFlag{Name: "half", Usage: "store weights other than norms as float16 (half the size)"},
 			formatFlag(formatTable, formatJSON),
-			deviceFlag(), threadsFlag,
+			deviceFlag(), threadsFlag, hostCacheFlag,
 		},
 		Action: runPretrain,
 	}

@@ -30,7 +30,7 @@ func serveScorerFlags(clipDefault, ckptDefault, ckptNote string) []cli.Flag {
 		&cli.DurationFlag{Name: "max-wait", Value: clipagiqa.DefaultMaxWait, Usage: "how long a request waits for others to share its batch"},
 		&cli.IntFlag{Name: "queue", Usage: "requests waiting for the device before 503 (0: 8 × max batch)"},
 		maxPixelsFlag(), // one default everywhere; 422 above it
-		threadsFlag,
+		threadsFlag, hostCacheFlag,
 	}
 }
 
@@ -45,6 +45,9 @@ func serveScorerOptions(c *cli.Context) ([]clipagiqa.ScorerOption, error) {
 	}
 	if c.String("clip") == "" {
 		return nil, fmt.Errorf("--clip is required")
+	}
+	if err := applyHostCache(c); err != nil {
+		return nil, err
 	}
 	// All cores for the model by default: a batch is the unit of work.
 	threads := c.Int("threads")

@@ -73,7 +73,7 @@ func trainCommand() *cli.Command {
 	flags = append(flags, deviceFlag(), precisionFlag(),
 		&cli.BoolFlag{Name: "resume", Usage: "continue each split from OUT[/splitK]/last (same seed, batch size, feature cache and schedule)"},
 		&cli.BoolFlag{Name: "override-schedule", Usage: "with --resume: accept changed --epochs, --lr, --warmup-epochs, --warmup-lr (the run then mixes two schedules)"},
-		threadsFlag)
+		threadsFlag, hostCacheFlag)
 	flags = append(flags, ipiqaTrainFlags()...)
 	return &cli.Command{
 		Name:  "train",

@@ -45,13 +45,18 @@ type IPIQAOptions struct {
 	Log   io.Writer // progress ("": discarded)
 	// ScoreBatches and TrainBatches are the measured batch sizes (nil: 1,
 	// 32 and 8, 32); Rounds is the timed rounds per measurement after the
-	// warm-up round of each kind (0: 2 for scoring at batch ≤ 8, else 1).
+	// warm-up round of each (0: 6 for scoring at batch ≤ 8, else 1).
 	ScoreBatches, TrainBatches []int
 	Rounds                     int
 	// ProfileBatch is the batch of the closing profile, where each side
 	// times the parts of a scoring call and of a training step (0: 2;
 	// negative: no profile).
 	ProfileBatch int
+	// HostCacheMiB is the Go side's torch.HostCache idle cap (0: none
+	// beyond the cache's peak rule, as the CLI; negative: libtorch's own
+	// allocator). With the cache on, a third process measures Go on
+	// libtorch's allocator too, so that the allocator's share of the ratio shows.
+	HostCacheMiB int64
 }
 
 func (o *IPIQAOptions) fill() error {
@@ -97,19 +102,22 @@ func ChildArgsIPIQA(threads int) []string {
 
 // IPIQAReport is what one IP-IQA benchmark run measured.
 type IPIQAReport struct {
-	Started  string        `json:"started"`
-	Seconds  float64       `json:"seconds"`
-	Machine  MachineInfo   `json:"machine"`
-	Command  string        `json:"command"`
-	Params   int64         `json:"params"`
-	Trained  int64         `json:"trainable_params"`
-	FLOPs    IPIQAFLOPs    `json:"flops"`
-	ScoreErr float64       `json:"scores_rel_err"` // Go vs reference, eval mode, same weights and pixels
-	Rows     []IPIQARow    `json:"rows"`
-	Epochs   *Projection   `json:"projection,omitempty"`
-	Profile  *IPIQAProfile `json:"profile,omitempty"`
-	Targets  []Target      `json:"targets"`
-	Notes    []string      `json:"notes"`
+	Started  string      `json:"started"`
+	Seconds  float64     `json:"seconds"`
+	Machine  MachineInfo `json:"machine"`
+	Command  string      `json:"command"`
+	Params   int64       `json:"params"`
+	Trained  int64       `json:"trainable_params"`
+	FLOPs    IPIQAFLOPs  `json:"flops"`
+	ScoreErr float64     `json:"scores_rel_err"` // Go vs reference, eval mode, same weights and pixels
+	// GoHostCacheMiB is the Go side's host cache idle cap (0: none beyond
+	// the peak rule; -1: off).
+	GoHostCacheMiB int64         `json:"go_host_cache_mib"`
+	Rows           []IPIQARow    `json:"rows"`
+	Epochs         *Projection   `json:"projection,omitempty"`
+	Profile        *IPIQAProfile `json:"profile,omitempty"`
+	Targets        []Target      `json:"targets"`
+	Notes          []string      `json:"notes"`
 }
 
 // IPIQARow is one measurement (scoring or a training step at one batch).
@@ -135,6 +143,19 @@ type IPIQARow struct {
 	RefGFLOPS  float64 `json:"ref_gflops"` // StepGFLOP ÷ reference median
 	Skipped    string  `json:"skipped,omitempty"`
 	LoadAvgEnd float64 `json:"loadavg_end"`
+	// LibtorchAlloc is the same measurement of Go on libtorch's own CPU
+	// allocator (host cache off), when the main Go side has the cache.
+	LibtorchAlloc *AllocRow `json:"go_libtorch_allocator,omitempty"`
+}
+
+// AllocRow is one measurement of a further Go process (another allocator).
+type AllocRow struct {
+	Go       Stat    `json:"go"`
+	GoCPU    Stat    `json:"go_cpu"`
+	Ratio    float64 `json:"ratio"`     // reference time ÷ this process's time
+	CPURatio float64 `json:"cpu_ratio"` // reference CPU ÷ this process's CPU
+	PeakKB   int64   `json:"peak_kb"`
+	IdleKB   int64   `json:"idle_kb"`
 }
 
 // IPIQAProfile is where one scoring call and one training step spend
@@ -233,9 +254,20 @@ func RunIPIQA(ctx context.Context, o IPIQAOptions) (*IPIQAReport, error) {
 		return nil, err
 	}
 	defer goc.Close()
-	gl, err := goc.Call(map[string]any{"op": "load", "threads": o.Threads, "prompts": prompts, "state": state})
+	rep.GoHostCacheMiB = max(o.HostCacheMiB, -1)
+	gl, err := goc.Call(map[string]any{"op": "load", "threads": o.Threads, "prompts": prompts, "state": state, "host_cache_mib": rep.GoHostCacheMiB})
 	if err != nil {
 		return nil, err
+	}
+	var plain *Reference
+	if rep.GoHostCacheMiB >= 0 {
+		if plain, err = StartReferenceCommand(append(append([]string(nil), o.Child...), ChildArgsIPIQA(o.Threads)...), refEnv(o.Threads)); err != nil {
+			return nil, err
+		}
+		defer plain.Close()
+		if _, err := plain.Call(map[string]any{"op": "load", "threads": o.Threads, "prompts": prompts, "state": state, "host_cache_mib": -1}); err != nil {
+			return nil, err
+		}
 	}
 	os.Remove(state)
 	var info struct {
@@ -253,25 +285,18 @@ func RunIPIQA(ctx context.Context, o IPIQAOptions) (*IPIQAReport, error) {
 	}
 	logf2(&o, "eval-mode scores of the same pixels and weights agree to %.2g (relative L2)", rep.ScoreErr)
 
-	// Each kind's first measurement starts with a warm-up round (for
-	// training at batch ≤ 2, which also creates the AdamW state on both
-	// sides); the memory a training batch needs is projected from the
-	// largest one measured before it.
+	// Every measurement starts with a warm-up round at its own batch (the
+	// first training one also creates the AdamW state on each side); the
+	// memory a training batch needs is projected from the largest one
+	// measured before it.
 	var grown *IPIQARow
 	for _, what := range []string{"score", "train_step"} {
 		batches := o.ScoreBatches
 		if what == "train_step" {
 			batches = o.TrainBatches
 		}
-		for k, b := range batches {
-			warm := 0
-			if k == 0 {
-				warm = b
-				if what == "train_step" {
-					warm = min(b, 2)
-				}
-			}
-			row, err := measureIPIQA(&o, goc, ref, len(rep.Rows), what, b, warm, grown, rep.FLOPs)
+		for _, b := range batches {
+			row, err := measureIPIQA(&o, goc, ref, plain, len(rep.Rows), what, b, grown, rep.FLOPs)
 			if err != nil {
 				return nil, err
 			}
@@ -280,6 +305,9 @@ func RunIPIQA(ctx context.Context, o IPIQAOptions) (*IPIQAReport, error) {
 			} else {
 				logf2(&o, "%s batch %d: Go %.3f s, reference %.3f s (ref ÷ Go %.2f×); peak RSS Go %s, reference %s",
 					what, b, row.Go.Median, row.Ref.Median, row.Ratio, mib(row.GoPeakKB), mib(row.RefPeakKB))
+				if a := row.LibtorchAlloc; a != nil {
+					logf2(&o, "%s batch %d, Go on libtorch's allocator: %.3f s (ref ÷ Go %.2f×), peak RSS %s", what, b, a.Go.Median, a.Ratio, mib(a.PeakKB))
+				}
 			}
 			rep.Rows = append(rep.Rows, row)
 			if what == "train_step" && row.Skipped == "" {
@@ -336,6 +364,9 @@ func logf2(o *IPIQAOptions, format string, args ...any) {
 // shared machine an out-of-memory kill would hit other people's processes.
 func memoryGuard(measured *IPIQARow, batch int) string {
 	growth := max(measured.GoPeakKB-measured.GoIdleKB, measured.RefPeakKB-measured.RefIdleKB)
+	if a := measured.LibtorchAlloc; a != nil {
+		growth = max(growth, a.PeakKB-a.IdleKB)
+	}
 	need := float64(growth) * float64(batch) / float64(measured.Batch) * 1.15
 	avail, err := memAvailableKB()
 	if err != nil || need <= float64(avail) {
@@ -360,30 +391,44 @@ func memAvailableKB() (int64, error) {
 	return 0, fmt.Errorf("no MemAvailable in /proc/meminfo")
 }
 
-// measureIPIQA times one measurement (the index-th row): a warm-up round at batch warm (0:
-// none), then the timed rounds (o.Rounds; 0: 2 for scoring at batch ≤ 8,
-// else 1), the two sides alternating which goes first. Each side's peak RSS
-// counter is reset after the warm-up. A training batch is skipped when the
-// memory that grown (a measured training row, or nil) projects for it is
-// not available.
-func measureIPIQA(o *IPIQAOptions, goc, ref *Reference, index int, what string, batch, warm int, grown *IPIQARow, fl IPIQAFLOPs) (IPIQARow, error) {
+// measureIPIQA times one measurement (the index-th row): the Go sides'
+// host caches are emptied, every side runs a warm-up round at the batch and
+// then has its peak RSS counter reset, and the timed rounds follow (o.Rounds;
+// 0: 6 for scoring at batch ≤ 8, else 1), the sides (Go, reference and,
+// unless nil, Go on libtorch's allocator) rotating which goes first. So each
+// row times steady-state calls, and each peak is that of the row's own work.
+// A training batch is skipped when the memory that grown (a measured
+// training row, or nil) projects for it is not available.
+func measureIPIQA(o *IPIQAOptions, goc, ref, plain *Reference, index int, what string, batch int, grown *IPIQARow, fl IPIQAFLOPs) (IPIQARow, error) {
 	row := IPIQARow{What: what, Batch: batch, Go: NewStat(nil), Ref: NewStat(nil), GoCPU: NewStat(nil), RefCPU: NewStat(nil)}
 	rounds := o.Rounds
 	if rounds <= 0 {
 		rounds = 1
 		if what == "score" && batch <= 8 {
-			rounds = 2
+			rounds = 6 // sub-second calls: more samples for a steadier median
+		}
+	}
+	if what == "train_step" && grown != nil {
+		if row.Skipped = memoryGuard(grown, batch); row.Skipped != "" {
+			return row, nil
 		}
 	}
 	sides := []*Reference{goc, ref}
-	if warm > 0 {
-		for _, r := range sides {
-			if _, err := r.Call(map[string]any{"op": what, "batch": warm, "iters": 0, "warmup": 1}); err != nil {
+	if plain != nil {
+		sides = append(sides, plain)
+	}
+	for i, r := range sides {
+		if i != 1 { // a Go side
+			if _, err := r.Call(map[string]any{"op": "empty_cache"}); err != nil {
 				return row, err
 			}
 		}
+		if _, err := r.Call(map[string]any{"op": what, "batch": batch, "iters": 0, "warmup": 1}); err != nil {
+			return row, err
+		}
 	}
-	idle := make([]int64, 2)
+	n := len(sides)
+	idle := make([]int64, n)
 	for i, r := range sides {
 		rr, err := r.Call(map[string]any{"op": "reset_hwm"})
 		if err != nil {
@@ -394,19 +439,14 @@ func measureIPIQA(o *IPIQAOptions, goc, ref *Reference, index int, what string, 
 		}
 		idle[i] = rr.RSSKB
 	}
-	if what == "train_step" && grown != nil {
-		if row.Skipped = memoryGuard(grown, batch); row.Skipped != "" {
-			return row, nil
-		}
-	}
-	times, cpu := make([][]float64, 2), make([][]float64, 2)
-	peaks := make([]int64, 2)
+	times, cpu := make([][]float64, n), make([][]float64, n)
+	peaks := make([]int64, n)
 	// Who goes first alternates between rounds and, for single-round rows,
 	// between measurements, so that a load that drifts during the run does
 	// not always fall on the same side.
 	for round := range rounds {
 		for k := range sides {
-			i := (k + round + index) % 2
+			i := (k + round + index) % n
 			rr, err := sides[i].Call(map[string]any{"op": what, "batch": batch, "iters": 1, "warmup": 0})
 			if err != nil {
 				return row, err
@@ -421,6 +461,11 @@ func measureIPIQA(o *IPIQAOptions, goc, ref *Reference, index int, what string, 
 	row.CPURatio = Ratio(row.RefCPU.Median, row.GoCPU.Median)
 	row.GoPeakKB, row.RefPeakKB = peaks[0], peaks[1]
 	row.GoIdleKB, row.RefIdleKB = idle[0], idle[1]
+	if plain != nil {
+		a := &AllocRow{Go: NewStat(times[2]), GoCPU: NewStat(cpu[2]), PeakKB: peaks[2], IdleKB: idle[2]}
+		a.Ratio, a.CPURatio = Ratio(row.Ref.Median, a.Go.Median), Ratio(row.RefCPU.Median, a.GoCPU.Median)
+		row.LibtorchAlloc = a
+	}
 	b := float64(batch)
 	row.GoRate, row.RefRate = row.Go.Rate(b), row.Ref.Rate(b)
 	row.Ratio = Ratio(row.Ref.Median, row.Go.Median)
@@ -577,12 +622,21 @@ func ipiqaNotes(r *IPIQAReport) []string {
 			"runs as the official code does, NCHW throughout. A PyTorch user can convert the official model with model.to(memory_format=torch.channels_last) " +
 			"for a similar eval-mode gain; this benchmark does not time that variant.",
 		"Each side runs in its own process (Go: a child of the bench command; reference: the Python) with the same libtorch and OpenBLAS thread counts; " +
-			"a warm-up round for each kind, then timed rounds; who goes first alternates between rounds and rows; times are medians. Peak RSS is each process's VmHWM over " +
-			"the measurement (counter reset before its warm-up), model, gradients and AdamW state included.",
+			"each row starts with a warm-up round at its batch (Go's host cache emptied before it), then timed rounds; who goes first rotates between rounds and rows; " +
+			"times are medians. Peak RSS is each process's VmHWM over the timed rounds (counter reset after the warm-up), model, gradients and AdamW state included.",
 		fmt.Sprintf("FLOPs (multiply-adds × 2, per image, official computation): visual %.1f G (ResNet at 512 and the CLIP attnpool), fusion %.2f G, "+
 			"text tower %.2f G at 77 positions (%.2f G at this benchmark's prompt lengths, Go's shortcut); a training step ≈ 3 × (visual + fusion) + "+
 			"2 × text = %.1f GFLOP per image, %.2f TFLOP at batch 32.", r.FLOPs.Visual/1e9, r.FLOPs.Fusion/1e9, r.FLOPs.Text77/1e9,
 			r.FLOPs.TextPrompts/1e9, r.FLOPs.TrainStep/1e9, 32*r.FLOPs.TrainStep/1e12),
+	}
+	if r.GoHostCacheMiB >= 0 {
+		n = append(n, "Allocator: libtorch's default CPU allocator hands each block to glibc malloc, which maps every block above its mmap threshold "+
+			"(at most 32 MiB) afresh and unmaps it on free; at 512 px most activations and gradients are larger, so both PyTorch and Go on that allocator "+
+			"fault in and zero each step's memory anew (system time is a large part of their CPU seconds). Go's host cache keeps freed blocks of 1 MiB and more "+
+			"for the next request of the same size (2 MiB pieces on transparent huge pages), never more than the gap between the bytes in use and their peak, "+
+			"so it does not raise the peak; the Go child empties it when its peak counter is reset before each row. The reference runs with PyTorch's defaults, "+
+			"as the official code does; a PyTorch user could get part of this gain with a caching malloc (LD_PRELOAD of jemalloc or tcmalloc) or glibc tunables, "+
+			"which this benchmark does not time. The third process shows Go on libtorch's allocator, the like-for-like comparison of the two engines.")
 	}
 	for _, row := range r.Rows {
 		if row.Skipped != "" {
@@ -653,6 +707,27 @@ func (r *IPIQAReport) Markdown(w io.Writer) {
 			f2(row.GoRate), f2(row.RefRate), x2(row.Ratio), f3(row.GoCPU.Median), f3(row.RefCPU.Median), x2(row.CPURatio),
 			f2(row.GoGFLOPS), f2(row.RefGFLOPS), mib(row.GoPeakKB), mib(row.RefPeakKB),
 			x2(float64(row.GoPeakKB)/float64(max(row.RefPeakKB, 1))))
+	}
+	if r.GoHostCacheMiB >= 0 {
+		limit := "the CLI's default: no cap beyond its peak rule"
+		if r.GoHostCacheMiB > 0 {
+			limit = fmt.Sprintf("idle blocks capped at %d MiB", r.GoHostCacheMiB)
+		}
+		fmt.Fprintf(w, "\nGo runs with its host cache (torch.HostCache, %s). "+
+			"The same measurements of Go on libtorch's own CPU allocator, a third process in the same rounds:\n\n", limit)
+		fmt.Fprintf(w, "| | batch | Go, libtorch allocator, s | ref ÷ it | CPU s | ref ÷ it, CPU | peak RSS | ÷ ref | speed-up from the cache (its time ÷ Go's) |\n|---|---|---|---|---|---|---|---|---|\n")
+		for _, row := range r.Rows {
+			a := row.LibtorchAlloc
+			if a == nil {
+				continue
+			}
+			what := "scoring"
+			if row.What == "train_step" {
+				what = "training step"
+			}
+			fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %s | %s | %s | %s |\n", what, row.Batch, f3(a.Go.Median), x2(a.Ratio), f3(a.GoCPU.Median),
+				x2(a.CPURatio), mib(a.PeakKB), x2(float64(a.PeakKB)/float64(max(row.RefPeakKB, 1))), x2(Ratio(a.Go.Median, row.Go.Median)))
+		}
 	}
 	if p := r.Epochs; p != nil {
 		fmt.Fprintf(w, "\n## The paper's 100 epochs on this CPU (projected)\n\n")

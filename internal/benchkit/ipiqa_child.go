@@ -172,10 +172,15 @@ type ipiqaRequest struct {
 	Batch   int      `json:"batch"`
 	Iters   int      `json:"iters"`
 	Warmup  int      `json:"warmup"`
+	// HostCacheMiB sets up torch's host cache for the Go side (load only;
+	// absent or negative: libtorch's own allocator; 0: no idle cap beyond
+	// the cache's peak rule).
+	HostCacheMiB *int64 `json:"host_cache_mib"`
 }
 
 // ServeIPIQA answers bench/ipiqa_reference.py's line protocol (load,
-// features, score, train_step, reset_hwm, status, quit) on in/out with the
+// features, score, train_step, reset_hwm, status, quit; and empty_cache,
+// Go's alone) on in/out with the
 // Go model, so that the driver treats both sides alike. A failed request is
 // an ok=false reply, not the end of the process.
 func ServeIPIQA(ctx context.Context, in io.Reader, out io.Writer) error {
@@ -207,6 +212,9 @@ func ServeIPIQA(ctx context.Context, in io.Reader, out io.Writer) error {
 		if err == nil {
 			rep["rss_kb"], err = RSSKB()
 		}
+		if err == nil {
+			rep["host_cache"], err = torch.ReadHostCacheStats()
+		}
 		if err != nil {
 			rep = map[string]any{"ok": false, "error": err.Error()}
 		}
@@ -225,7 +233,7 @@ func (v *ipiqaServer) close() {
 }
 
 func (v *ipiqaServer) handle(req ipiqaRequest, rep map[string]any) error {
-	if req.Op != "load" && req.Op != "reset_hwm" && req.Op != "status" && v.m == nil {
+	if req.Op != "load" && req.Op != "reset_hwm" && req.Op != "status" && req.Op != "empty_cache" && v.m == nil {
 		return fmt.Errorf("%s: no model loaded (send a load request first)", req.Op)
 	}
 	switch req.Op {
@@ -233,6 +241,10 @@ func (v *ipiqaServer) handle(req ipiqaRequest, rep map[string]any) error {
 		return v.load(req, rep)
 	case "reset_hwm":
 		rep["hwm_reset"] = ResetPeakRSS()
+	case "empty_cache":
+		// A new measurement starts without the idle blocks of the last one
+		// (and the cache's peak rule restarts from what is in use).
+		return torch.EmptyHostCache()
 	case "status":
 	case "features":
 		f, err := v.features(req.Pixels)
@@ -287,6 +299,11 @@ func (v *ipiqaServer) load(req ipiqaRequest, rep map[string]any) error {
 			return err
 		}
 		torch.SetBLASThreads(req.Threads)
+	}
+	if c := req.HostCacheMiB; c != nil && *c >= 0 {
+		if err := torch.EnableHostCache(torch.HostCache{IdleLimitBytes: *c << 20}); err != nil {
+			return err
+		}
 	}
 	t := time.Now()
 	m, err := NewRN50IPIQA()
