@@ -123,8 +123,11 @@ class HostCache final : public c10::Allocator {
   // or empty), so the cache adds nothing to the process's peak memory.
   void *take(size_t size) {
     Block *b = nullptr;
-    auto it = idle_by_size_.find(size);
-    if (it != idle_by_size_.end()) {
+    // The most recently freed block of the size: its pages are the likeliest
+    // to be in the CPU caches still.
+    auto range = idle_by_size_.equal_range(size);
+    if (range.first != range.second) {
+      auto it = std::prev(range.second);
       auto pos = it->second;
       b = *pos;
       lru_.erase(pos);
@@ -236,7 +239,7 @@ class HostCache final : public c10::Allocator {
   int64_t hits_ = 0, misses_ = 0, evictions_ = 0;
   std::unordered_map<void *, Block *> in_use_by_ptr_;  // the raw deleter gets only the pointer
   std::list<Block *> lru_;                              // idle blocks, least recently idle first
-  // Idle blocks by size; among equal sizes find returns the oldest.
+  // Idle blocks by size; equal sizes in the order they became idle.
   std::multimap<size_t, std::list<Block *>::iterator> idle_by_size_;
 };
 
