@@ -13,6 +13,7 @@ import (
 var version = "0.1.0-dev"
 
 func main() {
+	withOMPWaitPolicy()
 	app := newApp()
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "clipagiqa:", err)

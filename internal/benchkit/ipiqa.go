@@ -144,7 +144,8 @@ type IPIQARow struct {
 	Skipped    string  `json:"skipped,omitempty"`
 	LoadAvgEnd float64 `json:"loadavg_end"`
 	// LibtorchAlloc is the same measurement of Go on libtorch's own CPU
-	// allocator (host cache off), when the main Go side has the cache.
+	// allocator (host cache off) and libgomp's default wait policy, when
+	// the main Go side has the cache.
 	LibtorchAlloc *AllocRow `json:"go_libtorch_allocator,omitempty"`
 }
 
@@ -261,7 +262,10 @@ func RunIPIQA(ctx context.Context, o IPIQAOptions) (*IPIQAReport, error) {
 	}
 	var plain *Reference
 	if rep.GoHostCacheMiB >= 0 {
-		if plain, err = StartReferenceCommand(append(append([]string(nil), o.Child...), ChildArgsIPIQA(o.Threads)...), refEnv(o.Threads)); err != nil {
+		// libtorch's allocator and libgomp's default wait policy (the CLI
+		// sets it passive unless told; cmd/clipagiqa/omp.go).
+		env := append(refEnv(o.Threads), "CLIPAGIQA_OMP_DEFAULT=1")
+		if plain, err = StartReferenceCommand(append(append([]string(nil), o.Child...), ChildArgsIPIQA(o.Threads)...), env); err != nil {
 			return nil, err
 		}
 		defer plain.Close()
@@ -441,12 +445,13 @@ func measureIPIQA(o *IPIQAOptions, goc, ref, plain *Reference, index int, what s
 	}
 	times, cpu := make([][]float64, n), make([][]float64, n)
 	peaks := make([]int64, n)
-	// Who goes first alternates between rounds and, for single-round rows,
+	// Who goes first changes between rounds and, for single-round rows,
 	// between measurements, so that a load that drifts during the run does
-	// not always fall on the same side.
+	// not always fall on the same side; so does who goes before whom (a
+	// process's idle OpenMP workers may still spin as the next one starts).
 	for round := range rounds {
 		for k := range sides {
-			i := (k + round + index) % n
+			i := sideOrder(n, round+index, k)
 			rr, err := sides[i].Call(map[string]any{"op": what, "batch": batch, "iters": 1, "warmup": 0})
 			if err != nil {
 				return row, err
@@ -477,6 +482,17 @@ func measureIPIQA(o *IPIQAOptions, goc, ref, plain *Reference, index int, what s
 	row.GoGFLOPS, row.RefGFLOPS = row.StepGFLOP/row.Go.Median, row.StepGFLOP/row.Ref.Median
 	row.LoadAvgEnd = loadAvg()
 	return row, nil
+}
+
+// sideOrder is the k-th side to run in round r of n sides: rounds go
+// through every starting side, each once forwards and once backwards, so
+// with three sides six rounds run all six orders.
+func sideOrder(n, r, k int) int {
+	start := (r / 2) % n
+	if r%2 == 1 {
+		return ((start-k)%n + n) % n
+	}
+	return (start + k) % n
 }
 
 // ipiqaAgreement scores the same random pixels on both sides in eval mode.
@@ -636,7 +652,11 @@ func ipiqaNotes(r *IPIQAReport) []string {
 			"for the next request of the same size (2 MiB pieces on transparent huge pages), never more than the gap between the bytes in use and their peak, "+
 			"so it does not raise the peak; the Go child empties it when its peak counter is reset before each row. The reference runs with PyTorch's defaults, "+
 			"as the official code does; a PyTorch user could get part of this gain with a caching malloc (LD_PRELOAD of jemalloc or tcmalloc) or glibc tunables, "+
-			"which this benchmark does not time. The third process shows Go on libtorch's allocator, the like-for-like comparison of the two engines.")
+			"which this benchmark does not time. The third process shows Go on libtorch's allocator, the like-for-like comparison of the two engines.",
+			"OpenMP: libgomp's default lets idle workers spin after each parallel region; at batch 1 (hundreds of short regions per image) the spinning threads "+
+				"take the cores from the working ones. The CLI therefore runs with OMP_WAIT_POLICY=PASSIVE unless the environment sets a policy "+
+				"(cmd/clipagiqa/omp.go); the reference and the third process run with libgomp's default, as the official code does. PyTorch gains from the same setting "+
+				"(export OMP_WAIT_POLICY=PASSIVE before starting Python); this benchmark does not time that variant.")
 	}
 	for _, row := range r.Rows {
 		if row.Skipped != "" {
@@ -713,9 +733,10 @@ func (r *IPIQAReport) Markdown(w io.Writer) {
 		if r.GoHostCacheMiB > 0 {
 			limit = fmt.Sprintf("idle blocks capped at %d MiB", r.GoHostCacheMiB)
 		}
-		fmt.Fprintf(w, "\nGo runs with its host cache (torch.HostCache, %s). "+
-			"The same measurements of Go on libtorch's own CPU allocator, a third process in the same rounds:\n\n", limit)
-		fmt.Fprintf(w, "| | batch | Go, libtorch allocator, s | ref ÷ it | CPU s | ref ÷ it, CPU | peak RSS | ÷ ref | speed-up from the cache (its time ÷ Go's) |\n|---|---|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(w, "\nGo runs as the CLI does: with its host cache (torch.HostCache, %s) and libgomp's passive wait policy "+
+			"(OMP_WAIT_POLICY=PASSIVE unless set). The same measurements of Go on libtorch's own CPU allocator and libgomp's default policy, "+
+			"a third process in the same rounds (the like-for-like comparison of the two engines):\n\n", limit)
+		fmt.Fprintf(w, "| | batch | Go, libtorch/libgomp defaults, s | ref ÷ it | CPU s | ref ÷ it, CPU | peak RSS | ÷ ref | speed-up from the two settings (its time ÷ Go's) |\n|---|---|---|---|---|---|---|---|---|\n")
 		for _, row := range r.Rows {
 			a := row.LibtorchAlloc
 			if a == nil {

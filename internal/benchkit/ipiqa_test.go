@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -142,5 +143,24 @@ func TestIPIQAPromptsAreDistinct(t *testing.T) {
 		assert.False(t, seen[s], s)
 		seen[s] = true
 		assert.LessOrEqual(t, len(strings.Fields(s)), 40)
+	}
+}
+
+func TestSideOrderRunsEveryOrder(t *testing.T) {
+	for _, n := range []int{2, 3} {
+		seen := map[string]bool{}
+		for r := range 2 * n {
+			var order []int
+			used := map[int]bool{}
+			for k := range n {
+				i := sideOrder(n, r, k)
+				require.False(t, used[i], "round %d runs side %d twice", r, i)
+				used[i] = true
+				order = append(order, i)
+			}
+			seen[fmt.Sprint(order)] = true
+		}
+		want := map[int]int{2: 2, 3: 6}[n]
+		assert.Len(t, seen, want, "%d sides: every order in %d rounds", n, 2*n)
 	}
 }

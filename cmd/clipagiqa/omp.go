@@ -1,0 +1,34 @@
+package main
+
+import (
+	"os"
+	"syscall"
+)
+
+// ompWaitPolicy is the OpenMP wait policy the CLI runs libtorch's thread
+// pool with unless OMP_WAIT_POLICY is set. libgomp's default lets idle
+// workers spin after every parallel region; with small batches (hundreds of
+// short regions per image) the spinning threads take the cores from the ones
+// doing the work. Passive made RN50 IP-IQA scoring at batch 1 1.3–1.5× faster
+// on a 2-core machine and changed neither batch-32 scoring nor a training
+// step (bench/results/ipiqa.md).
+const ompWaitPolicy = "PASSIVE"
+
+// keepOMPDefaultEnv, set to 1, keeps libgomp's own default (the benchmark's
+// like-for-like process uses it).
+const keepOMPDefaultEnv = "CLIPAGIQA_OMP_DEFAULT"
+
+// withOMPWaitPolicy re-executes this program with OMP_WAIT_POLICY set when
+// the environment does not choose one: libgomp reads it only while it loads,
+// before main runs. It returns only when it did not re-execute.
+func withOMPWaitPolicy() {
+	if _, set := os.LookupEnv("OMP_WAIT_POLICY"); set || os.Getenv(keepOMPDefaultEnv) == "1" {
+		return
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return // run with libgomp's default rather than not at all
+	}
+	env := append(os.Environ(), "OMP_WAIT_POLICY="+ompWaitPolicy)
+	_ = syscall.Exec(self, os.Args, env) // returns only on failure
+}
