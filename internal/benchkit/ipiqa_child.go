@@ -180,9 +180,9 @@ type ipiqaRequest struct {
 
 // ServeIPIQA answers bench/ipiqa_reference.py's line protocol (load,
 // features, score, train_step, reset_hwm, status, quit; and empty_cache,
-// Go's alone) on in/out with the
-// Go model, so that the driver treats both sides alike. A failed request is
-// an ok=false reply, not the end of the process.
+// Go's alone) on in/out with the Go model, so that the driver treats both
+// sides alike. A failed request is an ok=false reply, not the end of the
+// process.
 func ServeIPIQA(ctx context.Context, in io.Reader, out io.Writer) error {
 	srv := &ipiqaServer{}
 	defer srv.close()
