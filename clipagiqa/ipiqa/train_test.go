@@ -3,6 +3,7 @@ package ipiqa
 import (
 	"encoding/json"
 	"math"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -41,6 +42,10 @@ func fixtureTargets(t *testing.T, s *torch.Scope, f *fixture) *torch.Tensor {
 // backward, AdamW step, zero_grad. check sees the gradients before the step.
 func trainStep(t *testing.T, m *Model, opt *optim.Adam, f *fixture, check func(loss float64, outputs []float32)) {
 	t.Helper()
+	// One OS thread for forward and backward, as train.Run: autograd's
+	// order (and so the last bits of sums) follows per-thread counters.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	s := torch.NewScope()
 	defer s.Close()
 	px, ids := fixtureInputs(t, s, f)

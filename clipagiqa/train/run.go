@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -59,6 +60,12 @@ func label(sel Selection) string {
 // Cancelling ctx stops at the next step; the result has Interrupted set and
 // the error wraps ctx.Err().
 func Run(ctx context.Context, m Model, cfg Config, cb Callbacks) (*Result, error) {
+	// Autograd orders the backward pass by sequence numbers that libtorch
+	// counts per OS thread; a goroutine that moves between threads mid-step
+	// can change the order gradients are summed in (last-bit differences), so
+	// training runs on one thread to stay repeatable.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	if err := cfg.check(m); err != nil {
 		return nil, fmt.Errorf("train: %w", err)
 	}
