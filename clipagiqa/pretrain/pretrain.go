@@ -17,7 +17,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 
 	"github.com/clipagiqa/clipagiqa/clipagiqa/clip"
@@ -163,13 +162,9 @@ type imageTower interface {
 
 // Run pre-trains c's image tower on pairs in place. The text tower stays
 // frozen. Images go through CLIP's own preprocessing at its resolution.
+// Lock the calling goroutine to its OS thread for bit-repeatable runs (see
+// train.Run).
 func Run(ctx context.Context, c *clip.Model, tok *tokenizer.Tokenizer, pairs []Pair, opts Options) (Result, error) {
-	// Autograd orders the backward pass by sequence numbers that libtorch
-	// counts per OS thread; a goroutine that moves between threads mid-step
-	// can change the order gradients are summed in (last-bit differences), so
-	// training runs on one thread to stay repeatable.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	var res Result
 	if err := opts.normalise(); err != nil {
 		return res, err

@@ -7,7 +7,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"time"
 
@@ -58,14 +57,12 @@ func label(sel Selection) string {
 // sampler and reseeds libtorch from (seed, epoch), so an interrupted run
 // continued with Resume ends bit-identical to an uninterrupted one.
 // Cancelling ctx stops at the next step; the result has Interrupted set and
-// the error wraps ctx.Err().
+// the error wraps ctx.Err(). Bit-for-bit repeatability needs the caller's
+// goroutine locked to its OS thread (runtime.LockOSThread, as the CLI
+// does): libtorch numbers autograd's nodes per thread and orders the
+// backward pass by those numbers. Run does not lock itself, because
+// iterators (iter.Pull) made outside it must see the same lock state.
 func Run(ctx context.Context, m Model, cfg Config, cb Callbacks) (*Result, error) {
-	// Autograd orders the backward pass by sequence numbers that libtorch
-	// counts per OS thread; a goroutine that moves between threads mid-step
-	// can change the order gradients are summed in (last-bit differences), so
-	// training runs on one thread to stay repeatable.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	if err := cfg.check(m); err != nil {
 		return nil, fmt.Errorf("train: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -64,6 +65,11 @@ type pretrainSummary struct {
 }
 
 func runPretrain(c *cli.Context) error {
+	// One OS thread for the whole run: libtorch numbers autograd's nodes
+	// per thread and orders the backward pass by them, so a goroutine that
+	// moved mid-step could change the last bits of summed gradients.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	start := time.Now()
 	out := c.String("out")
 	root := c.String("root")

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -175,6 +176,11 @@ func checkTrainFlags(c *cli.Context) error {
 }
 
 func runTrain(c *cli.Context) error {
+	// One OS thread for the whole run: libtorch numbers autograd's nodes
+	// per thread and orders the backward pass by them, so a goroutine that
+	// moved mid-step could change the last bits of summed gradients.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	switch m := c.String("method"); m {
 	case trainMethodIPIQA:
 		return runTrainIPIQA(c)
