@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <iterator>
 #include <list>
@@ -60,14 +61,14 @@ class HostCache final : public c10::Allocator {
     std::lock_guard<std::mutex> lock(mu_);
     if (!installed_) {
       c10::Allocator *current = c10::GetCPUAllocator();
-      if (current != this) fallback_ = current;
+      if (current != this) fallback_.store(current, std::memory_order_release);
       c10::SetCPUAllocator(this, kPriority);
       if (c10::GetCPUAllocator() != this)
         throw std::runtime_error("host cache: libtorch kept another CPU allocator of higher priority");
       installed_ = true;
       peak_ = in_use_;
     }
-    min_bytes_ = min_bytes;
+    min_bytes_.store(min_bytes, std::memory_order_relaxed);
     limit_ = limit_bytes;
     trim(limit_);
   }
@@ -75,7 +76,7 @@ class HostCache final : public c10::Allocator {
   void disable() {
     std::lock_guard<std::mutex> lock(mu_);
     if (!installed_) return;
-    c10::SetCPUAllocator(fallback_, kPriority);
+    c10::SetCPUAllocator(fallback_.load(), kPriority);
     installed_ = false;
     limit_ = 0;
     trim(0);
@@ -105,17 +106,13 @@ class HostCache final : public c10::Allocator {
 
   HostCache() : fallback_(c10::GetCPUAllocator()), page_(static_cast<size_t>(sysconf(_SC_PAGESIZE))) {}
 
+  // Small blocks, most of libtorch's allocations, take no lock.
   c10::DataPtr serve(size_t n) {
-    c10::Allocator *fallback;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      fallback = fallback_;
-      if (n >= min_bytes_) {
-        void *p = take((std::max<size_t>(n, 1) + page_ - 1) / page_ * page_);
-        return {p, p, &HostCache::release, c10::Device(c10::DeviceType::CPU)};
-      }
-    }
-    return fallback->allocate(n);
+    if (n < min_bytes_.load(std::memory_order_relaxed))
+      return fallback_.load(std::memory_order_acquire)->allocate(n);
+    std::lock_guard<std::mutex> lock(mu_);
+    void *p = take((std::max<size_t>(n, 1) + page_ - 1) / page_ * page_);
+    return {p, p, &HostCache::release, c10::Device(c10::DeviceType::CPU)};
   }
 
   // An idle block of exactly size, or a new mapping. Called with mu_ held.
@@ -150,9 +147,14 @@ class HostCache final : public c10::Allocator {
       b = new Block{p, size};
       misses_++;
     }
+    try {
+      in_use_by_ptr_.emplace(b->ptr, b);
+    } catch (...) {
+      unmap(b);  // not handed out: nothing else knows it
+      throw;
+    }
     in_use_ += size;
     if (in_use_ > peak_) peak_ = in_use_;
-    in_use_by_ptr_.emplace(b->ptr, b);
     return b->ptr;
   }
 
@@ -179,7 +181,7 @@ class HostCache final : public c10::Allocator {
   // deleter: small blocks came from the fallback and go back to it.
   static void release(void *p) { instance().give_back(p); }
 
-  void give_back(void *p) {
+  void give_back(void *p) noexcept {
     c10::DeleterFnPtr fallback_delete;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -191,25 +193,37 @@ class HostCache final : public c10::Allocator {
         keep_or_unmap(b);
         return;
       }
-      fallback_delete = fallback_->raw_deleter();
     }
+    fallback_delete = fallback_.load(std::memory_order_acquire)->raw_deleter();
     if (fallback_delete != nullptr) fallback_delete(p);
   }
 
-  // Called with mu_ held.
-  void keep_or_unmap(Block *b) {
+  // Called with mu_ held, from a deleter: nothing may throw, so a block
+  // the bookkeeping cannot take (out of memory) is unmapped instead.
+  void keep_or_unmap(Block *b) noexcept {
     if (!installed_ || b->size > limit_) {
       unmap(b);
       return;
     }
     trim(limit_ - b->size);
-    lru_.push_back(b);
-    idle_by_size_.emplace(b->size, std::prev(lru_.end()));
+    try {
+      lru_.push_back(b);
+    } catch (...) {
+      unmap(b);
+      return;
+    }
+    try {
+      idle_by_size_.emplace(b->size, std::prev(lru_.end()));
+    } catch (...) {
+      lru_.pop_back();
+      unmap(b);
+      return;
+    }
     idle_ += b->size;
   }
 
   // Unmaps the least recently idle blocks until at most keep bytes are idle.
-  void trim(size_t keep) {
+  void trim(size_t keep) noexcept {
     while (idle_ > keep && !lru_.empty()) {
       Block *b = lru_.front();
       auto range = idle_by_size_.equal_range(b->size);
@@ -226,16 +240,17 @@ class HostCache final : public c10::Allocator {
     }
   }
 
-  static void unmap(Block *b) {
+  static void unmap(Block *b) noexcept {
     munmap(b->ptr, b->size);
     delete b;
   }
 
   std::mutex mu_;
-  c10::Allocator *fallback_;
+  std::atomic<c10::Allocator *> fallback_;
   const size_t page_;
   bool installed_ = false;
-  size_t min_bytes_ = SIZE_MAX, limit_ = 0;
+  std::atomic<size_t> min_bytes_{SIZE_MAX};
+  size_t limit_ = 0;
   size_t in_use_ = 0, idle_ = 0, peak_ = 0;  // peak_: most bytes in use at once
   int64_t hits_ = 0, misses_ = 0, evictions_ = 0;
   std::unordered_map<void *, Block *> in_use_by_ptr_;  // the raw deleter gets only the pointer

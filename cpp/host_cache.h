@@ -9,9 +9,9 @@
  * huge pages where the kernel allows); smaller blocks still go to the
  * allocator it replaced. Idle blocks never exceed the gap between the bytes
  * in use and the most ever in use at once (so the cache adds nothing to the
- * peak), nor limit_bytes. Blocks already
- * handed out keep their own deleter, so installing and removing is safe at any
- * time. Process-wide, like libtorch's allocator registry.
+ * peak), nor limit_bytes. Blocks already handed out keep their own deleter,
+ * so installing and removing is safe at any time. Process-wide, like
+ * libtorch's allocator registry.
  */
 #ifndef CLIPAGIQA_HOST_CACHE_H
 #define CLIPAGIQA_HOST_CACHE_H

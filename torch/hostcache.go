@@ -38,10 +38,10 @@ type HostCacheStats struct {
 	Enabled    bool  // installed as libtorch's CPU allocator
 	InUseBytes int64 // large blocks held by tensors
 	IdleBytes  int64 // large blocks kept for reuse
-	PeakBytes  int64 // highest in-use + idle since the cache was first installed
+	PeakBytes  int64 // most bytes in use at once since the cache was installed or emptied; in use + idle ≤ this
 	Hits       int64 // large requests served from idle blocks
 	Misses     int64 // large requests that mapped a new block
-	Evictions  int64 // idle blocks unmapped to stay under LimitBytes
+	Evictions  int64 // idle blocks unmapped to keep to the peak rule or IdleLimitBytes
 }
 
 // EnableHostCache installs the cache as libtorch's CPU allocator, or sets

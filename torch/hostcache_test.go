@@ -33,7 +33,7 @@ func TestHostCacheReusesFreedBlocks(t *testing.T) {
 	fill := func(v float64) []float32 {
 		s := NewScope()
 		defer s.Close()
-		x := s.Full(v, Float32, 1<<20) // 4 MiB: a 2 MiB-granule block of 4 MiB
+		x := s.Full(v, Float32, 1<<20) // 4 MiB, whole pages: a block of exactly 4 MiB
 		require.NoError(t, s.Err())
 		st := cacheStats(t)
 		assert.Equal(t, before.InUseBytes+4*mib, st.InUseBytes, "the block is the cache's while the tensor lives")

@@ -9,9 +9,9 @@ import (
 // pool with unless OMP_WAIT_POLICY is set. libgomp's default lets idle
 // workers spin after every parallel region; with small batches (hundreds of
 // short regions per image) the spinning threads take the cores from the ones
-// doing the work. Passive made RN50 IP-IQA scoring at batch 1 1.3–1.5× faster
-// on a 2-core machine and changed neither batch-32 scoring nor a training
-// step (bench/results/ipiqa.md).
+// doing the work. In probes on a 2-core machine (two processes alternating,
+// 10 calls each) passive made RN50 IP-IQA scoring at batch 1 1.08–1.31×
+// faster and left a batch-8 training step unchanged (README, Speed).
 const ompWaitPolicy = "PASSIVE"
 
 // keepOMPDefaultEnv, set to 1, keeps libgomp's own default (the benchmark's

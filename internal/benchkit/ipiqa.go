@@ -484,10 +484,14 @@ func measureIPIQA(o *IPIQAOptions, goc, ref, plain *Reference, index int, what s
 	return row, nil
 }
 
-// sideOrder is the k-th side to run in round r of n sides: rounds go
-// through every starting side, each once forwards and once backwards, so
-// with three sides six rounds run all six orders.
+// sideOrder is the k-th side to run in round r of n sides. Two sides
+// alternate; with more, rounds go through every starting side, each once
+// forwards and once backwards, so with three sides six rounds run all six
+// orders and each side goes first twice.
 func sideOrder(n, r, k int) int {
+	if n <= 2 {
+		return (r + k) % n
+	}
 	start := (r / 2) % n
 	if r%2 == 1 {
 		return ((start-k)%n + n) % n

@@ -149,7 +149,9 @@ func TestIPIQAPromptsAreDistinct(t *testing.T) {
 func TestSideOrderRunsEveryOrder(t *testing.T) {
 	for _, n := range []int{2, 3} {
 		seen := map[string]bool{}
+		first := map[int]int{}
 		for r := range 2 * n {
+			first[sideOrder(n, r, 0)]++
 			var order []int
 			used := map[int]bool{}
 			for k := range n {
@@ -162,5 +164,8 @@ func TestSideOrderRunsEveryOrder(t *testing.T) {
 		}
 		want := map[int]int{2: 2, 3: 6}[n]
 		assert.Len(t, seen, want, "%d sides: every order in %d rounds", n, 2*n)
+		for i := range n {
+			assert.Equal(t, 2, first[i], "%d sides: side %d goes first twice in %d rounds", n, i, 2*n)
+		}
 	}
 }
