@@ -209,6 +209,14 @@ std::vector<at::Tensor> tensors(const ct_tensor *ts, int64_t n) {
   return v;
 }
 
+// written marks t modified in place, as PyTorch's in-place ops do: the
+// process group writes through the data pointer, which leaves the version
+// counter (what autograd's checks and memoised derivations, like the fused
+// ResNet's folds, watch) alone. Inference tensors have no counter.
+void written(at::Tensor &t) {
+  if (t.defined() && !t.is_inference()) t.unsafeGetTensorImpl()->bump_version();
+}
+
 }  // namespace
 
 #define CT_DIST_TRY try {
@@ -352,6 +360,7 @@ ct_error ct_dist_all_reduce(ct_dist_group gp, const ct_tensor *ts, int64_t n, in
   for (auto &t : v) {
     std::vector<at::Tensor> one{t};
     g->run("all_reduce", [&] { return g->pg->allreduce(one, o); });
+    written(t);
     if (op == CT_DIST_AVG) {
       at::NoGradGuard ng;
       if (at::isIntegralType(t.scalar_type(), true)) t.div_(g->world, "floor");
@@ -372,6 +381,7 @@ ct_error ct_dist_broadcast(ct_dist_group gp, const ct_tensor *ts, int64_t n, int
   for (auto &t : v) {
     std::vector<at::Tensor> one{t};
     g->run("broadcast", [&] { return g->pg->broadcast(one, o); });
+    written(t);
   }
   CT_DIST_CATCH
 }
@@ -395,6 +405,7 @@ ct_error ct_dist_all_gather(ct_dist_group gp, ct_tensor input, ct_tensor output)
   c10d::AllgatherOptions o;
   o.timeout = g->timeout;
   g->run("all_gather", [&] { return g->pg->allgather(outs, ins, o); });
+  written(outT);
   CT_DIST_CATCH
 }
 

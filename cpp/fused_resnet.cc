@@ -230,6 +230,12 @@ ct_error ct_resnet_forward(ct_resnet r, ct_mode m, const ct_tensor *weights, int
   CT_OP_CATCH
 }
 
+void ct_resnet_invalidate(ct_resnet r) {
+  Trunk &t = *static_cast<Trunk *>(r);
+  std::lock_guard<std::mutex> lock(t.mu);
+  for (ConvBN &c : t.convs) c.from.clear();  // stale() refolds a conv without sources
+}
+
 int64_t ct_resnet_folds(ct_resnet r) {
   Trunk &t = *static_cast<Trunk *>(r);
   std::lock_guard<std::mutex> lock(t.mu);

@@ -3,8 +3,8 @@
  * channels-last activations, ReLU and the residual add in place. The Go
  * model keeps its weights; the handle memoises the folded copies and refolds
  * a convolution whenever one of its source tensors changed (another tensor,
- * or the same one modified in place), so it never computes with stale
- * weights. Same conventions as shim.h: errors are malloc'd strings, NULL on
+ * or the same one modified in place by an op that bumps its version
+ * counter; ct_resnet_invalidate covers writes that do not). Same conventions as shim.h: errors are malloc'd strings, NULL on
  * success.
  */
 #ifndef CLIPAGIQA_FUSED_RESNET_H
@@ -34,6 +34,11 @@ void ct_resnet_free(ct_resnet r);
  * computed: the caller takes the op-by-op path. Calls may run concurrently. */
 ct_error ct_resnet_forward(ct_resnet r, ct_mode m, const ct_tensor *weights, int64_t n, ct_tensor pixels,
                            ct_tensor *out);
+/* Marks every fold stale, so the next call refolds each convolution: for
+ * writes that leave the version counters alone (training-mode BatchNorm
+ * updates its running statistics in its kernel; c10d collectives write
+ * through the data pointer). */
+void ct_resnet_invalidate(ct_resnet r);
 /* How many convolutions the handle has folded so far (one per convolution at
  * the first call, then one per convolution whose weights changed). */
 int64_t ct_resnet_folds(ct_resnet r);

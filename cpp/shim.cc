@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#define CT_SHIM_VERSION "clipagiqa-shim/3"
+#define CT_SHIM_VERSION "clipagiqa-shim/4"
 
 // Version-specific API choices come from CMake feature tests (cmake/torch_features.cmake).
 #if !defined(CT_HAS_SDPA) || !defined(CT_AUTOCAST_PER_DEVICE) || !defined(CT_HAS_TEXPR_FUSER_SWITCH)
@@ -194,6 +194,12 @@ ct_error ct_tensor_device(ct_tensor t, int32_t *type, int32_t *index) {
 ct_error ct_tensor_requires_grad(ct_tensor t, int32_t *out) {
   CT_TRY
   *out = T(t).requires_grad() ? 1 : 0;
+  CT_CATCH
+}
+
+ct_error ct_tensor_version(ct_tensor t, int64_t *out) {
+  CT_TRY
+  *out = T(t).is_inference() ? -1 : static_cast<int64_t>(T(t)._version());
   CT_CATCH
 }
 

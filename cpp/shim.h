@@ -59,6 +59,9 @@ ct_error ct_tensor_shape(ct_tensor t, int64_t *dims, int64_t cap);
 ct_error ct_tensor_dtype(ct_tensor t, int32_t *out);
 ct_error ct_tensor_device(ct_tensor t, int32_t *type, int32_t *index);
 ct_error ct_tensor_requires_grad(ct_tensor t, int32_t *out);
+/* The in-place modification counter (Tensor._version); -1 for an inference
+ * tensor, which has none. */
+ct_error ct_tensor_version(ct_tensor t, int64_t *out);
 ct_error ct_tensor_is_contiguous(ct_tensor t, int32_t *out);
 ct_error ct_tensor_to_string(ct_tensor t, char **out);
 

@@ -30,7 +30,7 @@ func TestReadPromptTable(t *testing.T) {
 		{[]string{"sub/b.png"}, "a dog, running", true},
 		{[]string{"b.png"}, "", false},
 		{[]string{"w.png"}, "   ", true}, // verbatim, as the official code passes it to the tokenizer
-		{[]string{"c.png"}, "", true}, // listed with an empty prompt
+		{[]string{"c.png"}, "", true},    // listed with an empty prompt
 		{[]string{"", "d.png"}, "", false},
 	} {
 		got, ok := pt.Lookup(tc.names...)

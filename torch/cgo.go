@@ -31,7 +31,7 @@ import (
 )
 
 // ShimVersion is the native shim interface this package was written for.
-const ShimVersion = "clipagiqa-shim/3"
+const ShimVersion = "clipagiqa-shim/4"
 
 var (
 	runtimeOnce sync.Once

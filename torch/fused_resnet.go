@@ -19,7 +19,9 @@ import (
 // in place. It is an op of the Go model, not a model: every call takes the
 // model's current weights, and the folded copies are remade for any
 // convolution whose weight or BatchNorm tensors changed since (another tensor,
-// or the same one updated in place), so it cannot compute with stale weights.
+// or the same one updated in place by an op that bumps its version counter).
+// Writes that bypass the counter need an Invalidate: libtorch 1.13's
+// training-mode BatchNorm updates running statistics inside its kernel.
 type FusedResNet struct {
 	mu    sync.RWMutex // read-held by calls, so Close waits for them
 	h     unsafe.Pointer
@@ -114,6 +116,20 @@ func (f *FusedResNet) Forward(s *Scope, pixels *Tensor, weights map[string]*Tens
 	})
 	runtime.KeepAlive(weights)
 	return out, taken
+}
+
+// Invalidate makes the next Forward refold every convolution. Call it after
+// writes the version counters miss: a training-mode BatchNorm's running
+// statistics (updated inside its kernel) and tensors filled by collectives.
+func (f *FusedResNet) Invalidate() {
+	if f == nil {
+		return
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.h != nil {
+		C.ct_resnet_invalidate(C.ct_resnet(f.h))
+	}
 }
 
 // Folds counts the convolutions folded so far: one per convolution when

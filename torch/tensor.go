@@ -179,6 +179,21 @@ func (t *Tensor) device() (Device, error) {
 	return Device{Type: DeviceType(typ), Index: int(idx)}, nil
 }
 
+// Version is t's in-place modification counter, as PyTorch's
+// Tensor._version (shared by views of one storage); -1 for an inference
+// tensor, which has none, or an invalid one.
+func (t *Tensor) Version() int64 {
+	h, err := t.handle()
+	if err != nil {
+		return -1
+	}
+	var v C.int64_t
+	if cErr(C.ct_tensor_version(h, &v)) != nil {
+		return -1
+	}
+	return int64(v)
+}
+
 // RequiresGrad reports whether autograd tracks t.
 func (t *Tensor) RequiresGrad() bool {
 	h, err := t.handle()

@@ -108,8 +108,20 @@ func (e *FusedEncoder) Close() {
 // on libtorch's threads, and with a second pool on the same cores the small
 // ops of the text path and the regressor run several times slower (both
 // pools' idle threads spin).
+//
+// On a ResNet CLIP in float32 on the CPU it switches the encoder's fused
+// eval trunk on (ModifiedResNet.SetFusedEval, BatchNorm folded into the
+// convolutions; the ResNet's own default) and reports true; the text tower
+// stays op by op there.
 func (m *Model) EnableFused() (bool, error) {
 	if _, ok := m.Visual.(*FusedEncoder); ok {
+		return true, nil
+	}
+	if rn, ok := m.Visual.(*ModifiedResNet); ok {
+		if m.device.Type != torch.CPUDevice || m.dtype != torch.Float32 {
+			return false, nil
+		}
+		rn.SetFusedEval(true)
 		return true, nil
 	}
 	v, ok := m.Visual.(*VisionTransformer)
@@ -141,18 +153,25 @@ func fusedTextInputs(prefix, suffix *torch.Tensor) bool {
 }
 
 // DisableFused returns EncodeImage and EncodeTextSharedPrefix to the plain
-// op-by-op paths.
+// op-by-op paths (for a ResNet, also its eval trunk).
 func (m *Model) DisableFused() {
 	if f, ok := m.Visual.(*FusedEncoder); ok {
 		f.blocks.Close()
 		m.Visual = f.ViT
 	}
+	if rn, ok := m.Visual.(*ModifiedResNet); ok {
+		rn.SetFusedEval(false)
+	}
 	m.text.Close()
 	m.text = nil
 }
 
-// Fused reports whether EncodeImage uses the fused forward.
+// Fused reports whether EncodeImage uses a fused forward (for a ResNet: its
+// fused eval trunk, on for a float32 CPU model unless DisableFused).
 func (m *Model) Fused() bool {
+	if rn, ok := m.Visual.(*ModifiedResNet); ok {
+		return rn.FusedEval() && m.device.Type == torch.CPUDevice && m.dtype == torch.Float32
+	}
 	_, ok := m.Visual.(*FusedEncoder)
 	return ok
 }

@@ -249,6 +249,13 @@ func (r *ModifiedResNet) SetFusedEval(enabled bool) {
 	}
 }
 
+// FusedEval reports whether eval-mode forwards may take the fused trunk.
+func (r *ModifiedResNet) FusedEval() bool {
+	r.fusedMu.Lock()
+	defer r.fusedMu.Unlock()
+	return !r.unfused
+}
+
 // FusedEvalFolds counts the convolutions the fused eval trunk has folded
 // (0 before its first use): one each when it is made, then one for every
 // convolution whose weights changed before a call.
@@ -259,6 +266,13 @@ func (r *ModifiedResNet) FusedEvalFolds() int64 {
 		return 0
 	}
 	return r.fused.Folds()
+}
+
+// invalidateFused makes the fused trunk refold before its next call.
+func (r *ModifiedResNet) invalidateFused() {
+	r.fusedMu.Lock()
+	defer r.fusedMu.Unlock()
+	r.fused.Invalidate()
 }
 
 // trunkWeights are the stem's and stages' tensors by their names relative to
@@ -417,6 +431,11 @@ func (r *ModifiedResNet) forward(s *torch.Scope, pixels *torch.Tensor, stage fun
 		x = s.Adopt(y)
 	}
 	mode := rnMode{dt: r.dtype, train: r.training, sync: r.bnSync}
+	if mode.train {
+		// Training-mode BatchNorm moves the running statistics without
+		// bumping their version counters: the folds would go stale unseen.
+		defer r.invalidateFused()
+	}
 	step(func(s *torch.Scope, in *torch.Tensor) *torch.Tensor {
 		h := newChain(in)
 		h.then(s, func(s *torch.Scope, x *torch.Tensor) *torch.Tensor {

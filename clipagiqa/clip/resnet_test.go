@@ -50,11 +50,16 @@ func TestInferConfigResNet(t *testing.T) {
 	assert.Equal(t, torch.Float32, rn.Layer1[0].Conv2.DType())
 	assert.Equal(t, torch.Float32, rn.BN1.RunningVar.DType())
 	assert.Equal(t, torch.Int64, rn.BN1.NumBatchesTracked.DType())
-	// The fused CPU path is ViT-only: it stays off.
+	// A float32 CPU ResNet starts on its fused eval trunk; DisableFused and
+	// EnableFused switch it.
+	assert.True(t, m.Fused())
+	m.DisableFused()
+	assert.False(t, m.Fused())
+	assert.False(t, rn.FusedEval())
 	ok, err = m.EnableFused()
 	require.NoError(t, err)
-	assert.False(t, ok)
-	assert.False(t, m.Fused())
+	assert.True(t, ok)
+	assert.True(t, m.Fused())
 }
 
 // encodeFixture runs f on the fixture's 8 images at side size.

@@ -170,7 +170,11 @@ func Run(ctx context.Context, c *clip.Model, tok *tokenizer.Tokenizer, pairs []P
 		return res, err
 	}
 	res.Pairs = len(pairs)
-	c.DisableFused() // the fused encoder has no backward
+	if _, ok := c.Visual.(*clip.FusedEncoder); ok {
+		// The fused ViT encoder has no backward; a ResNet's fused eval
+		// trunk steps aside for training-mode and autograd forwards itself.
+		c.DisableFused()
+	}
 	tower, _ := c.Visual.(imageTower)
 	if tower != nil {
 		tower.SetTraining(false)

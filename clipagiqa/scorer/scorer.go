@@ -225,6 +225,8 @@ func Load(clipPath, checkpointDir string, opts ...Option) (*Scorer, error) {
 			c.Close()
 			return nil, fmt.Errorf("load scorer: %w", err)
 		}
+	} else {
+		c.DisableFused() // a ResNet starts on its fused eval trunk
 	}
 	sc := &Scorer{cfg: cfg, clip: c}
 	if sc.head, err = loadHead(c, tok); err != nil {

@@ -108,11 +108,11 @@ func loadCLIP(c *cli.Context) (*clip.Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !c.Bool("no-fused") {
-		if _, err := m.EnableFused(); err != nil {
-			m.Close()
-			return nil, err
-		}
+	if c.Bool("no-fused") {
+		m.DisableFused() // a ResNet starts on its fused eval trunk
+	} else if _, err := m.EnableFused(); err != nil {
+		m.Close()
+		return nil, err
 	}
 	return m, nil
 }

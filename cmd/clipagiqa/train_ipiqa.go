@@ -300,6 +300,9 @@ func (r *ipiqaRun) split(ctx context.Context, p splitPlan, dir string, opts ipiq
 	if err != nil {
 		return nil, err
 	}
+	if c.Bool("no-fused") {
+		cm.DisableFused() // evaluations op by op too
+	}
 	m, err := ipiqa.New(cm, opts)
 	if err != nil {
 		cm.Close()

@@ -87,7 +87,19 @@ func workerCollectives(g *Group) error {
 	a, b := mk(r+1, 10*(r+1)), mk(2*r)
 	defer a.Close()
 	defer b.Close()
+	// Collectives write through the data pointer; like PyTorch's in-place
+	// ops they must bump the version counter (folds memoised on it).
+	written := func(what string, t *torch.Tensor, before int64) error {
+		if v := t.Version(); v <= before {
+			return fmt.Errorf("%s: version %d after the collective, %d before", what, v, before)
+		}
+		return nil
+	}
+	va := a.Version()
 	if err := g.AllReduce(Sum, a, b); err != nil {
+		return err
+	}
+	if err := written("all_reduce", a, va); err != nil {
 		return err
 	}
 	s := w * (w + 1) / 2
@@ -116,7 +128,11 @@ func workerCollectives(g *Group) error {
 	root := g.WorldSize() - 1
 	e := mk(r*100, 7)
 	defer e.Close()
+	ve := e.Version()
 	if err := g.Broadcast(root, e); err != nil {
+		return err
+	}
+	if err := written("broadcast", e, ve); err != nil {
 		return err
 	}
 	if err := expect("broadcast", floats(e), []float32{float32(root) * 100, 7}); err != nil {
@@ -134,7 +150,11 @@ func workerCollectives(g *Group) error {
 		return err
 	}
 	defer in3.Close()
+	vout := out.Version()
 	if err := g.AllGather(in3, out); err != nil {
+		return err
+	}
+	if err := written("all_gather", out, vout); err != nil {
 		return err
 	}
 	var want []float32
