@@ -77,10 +77,16 @@ func TestMemoryGuardRefusesWhatDoesNotFit(t *testing.T) {
 	}
 	row := &IPIQARow{Batch: 2, GoIdleKB: 1 << 20, RefIdleKB: 1 << 20}
 	row.GoPeakKB = row.GoIdleKB + avail // batch 2 alone took all there is: batch 8 cannot fit
-	why := memoryGuard(row, 8)
+	why := memoryGuard(row, 8, -1)
 	assert.Contains(t, why, "batch 8 needs about")
 	row.GoPeakKB, row.RefPeakKB = row.GoIdleKB+1024, row.RefIdleKB+2048 // 2 MiB growth: fits
-	assert.Empty(t, memoryGuard(row, 8))
+	assert.Empty(t, memoryGuard(row, 8, 0))
+	// Each side alone fits, but the Go side's host cache keeps its growth
+	// while the reference runs: together they do not.
+	row.GoPeakKB, row.RefPeakKB = row.GoIdleKB+avail/6, row.RefIdleKB+avail/6 // ×4 ×1.15 = 0.77 of avail each
+	assert.Empty(t, memoryGuard(row, 8, -1), "no host cache: one side at a time")
+	assert.Contains(t, memoryGuard(row, 8, 0), "host cache keeps")
+	assert.Empty(t, memoryGuard(row, 8, 1024), "a 1 MiB cap keeps almost nothing")
 }
 
 func TestProjectionScalesTheMeasuredStep(t *testing.T) {
@@ -88,12 +94,14 @@ func TestProjectionScalesTheMeasuredStep(t *testing.T) {
 		{What: "score", Batch: 1, GoRate: 0.5, RefRate: 0.4},
 		// CPU seconds = 2 threads × wall: the idle-machine estimate equals the wall figure.
 		{What: "score", Batch: 32, GoRate: 2, RefRate: 1, GoCPU: Stat{Median: 32}, RefCPU: Stat{Median: 64}},
+		{What: "train_step", Batch: 4, Go: Stat{Median: 1}, Ref: Stat{Median: 1}, GoCPU: Stat{Median: 2}, RefCPU: Stat{Median: 2}},
 		{What: "train_step", Batch: 8, Go: Stat{Median: 10}, Ref: Stat{Median: 20}, GoCPU: Stat{Median: 20}, RefCPU: Stat{Median: 40}},
 		{What: "train_step", Batch: 32, Skipped: "memory"},
 	}}
 	p := project(r)
 	require.NotNil(t, p)
 	assert.Equal(t, 74, p.StepsPerEpoch) // 2385 // 32
+	assert.Equal(t, 8, p.StepBatch)      // the measured batch nearest 32
 	assert.Equal(t, 597, p.TestImages)
 	// 100 epochs × 74 steps × (10 s × 32/8) = 82.2 h; + 100 × 597 images at 2 img/s.
 	assert.InDelta(t, 100*74*40.0/3600, p.GoTrainHours, 1e-9)
