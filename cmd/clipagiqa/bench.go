@@ -42,6 +42,7 @@ func benchCommand() *cli.Command {
 			&cli.IntSliceFlag{Name: "ipiqa-train-batches", Value: cli.NewIntSlice(8, 32), Usage: "IP-IQA training-step batch sizes"},
 			&cli.IntFlag{Name: "ipiqa-rounds", Usage: "timed IP-IQA rounds per measurement, each side once per round (0: 6 for scoring at batch ≤ 8, else 1)"},
 			&cli.Int64Flag{Name: "ipiqa-host-cache-mib", Usage: "Go side's host cache idle cap in MiB (0: none beyond its peak rule, the CLI's default; -1: libtorch's allocator, and no third process)"},
+			&cli.BoolFlag{Name: "ipiqa-no-solo", Usage: "leave an IP-IQA training batch that the shared processes cannot hold unmeasured, instead of measuring each side alone in a fresh process at the end"},
 			&cli.IntFlag{Name: "ipiqa-profile-batch", Usage: "batch of the closing IP-IQA profile (time by part on each side; 0: 2, negative: none)"},
 			// A fresh process scores for the RSS measurement: these run it.
 			&cli.StringFlag{Name: "child", Hidden: true},
@@ -88,6 +89,7 @@ func benchCommand() *cli.Command {
 					Cache: c.String("cache-dir"), Child: []string{self, "bench"}, Log: c.App.ErrWriter,
 					ScoreBatches: c.IntSlice("ipiqa-score-batches"), TrainBatches: c.IntSlice("ipiqa-train-batches"),
 					Rounds: c.Int("ipiqa-rounds"), ProfileBatch: c.Int("ipiqa-profile-batch"), HostCacheMiB: c.Int64("ipiqa-host-cache-mib"),
+					NoSolo: c.Bool("ipiqa-no-solo"),
 				})
 				if err != nil {
 					return err

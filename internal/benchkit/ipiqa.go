@@ -57,6 +57,10 @@ type IPIQAOptions struct {
 	// allocator). With the cache on, a third process measures Go on
 	// libtorch's allocator too, so that the allocator's share of the ratio shows.
 	HostCacheMiB int64
+	// NoSolo leaves a training batch that the shared processes cannot hold
+	// unmeasured; by default it is measured at the end with each side alone
+	// in a fresh process (measureSolo).
+	NoSolo bool
 }
 
 func (o *IPIQAOptions) fill() error {
@@ -131,18 +135,23 @@ type IPIQARow struct {
 	Ratio   float64 `json:"ratio"` // reference time ÷ Go time
 	// Process CPU seconds (user + system, all threads) of the same calls:
 	// less sensitive than wall time to other load on a shared machine.
-	GoCPU      Stat    `json:"go_cpu"`
-	RefCPU     Stat    `json:"reference_cpu"`
-	CPURatio   float64 `json:"cpu_ratio"` // reference CPU ÷ Go CPU
-	GoPeakKB   int64   `json:"go_peak_kb"`
-	RefPeakKB  int64   `json:"reference_peak_kb"`
-	GoIdleKB   int64   `json:"go_idle_kb"` // RSS before the measurement
-	RefIdleKB  int64   `json:"reference_idle_kb"`
-	StepGFLOP  float64 `json:"gflop"`      // one call's FLOPs (official computation)
-	GoGFLOPS   float64 `json:"go_gflops"`  // StepGFLOP ÷ Go median
-	RefGFLOPS  float64 `json:"ref_gflops"` // StepGFLOP ÷ reference median
-	Skipped    string  `json:"skipped,omitempty"`
+	GoCPU     Stat    `json:"go_cpu"`
+	RefCPU    Stat    `json:"reference_cpu"`
+	CPURatio  float64 `json:"cpu_ratio"` // reference CPU ÷ Go CPU
+	GoPeakKB  int64   `json:"go_peak_kb"`
+	RefPeakKB int64   `json:"reference_peak_kb"`
+	GoIdleKB  int64   `json:"go_idle_kb"` // RSS before the measurement
+	RefIdleKB int64   `json:"reference_idle_kb"`
+	StepGFLOP float64 `json:"gflop"`      // one call's FLOPs (official computation)
+	GoGFLOPS  float64 `json:"go_gflops"`  // StepGFLOP ÷ Go median
+	RefGFLOPS float64 `json:"ref_gflops"` // StepGFLOP ÷ reference median
+	Skipped   string  `json:"skipped,omitempty"`
+	// Solo: each side ran alone in a fresh process, one after the other
+	// (the shared processes could not hold the batch together).
+	Solo       bool    `json:"solo,omitempty"`
 	LoadAvgEnd float64 `json:"loadavg_end"`
+	// tooBig: skipped by the memory guard (a solo measurement may fit).
+	tooBig bool
 	// LibtorchAlloc is the same measurement of Go on libtorch's own CPU
 	// allocator (host cache off) and libgomp's default wait policy, when
 	// the main Go side has the cache.
@@ -240,40 +249,61 @@ func RunIPIQA(ctx context.Context, o IPIQAOptions) (*IPIQAReport, error) {
 	}
 	state := filepath.Join(o.Cache, fmt.Sprintf("ipiqa-rn50-%d.pth", os.Getpid()))
 	defer os.Remove(state)
-	ref, err := StartReference(o.Python, filepath.Join(o.Root, "bench", "ipiqa_reference.py"), refEnv(o.Threads))
+	rep.GoHostCacheMiB = max(o.HostCacheMiB, -1)
+	// The sides' processes, loaded: the reference (seeded, so a later one
+	// makes the same weights; the first writes them for the Go sides), Go as
+	// the CLI runs, and Go on libtorch's allocator and libgomp's default
+	// wait policy (the CLI sets it passive unless told; cmd/clipagiqa/omp.go).
+	startRef := func(stateOut string) (*Reference, *RefReply, error) {
+		r, err := StartReference(o.Python, filepath.Join(o.Root, "bench", "ipiqa_reference.py"), refEnv(o.Threads))
+		if err != nil {
+			return nil, nil, err
+		}
+		req := map[string]any{"op": "load", "threads": o.Threads, "token_ids": ids}
+		if stateOut != "" {
+			req["state_out"] = stateOut
+		}
+		lr, err := r.Call(req)
+		if err != nil {
+			r.Close()
+			return nil, nil, err
+		}
+		return r, lr, nil
+	}
+	startGo := func(plain bool) (*Reference, *RefReply, error) {
+		env, cache := refEnv(o.Threads), rep.GoHostCacheMiB
+		if plain {
+			env, cache = append(env, "CLIPAGIQA_OMP_DEFAULT=1"), -1
+		}
+		r, err := StartReferenceCommand(append(append([]string(nil), o.Child...), ChildArgsIPIQA(o.Threads)...), env)
+		if err != nil {
+			return nil, nil, err
+		}
+		gl, err := r.Call(map[string]any{"op": "load", "threads": o.Threads, "prompts": prompts, "state": state, "host_cache_mib": cache})
+		if err != nil {
+			r.Close()
+			return nil, nil, err
+		}
+		return r, gl, nil
+	}
+	ref, lr, err := startRef(state)
 	if err != nil {
 		return nil, err
 	}
 	defer ref.Close()
-	lr, err := ref.Call(map[string]any{"op": "load", "threads": o.Threads, "token_ids": ids, "state_out": state})
-	if err != nil {
-		return nil, err
-	}
 	rep.Machine.PyTorch = lr.Torch
-	goc, err := StartReferenceCommand(append(append([]string(nil), o.Child...), ChildArgsIPIQA(o.Threads)...), refEnv(o.Threads))
+	goc, gl, err := startGo(false)
 	if err != nil {
 		return nil, err
 	}
 	defer goc.Close()
-	rep.GoHostCacheMiB = max(o.HostCacheMiB, -1)
-	gl, err := goc.Call(map[string]any{"op": "load", "threads": o.Threads, "prompts": prompts, "state": state, "host_cache_mib": rep.GoHostCacheMiB})
-	if err != nil {
-		return nil, err
-	}
 	var plain *Reference
 	if rep.GoHostCacheMiB >= 0 {
-		// libtorch's allocator and libgomp's default wait policy (the CLI
-		// sets it passive unless told; cmd/clipagiqa/omp.go).
-		env := append(refEnv(o.Threads), "CLIPAGIQA_OMP_DEFAULT=1")
-		if plain, err = StartReferenceCommand(append(append([]string(nil), o.Child...), ChildArgsIPIQA(o.Threads)...), env); err != nil {
+		if plain, _, err = startGo(true); err != nil {
 			return nil, err
 		}
 		defer plain.Close()
-		if _, err := plain.Call(map[string]any{"op": "load", "threads": o.Threads, "prompts": prompts, "state": state, "host_cache_mib": -1}); err != nil {
-			return nil, err
-		}
 	}
-	os.Remove(state)
 	var info struct {
 		Params, Trainable int64
 		EOTs              []int64
@@ -326,7 +356,6 @@ func RunIPIQA(ctx context.Context, o IPIQAOptions) (*IPIQAReport, error) {
 			}
 		}
 	}
-	rep.Epochs = project(rep)
 	profileErr := ""
 	if o.ProfileBatch >= 0 && failed == nil {
 		b := o.ProfileBatch
@@ -352,6 +381,12 @@ func RunIPIQA(ctx context.Context, o IPIQAOptions) (*IPIQAReport, error) {
 		}
 		rep.Profile = pr
 	}
+	if !o.NoSolo && failed == nil {
+		if err := measureSoloRows(&o, rep, []*Reference{goc, ref, plain}, startGo, startRef); err != nil {
+			failed = err
+		}
+	}
+	rep.Epochs = project(rep)
 	rep.Machine.LoadAvgEnd = loadAvg()
 	rep.Seconds = time.Since(start).Seconds()
 	rep.Targets = ipiqaTargets(rep)
@@ -442,6 +477,7 @@ func measureIPIQA(o *IPIQAOptions, goc, ref, plain *Reference, index int, what s
 	if what == "train_step" && grown != nil {
 		capKB := o.HostCacheMiB * 1024 // 0: no cap, negative: no cache
 		if row.Skipped = memoryGuard(grown, batch, capKB); row.Skipped != "" {
+			row.tooBig = true
 			return row, nil
 		}
 	}
@@ -489,26 +525,159 @@ func measureIPIQA(o *IPIQAOptions, goc, ref, plain *Reference, index int, what s
 			peaks[i] = max(peaks[i], rr.HWMKB)
 		}
 	}
+	row.fill(times, cpu, peaks, idle, fl)
+	return row, nil
+}
+
+// fill sets row's statistics from each side's timed calls (Go, reference
+// and, when given, Go on libtorch's allocator), peaks and idle RSS.
+func (row *IPIQARow) fill(times, cpu [][]float64, peaks, idle []int64, fl IPIQAFLOPs) {
 	row.Go, row.Ref = NewStat(times[0]), NewStat(times[1])
 	row.GoCPU, row.RefCPU = NewStat(cpu[0]), NewStat(cpu[1])
 	row.CPURatio = Ratio(row.RefCPU.Median, row.GoCPU.Median)
 	row.GoPeakKB, row.RefPeakKB = peaks[0], peaks[1]
 	row.GoIdleKB, row.RefIdleKB = idle[0], idle[1]
-	if plain != nil {
+	if len(times) > 2 {
 		a := &AllocRow{Go: NewStat(times[2]), GoCPU: NewStat(cpu[2]), PeakKB: peaks[2], IdleKB: idle[2]}
 		a.Ratio, a.CPURatio = Ratio(row.Ref.Median, a.Go.Median), Ratio(row.RefCPU.Median, a.GoCPU.Median)
 		row.LibtorchAlloc = a
 	}
-	b := float64(batch)
+	b := float64(row.Batch)
 	row.GoRate, row.RefRate = row.Go.Rate(b), row.Ref.Rate(b)
 	row.Ratio = Ratio(row.Ref.Median, row.Go.Median)
 	per := fl.Visual + fl.Fusion + fl.Text77
-	if what == "train_step" {
+	if row.What == "train_step" {
 		per = fl.TrainStep
 	}
 	row.StepGFLOP = per * b / 1e9
 	row.GoGFLOPS, row.RefGFLOPS = row.StepGFLOP/row.Go.Median, row.StepGFLOP/row.Ref.Median
 	row.LoadAvgEnd = loadAvg()
+}
+
+// soloNeed is the memory one side alone needs for a training step at
+// batch beyond its idle process: the largest growth over the idle RSS that
+// any side showed at the measured batch (the Go side on its host cache
+// starts from an RSS that already holds cached blocks, so its own growth
+// understates), scaled by the batch, +15 %.
+func soloNeed(measured *IPIQARow, batch int) float64 {
+	growth := max(measured.GoPeakKB-measured.GoIdleKB, measured.RefPeakKB-measured.RefIdleKB)
+	if a := measured.LibtorchAlloc; a != nil {
+		growth = max(growth, a.PeakKB-a.IdleKB)
+	}
+	return float64(growth) * float64(batch) / float64(measured.Batch) * 1.15
+}
+
+// measureSoloRows measures the training rows the memory guard refused with
+// the shared processes up (sides: Go, reference, Go on libtorch's
+// allocator or nil), each side alone: the shared processes exit first, then
+// every side runs in a fresh process of its own (measureSolo). The rows
+// keep their places; a side that does not fit even alone leaves its row
+// skipped with the reason.
+func measureSoloRows(o *IPIQAOptions, rep *IPIQAReport, sides []*Reference,
+	startGo func(plain bool) (*Reference, *RefReply, error), startRef func(stateOut string) (*Reference, *RefReply, error)) error {
+	var grown *IPIQARow
+	closed := false
+	for i := range rep.Rows {
+		row := &rep.Rows[i]
+		if row.What != "train_step" {
+			continue
+		}
+		if !row.tooBig {
+			if row.Skipped == "" {
+				grown = row
+			}
+			continue
+		}
+		if grown == nil {
+			continue
+		}
+		if !closed {
+			for _, s := range sides {
+				if s != nil {
+					s.Close()
+				}
+			}
+			closed = true
+		}
+		starts := []func() (*Reference, error){
+			func() (*Reference, error) { r, _, err := startGo(false); return r, err },
+			func() (*Reference, error) { r, _, err := startRef(""); return r, err },
+		}
+		if sides[2] != nil {
+			starts = append(starts, func() (*Reference, error) { r, _, err := startGo(true); return r, err })
+		}
+		logf2(o, "train_step batch %d: each side alone in a fresh process", row.Batch)
+		solo, err := measureSolo(o, starts, row.Batch, soloNeed(grown, row.Batch), rep.FLOPs)
+		if err != nil {
+			*row = IPIQARow{What: row.What, Batch: row.Batch, Skipped: "failed: " + err.Error()}
+			return fmt.Errorf("train_step batch %d, each side alone: %w", row.Batch, err)
+		}
+		*row = solo
+		if row.Skipped != "" {
+			logf2(o, "train_step batch %d skipped: %s", row.Batch, row.Skipped)
+			continue
+		}
+		logf2(o, "train_step batch %d, each side alone: Go %.3f s, reference %.3f s (ref ÷ Go %.2f×); peak RSS Go %s, reference %s",
+			row.Batch, row.Go.Median, row.Ref.Median, row.Ratio, mib(row.GoPeakKB), mib(row.RefPeakKB))
+		grown = row
+	}
+	return nil
+}
+
+// measureSolo times a training step at batch with each side (the starts,
+// in order Go, reference, Go on libtorch's allocator) alone: it starts the
+// side's process, checks that the machine has need KB available for the
+// step, runs a warm-up step, resets the peak counter and times the rounds
+// (o.Rounds, 0: 1), then ends the process before the next side starts. So
+// no side's idle memory, host cache included, counts against another's.
+func measureSolo(o *IPIQAOptions, starts []func() (*Reference, error), batch int, need float64, fl IPIQAFLOPs) (IPIQARow, error) {
+	row := IPIQARow{What: "train_step", Batch: batch, Solo: true}
+	rounds := max(o.Rounds, 1)
+	n := len(starts)
+	times, cpu := make([][]float64, n), make([][]float64, n)
+	peaks, idle := make([]int64, n), make([]int64, n)
+	names := []string{"the Go side", "the reference", "Go on libtorch's allocator"}
+	for i, start := range starts {
+		side, err := start()
+		if err != nil {
+			return row, err
+		}
+		if avail, err := memAvailableKB(); err == nil && need > float64(avail) {
+			side.Close()
+			row.Skipped = fmt.Sprintf("a step at batch %d needs about %.1f GiB more than an idle process even with each side alone; "+
+				"with %s loaded the machine has %.1f GiB available", batch, need/(1<<20), names[i], float64(avail)/(1<<20))
+			row.tooBig = true
+			return row, nil
+		}
+		err = func() error {
+			defer side.Close()
+			if _, err := side.Call(map[string]any{"op": "train_step", "batch": batch, "iters": 0, "warmup": 1}); err != nil {
+				return err
+			}
+			rr, err := side.Call(map[string]any{"op": "reset_hwm"})
+			if err != nil {
+				return err
+			}
+			if !rr.HWMReset {
+				return fmt.Errorf("cannot reset the peak RSS counter (/proc/self/clear_refs)")
+			}
+			idle[i] = rr.RSSKB
+			for range rounds {
+				rr, err := side.Call(map[string]any{"op": "train_step", "batch": batch, "iters": 1, "warmup": 0})
+				if err != nil {
+					return err
+				}
+				times[i] = append(times[i], rr.Times...)
+				cpu[i] = append(cpu[i], rr.CPU...)
+				peaks[i] = max(peaks[i], rr.HWMKB)
+			}
+			return side.Close()
+		}()
+		if err != nil {
+			return row, fmt.Errorf("%s: %w", names[i], err)
+		}
+	}
+	row.fill(times, cpu, peaks, idle, fl)
 	return row, nil
 }
 
@@ -701,6 +870,13 @@ func ipiqaNotes(r *IPIQAReport) []string {
 				"(export OMP_WAIT_POLICY=PASSIVE before starting Python); this benchmark does not time that variant.")
 	}
 	for _, row := range r.Rows {
+		if row.Solo && row.Skipped == "" {
+			n = append(n, fmt.Sprintf("The %s at batch %d ran with each side alone: the processes of the other rows could not hold it together "+
+				"(at 512×512 activations take about 0.5 GiB per image per process in training, and a Go side on its host cache keeps its blocks between calls), "+
+				"so after the other rows and the profile they exited, and each side ran in a fresh process of its own, one after the other "+
+				"(Go, the reference, Go on libtorch's allocator): a warm-up step, then %d timed step(s). Its sides are not interleaved, so load that changed "+
+				"between them moves the ratio.", strings.ReplaceAll(row.What, "_", " "), row.Batch, len(row.Go.Runs)))
+		}
 		if row.Skipped != "" {
 			n = append(n, fmt.Sprintf("The %s at batch %d was not run: at 512×512 activations take about 0.5 GiB per image per process in training, "+
 				"and the bench refuses a batch whose projected memory the machine does not have available (an out-of-memory kill would hit other processes). "+
@@ -742,6 +918,17 @@ func writeJSON(path string, v any) error {
 	return nil
 }
 
+// rowLabel names a row's kind in the tables.
+func rowLabel(row IPIQARow) string {
+	switch {
+	case row.What == "score":
+		return "scoring"
+	case row.Solo && row.Skipped == "":
+		return "training step (each side alone)"
+	}
+	return "training step"
+}
+
 // Markdown renders the IP-IQA report.
 func (r *IPIQAReport) Markdown(w io.Writer) {
 	m := r.Machine
@@ -757,10 +944,7 @@ func (r *IPIQAReport) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "| | batch | Go s | reference s | Go img/s | reference img/s | ref ÷ Go | Go CPU s | reference CPU s | ref ÷ Go, CPU | Go GFLOP/s | ref GFLOP/s | peak RSS Go | peak RSS reference | Go ÷ ref |\n")
 	fmt.Fprintf(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, row := range r.Rows {
-		what := "scoring"
-		if row.What == "train_step" {
-			what = "training step"
-		}
+		what := rowLabel(row)
 		if row.Skipped != "" {
 			fmt.Fprintf(w, "| %s | %d | not run: %s | | | | | | | | | | | | |\n", what, row.Batch, row.Skipped)
 			continue
@@ -784,11 +968,7 @@ func (r *IPIQAReport) Markdown(w io.Writer) {
 			if a == nil {
 				continue
 			}
-			what := "scoring"
-			if row.What == "train_step" {
-				what = "training step"
-			}
-			fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %s | %s | %s | %s |\n", what, row.Batch, f3(a.Go.Median), x2(a.Ratio), f3(a.GoCPU.Median),
+			fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %s | %s | %s | %s |\n", rowLabel(row), row.Batch, f3(a.Go.Median), x2(a.Ratio), f3(a.GoCPU.Median),
 				x2(a.CPURatio), mib(a.PeakKB), x2(float64(a.PeakKB)/float64(max(row.RefPeakKB, 1))), x2(Ratio(a.Go.Median, row.Go.Median)))
 		}
 	}
