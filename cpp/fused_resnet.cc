@@ -123,8 +123,7 @@ std::unique_ptr<Trunk> layout(const std::vector<std::string> &names) {
     for (;; ++i) {
       const std::string pre = "layer" + std::to_string(s) + "." + std::to_string(i) + ".";
       if (index.count(pre + "conv1.weight") == 0) break;
-      Block b;
-      b.stride = (s > 1 && i == 0) ? 2 : 1;
+      Block b;  // stride: the caller's, set by ct_resnet_new
       b.c1 = add(pre + "conv1.weight", pre + "bn1", 1);
       b.c2 = add(pre + "conv2.weight", pre + "bn2", 1);
       b.c3 = add(pre + "conv3.weight", pre + "bn3", 1);
@@ -151,7 +150,8 @@ std::vector<at::Tensor> tensors(const ct_tensor *ws, int64_t n) {
 
 extern "C" {
 
-ct_error ct_resnet_new(const char *const *names, const ct_tensor *weights, int64_t n, double eps, ct_resnet *out) {
+ct_error ct_resnet_new(const char *const *names, const ct_tensor *weights, int64_t n, const int64_t *strides,
+                       int64_t nstrides, double eps, ct_resnet *out) {
   CT_OP_TRY
   if (n < 1 || names == nullptr || weights == nullptr) throw std::invalid_argument("fused resnet: no weights");
   std::vector<std::string> ns;
@@ -160,6 +160,13 @@ ct_error ct_resnet_new(const char *const *names, const ct_tensor *weights, int64
     ns.emplace_back(names[i]);
   }
   auto trunk = layout(ns);
+  if (nstrides != static_cast<int64_t>(trunk->blocks.size()) || (nstrides > 0 && strides == nullptr))
+    throw std::invalid_argument("fused resnet: " + std::to_string(nstrides) + " block strides given, the weights have " +
+                                std::to_string(trunk->blocks.size()) + " blocks");
+  for (int64_t i = 0; i < nstrides; ++i) {
+    if (strides[i] < 1) throw std::invalid_argument("fused resnet: block stride " + std::to_string(strides[i]));
+    trunk->blocks[static_cast<size_t>(i)].stride = strides[i];
+  }
   trunk->eps = eps;
   std::vector<at::Tensor> ws = tensors(weights, n);
   for (ConvBN &c : trunk->convs) fold(c, ws, eps);  // checks every shape now
@@ -230,24 +237,35 @@ ct_error ct_resnet_forward(ct_resnet r, ct_mode m, const ct_tensor *weights, int
   CT_OP_CATCH
 }
 
-void ct_resnet_invalidate(ct_resnet r) {
+ct_error ct_resnet_invalidate(ct_resnet r) {
+  CT_OP_TRY
   Trunk &t = *static_cast<Trunk *>(r);
   std::lock_guard<std::mutex> lock(t.mu);
   for (ConvBN &c : t.convs) c.from.clear();  // stale() refolds a conv without sources
+  CT_OP_CATCH
 }
 
+// The counters catch too: std::mutex::lock may throw std::system_error.
 int64_t ct_resnet_folds(ct_resnet r) {
-  Trunk &t = *static_cast<Trunk *>(r);
-  std::lock_guard<std::mutex> lock(t.mu);
-  return t.folds;
+  try {
+    Trunk &t = *static_cast<Trunk *>(r);
+    std::lock_guard<std::mutex> lock(t.mu);
+    return t.folds;
+  } catch (...) {
+    return -1;
+  }
 }
 
 int64_t ct_resnet_folded_bytes(ct_resnet r) {
-  Trunk &t = *static_cast<Trunk *>(r);
-  std::lock_guard<std::mutex> lock(t.mu);
-  int64_t bytes = 0;
-  for (const ConvBN &c : t.convs) bytes += static_cast<int64_t>(c.weight.nbytes() + c.bias.nbytes());
-  return bytes;
+  try {
+    Trunk &t = *static_cast<Trunk *>(r);
+    std::lock_guard<std::mutex> lock(t.mu);
+    int64_t bytes = 0;
+    for (const ConvBN &c : t.convs) bytes += static_cast<int64_t>(c.weight.nbytes() + c.bias.nbytes());
+    return bytes;
+  } catch (...) {
+    return -1;
+  }
 }
 
 }  // extern "C"

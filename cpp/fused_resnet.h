@@ -23,9 +23,12 @@ typedef void *ct_resnet;
  * running_var} of the stem, then layer<S>.<I>.conv1..conv3.weight,
  * .bn1..bn3.*, and .downsample.0.weight, .downsample.1.* where present, for
  * stages 1..4 with blocks 0..B-1 each. Other names (attnpool, counters) are
- * refused. The first block of stages 2..4 has stride 2, as in CLIP. The
- * weights must be CPU float32 with matching shapes; eps is BatchNorm's. */
-ct_error ct_resnet_new(const char *const *names, const ct_tensor *weights, int64_t n, double eps, ct_resnet *out);
+ * refused. strides holds each block's stride (its average pool; 1: none),
+ * stage by stage, nstrides of them: the model's, so the layout has one
+ * source. The weights must be CPU float32 with matching shapes; eps is
+ * BatchNorm's. */
+ct_error ct_resnet_new(const char *const *names, const ct_tensor *weights, int64_t n, const int64_t *strides,
+                       int64_t nstrides, double eps, ct_resnet *out);
 void ct_resnet_free(ct_resnet r);
 /* The weights, in the order of ct_resnet_new's names, and pixels [N, 3, H, W]
  * (CPU float32) → the last stage's map [N, 32·width, H/32, W/32], row-major,
@@ -38,11 +41,12 @@ ct_error ct_resnet_forward(ct_resnet r, ct_mode m, const ct_tensor *weights, int
  * writes that leave the version counters alone (training-mode BatchNorm
  * updates its running statistics in its kernel; c10d collectives write
  * through the data pointer). */
-void ct_resnet_invalidate(ct_resnet r);
+ct_error ct_resnet_invalidate(ct_resnet r);
 /* How many convolutions the handle has folded so far (one per convolution at
- * the first call, then one per convolution whose weights changed). */
+ * the first call, then one per convolution whose weights changed); -1 if
+ * the handle's lock fails. */
 int64_t ct_resnet_folds(ct_resnet r);
-/* Bytes of folded weights the handle holds. */
+/* Bytes of folded weights the handle holds; -1 if the handle's lock fails. */
 int64_t ct_resnet_folded_bytes(ct_resnet r);
 
 #ifdef __cplusplus

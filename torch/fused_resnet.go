@@ -32,8 +32,10 @@ type FusedResNet struct {
 // relative to CLIP's visual ModifiedResNet ("conv1.weight", "bn1.running_var",
 // "layer1.0.conv2.weight", "layer2.0.downsample.1.bias", …), folding them
 // once; attnpool weights and num_batches_tracked are not part of the trunk
-// and are refused. All must be CPU float32; eps is BatchNorm's.
-func NewFusedResNet(weights map[string]*Tensor, eps float64) (*FusedResNet, error) {
+// and are refused. All must be CPU float32. strides is each Bottleneck's
+// stride (its average pool), stage by stage and block by block, as the model
+// has them; eps is BatchNorm's.
+func NewFusedResNet(weights map[string]*Tensor, strides []int64, eps float64) (*FusedResNet, error) {
 	if err := CheckRuntime(); err != nil {
 		return nil, err
 	}
@@ -58,8 +60,13 @@ func NewFusedResNet(weights map[string]*Tensor, eps float64) (*FusedResNet, erro
 	for i, name := range names {
 		cNames[i] = C.CString(name)
 	}
+	var sp *C.int64_t
+	if len(strides) > 0 {
+		sp = (*C.int64_t)(unsafe.Pointer(&strides[0]))
+	}
 	var out C.ct_resnet
-	err = cErr(C.ct_resnet_new(&cNames[0], &hs[0], C.int64_t(len(hs)), C.double(eps), &out))
+	err = cErr(C.ct_resnet_new(&cNames[0], &hs[0], C.int64_t(len(hs)), sp, C.int64_t(len(strides)), C.double(eps), &out))
+	runtime.KeepAlive(strides)
 	runtime.KeepAlive(weights)
 	if err != nil {
 		return nil, err
@@ -121,36 +128,39 @@ func (f *FusedResNet) Forward(s *Scope, pixels *Tensor, weights map[string]*Tens
 // Invalidate makes the next Forward refold every convolution. Call it after
 // writes the version counters miss: a training-mode BatchNorm's running
 // statistics (updated inside its kernel) and tensors filled by collectives.
-func (f *FusedResNet) Invalidate() {
+// After an error the folds may be stale: close the trunk.
+func (f *FusedResNet) Invalidate() error {
 	if f == nil {
-		return
+		return nil
 	}
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	if f.h != nil {
-		C.ct_resnet_invalidate(C.ct_resnet(f.h))
-	}
+	var err error
+	f.withHandle(func(h C.ct_resnet) { err = cErr(C.ct_resnet_invalidate(h)) })
+	return err
 }
 
 // Folds counts the convolutions folded so far: one per convolution when
 // built, then one per convolution whose weights changed before a call.
 func (f *FusedResNet) Folds() int64 {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	if f.h == nil {
-		return 0
-	}
-	return int64(C.ct_resnet_folds(C.ct_resnet(f.h)))
+	var n int64
+	f.withHandle(func(h C.ct_resnet) { n = int64(C.ct_resnet_folds(h)) })
+	return n
 }
 
 // FoldedBytes is the memory the folded weights take.
 func (f *FusedResNet) FoldedBytes() int64 {
+	var n int64
+	f.withHandle(func(h C.ct_resnet) { n = int64(C.ct_resnet_folded_bytes(h)) })
+	return n
+}
+
+// withHandle runs use on the open handle, Close held off meanwhile; after
+// Close it does nothing.
+func (f *FusedResNet) withHandle(use func(C.ct_resnet)) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	if f.h == nil {
-		return 0
+	if f.h != nil {
+		use(C.ct_resnet(f.h))
 	}
-	return int64(C.ct_resnet_folded_bytes(C.ct_resnet(f.h)))
 }
 
 // Close frees the folded weights; it is idempotent.

@@ -44,3 +44,41 @@ func TestTensorInfoErrors(t *testing.T) {
 		})
 	}
 }
+
+// Version follows PyTorch's Tensor._version: 0 when made, +1 for an
+// in-place copy (python3-torch 1.13: 0 then 1); -1 for inference tensors
+// (PyTorch refuses to read theirs) and for closed ones.
+func TestTensorVersion(t *testing.T) {
+	x, err := FromFloat32([]float32{1, 2}, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	y, err := FromFloat32([]float32{3, 4}, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer y.Close()
+	if v := x.Version(); v != 0 {
+		t.Errorf("new tensor: version %d, want 0", v)
+	}
+	if err := x.CopyFrom(y); err != nil {
+		t.Fatal(err)
+	}
+	if v := x.Version(); v != 1 {
+		t.Errorf("after CopyFrom: version %d, want 1", v)
+	}
+	s := NewScope().WithGrad(InferenceMode)
+	defer s.Close()
+	if v := s.MulScalar(x, 2).Version(); v != -1 {
+		t.Errorf("inference tensor: version %d, want -1", v)
+	}
+	z, err := FromFloat32([]float32{1}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	z.Close()
+	if v := z.Version(); v != -1 {
+		t.Errorf("closed tensor: version %d, want -1", v)
+	}
+}

@@ -218,12 +218,27 @@ func TestNewFusedResNetRefusesBadWeights(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			require.NoError(t, s.Err())
-			f, err := torch.NewFusedResNet(c.weights, bnEps)
+			f, err := torch.NewFusedResNet(c.weights, rn.blockStrides(), bnEps)
 			if f != nil {
 				f.Close()
 			}
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), c.want)
 		})
+	}
+	// The strides are the model's: one per block, each at least 1.
+	for name, c := range map[string]struct {
+		strides []int64
+		want    string
+	}{
+		"a stride too few": {rn.blockStrides()[1:], "block strides given, the weights have"},
+		"zero stride":      {make([]int64, len(rn.blockStrides())), "block stride 0"},
+	} {
+		f, err := torch.NewFusedResNet(base, c.strides, bnEps)
+		if f != nil {
+			f.Close()
+		}
+		require.Error(t, err, name)
+		assert.Contains(t, err.Error(), c.want, name)
 	}
 }

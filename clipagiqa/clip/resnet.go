@@ -268,11 +268,26 @@ func (r *ModifiedResNet) FusedEvalFolds() int64 {
 	return r.fused.Folds()
 }
 
-// invalidateFused makes the fused trunk refold before its next call.
+// invalidateFused makes the fused trunk refold before its next call; if
+// that fails the trunk is dropped and remade on the next eval call.
 func (r *ModifiedResNet) invalidateFused() {
 	r.fusedMu.Lock()
 	defer r.fusedMu.Unlock()
-	r.fused.Invalidate()
+	if err := r.fused.Invalidate(); err != nil {
+		r.fused.Close()
+		r.fused = nil
+	}
+}
+
+// blockStrides are the Bottlenecks' strides, stage by stage.
+func (r *ModifiedResNet) blockStrides() []int64 {
+	var out []int64
+	for _, layer := range r.stages() {
+		for _, b := range *layer {
+			out = append(out, int64(b.Stride))
+		}
+	}
+	return out
 }
 
 // trunkWeights are the stem's and stages' tensors by their names relative to
@@ -303,7 +318,7 @@ func (r *ModifiedResNet) fusedForward(s *torch.Scope, pixels *torch.Tensor) (out
 	}
 	r.fusedMu.Lock()
 	if r.fused == nil && !r.unfused && r.fusedErr == nil {
-		r.fused, r.fusedErr = torch.NewFusedResNet(ws, bnEps)
+		r.fused, r.fusedErr = torch.NewFusedResNet(ws, r.blockStrides(), bnEps)
 	}
 	f := r.fused
 	r.fusedMu.Unlock()

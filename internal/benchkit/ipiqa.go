@@ -415,16 +415,12 @@ func logf2(o *IPIQAOptions, format string, args ...any) {
 // out-of-memory kill would hit other people's processes. The sides run one
 // at a time, but a Go side on its host cache keeps up to its own growth as
 // idle blocks between calls (at most cacheCapKB when > 0; cacheCapKB < 0:
-// no cache), so the projection is that retained memory plus the largest
-// growth of a side, each the growth over the idle RSS that the measured
-// batch showed, scaled by the batch, +15 %.
+// no cache), so the projection is that retained memory (the Go side's
+// growth, scaled) plus stepGrowthKB.
 func memoryGuard(measured *IPIQARow, batch int, cacheCapKB int64) string {
 	scale := float64(batch) / float64(measured.Batch) * 1.15
 	goGrowth := float64(measured.GoPeakKB-measured.GoIdleKB) * scale
-	growth := max(goGrowth, float64(measured.RefPeakKB-measured.RefIdleKB)*scale)
-	if a := measured.LibtorchAlloc; a != nil {
-		growth = max(growth, float64(a.PeakKB-a.IdleKB)*scale)
-	}
+	growth := stepGrowthKB(measured, batch)
 	retained := 0.0
 	switch {
 	case cacheCapKB == 0:
@@ -554,12 +550,12 @@ func (row *IPIQARow) fill(times, cpu [][]float64, peaks, idle []int64, fl IPIQAF
 	row.LoadAvgEnd = loadAvg()
 }
 
-// soloNeed is the memory one side alone needs for a training step at
-// batch beyond its idle process: the largest growth over the idle RSS that
-// any side showed at the measured batch (the Go side on its host cache
-// starts from an RSS that already holds cached blocks, so its own growth
+// stepGrowthKB is the memory one side needs for a training step at batch
+// beyond its idle process: the largest growth over the idle RSS that any
+// side showed at the measured batch (the Go side on its host cache starts
+// from an RSS that already holds cached blocks, so its own growth
 // understates), scaled by the batch, +15 %.
-func soloNeed(measured *IPIQARow, batch int) float64 {
+func stepGrowthKB(measured *IPIQARow, batch int) float64 {
 	growth := max(measured.GoPeakKB-measured.GoIdleKB, measured.RefPeakKB-measured.RefIdleKB)
 	if a := measured.LibtorchAlloc; a != nil {
 		growth = max(growth, a.PeakKB-a.IdleKB)
@@ -607,7 +603,7 @@ func measureSoloRows(o *IPIQAOptions, rep *IPIQAReport, sides []*Reference,
 			starts = append(starts, func() (*Reference, error) { r, _, err := startGo(true); return r, err })
 		}
 		logf2(o, "train_step batch %d: each side alone in a fresh process", row.Batch)
-		solo, err := measureSolo(o, starts, row.Batch, soloNeed(grown, row.Batch), rep.FLOPs)
+		solo, err := measureSolo(o, starts, row.Batch, stepGrowthKB(grown, row.Batch), rep.FLOPs)
 		if err != nil {
 			*row = IPIQARow{What: row.What, Batch: row.Batch, Skipped: "failed: " + err.Error()}
 			return fmt.Errorf("train_step batch %d, each side alone: %w", row.Batch, err)
